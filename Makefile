@@ -1,0 +1,42 @@
+# make demo: set up .venv, make the synthetic data, run the four stages on it, score the submission.
+# make test: set up .venv, run the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/synthetic.yaml
+DEMO_DATA := data/synthetic
+DEMO_RUN := runs/synthetic
+# The demo's data: 8 cars (128 images) to train on, 2 cars (32 images) to submit, at 190 x 128 so that
+# padding to a multiple of 32 happens as on the real 1918 -> 1920.
+DEMO_DATA_ARGS := --cars 8 --test-cars 2 --size 190x128 --seed 0
+
+.PHONY: demo test test-fast venv clean-demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DEMO_DATA)/sample_submission.csv: | venv
+	$(PY) -m ternaus.synthetic --out $(DEMO_DATA) $(DEMO_DATA_ARGS)
+
+demo: venv $(DEMO_DATA)/sample_submission.csv
+	$(PY) prepare_folds.py --config $(CONFIG)
+	$(PY) train.py --config $(CONFIG)
+	$(PY) predict.py --config $(CONFIG)
+	$(PY) make_submission.py --config $(CONFIG)
+	$(PY) -m ternaus.evaluate $(DEMO_RUN)/submission.csv.gz $(DEMO_DATA)/test_masks
+	@$(PY) -c "import pandas as p; print('out-of-fold Dice (mean per image): %.4f' % p.read_csv('$(DEMO_RUN)/oof.csv')['dice'].mean())"
+	@echo "submission: $(DEMO_RUN)/submission.csv.gz"
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+clean-demo:
+	rm -rf $(DEMO_DATA) $(DEMO_RUN)

@@ -1,0 +1,38 @@
+"""Threshold the test predictions, run-length encode them and write {output_dir}/submission.csv.gz.
+
+With --check FILE, only check an existing submission file and list what is wrong, line by line.
+"""
+
+import sys
+
+from ternaus.cli import load_stage_config, run_stage, stage_parser
+from ternaus.submission import check_submission, make_submission
+
+
+def _check(cfg, path: str) -> None:
+    problems = check_submission(path, cfg)
+    for line in problems:
+        print(line)
+    print(f"{path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    if problems:
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--threshold", type=float, default=None, help="overrides submission.threshold")
+    parser.add_argument("--check", metavar="FILE", default=None, help="check FILE instead of writing one")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        cfg = load_stage_config(args)
+        if args.check:
+            _check(cfg, args.check)
+        else:
+            print(f"submission written and checked: {make_submission(cfg, args.threshold)}")
+
+    return run_stage(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+"""ternaus: the TernausNet (UNet11) Kaggle segmentation pipeline, from folds to submission."""
+
+__version__ = "0.1.0"

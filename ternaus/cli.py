@@ -1,0 +1,45 @@
+"""What the four stage scripts share: ``--config CONFIG [KEY=VALUE ...]`` and clean failures.
+
+A problem the user can fix (config, data, weights, a missing earlier stage) ends with its message and
+exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from ternaus.config import Config, ConfigError, load_config
+from ternaus.data import DataError
+from ternaus.models import WeightsError
+from ternaus.training import TrainingError
+
+__all__ = ["stage_parser", "load_stage_config", "run_stage"]
+
+USER_ERRORS = (ConfigError, DataError, WeightsError, TrainingError, FileNotFoundError)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/synthetic.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override a config value, e.g. train.epochs=3 data.input_size=[128,192]")
+    return parser
+
+
+def load_stage_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def run_stage(body: Callable[[], object]) -> int:
+    """Run a stage; user-fixable errors print a message and return 2."""
+    try:
+        body()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

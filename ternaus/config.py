@@ -1,0 +1,352 @@
+"""One typed configuration: YAML mapped onto dataclasses, ``KEY=VALUE`` overrides, strict checks.
+
+Every stage reads the same file. Unknown keys, wrong types and impossible values are reported together,
+with the closest valid key suggested, before any work starts. The resolved configuration is saved next
+to the run's outputs so a result can always be traced back to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_to_dict", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message lists every problem found."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"
+    # null: full resolution, reflect-padded to a multiple of 32 (the Carvana recipe); [H, W]: resize.
+    input_size: list[int] | None = None
+    train_dir: str = "train"
+    masks_dir: str = "train_masks"
+    # Used when a mask GIF is missing from masks_dir (Kaggle ships both).
+    masks_csv: str = "train_masks.csv"
+    test_dir: str = "test"
+    sample_submission: str = "sample_submission.csv"
+    num_workers: int = 2
+
+
+@dataclass
+class FoldsConfig:
+    n_folds: int = 5
+    # "none": group by car only; "mask_area": also balance the cars' mean mask area across folds.
+    stratify: str = "none"
+    seed: int = 42
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet11"
+    num_classes: int = 1
+    # "lecun", "imagenet", or a path to a whole-network checkpoint to fine-tune from.
+    init: str = "imagenet"
+    # Explicit VGG11 ImageNet file for init=imagenet; else torchvision's cache is searched.
+    encoder_weights: str | None = None
+
+
+@dataclass
+class LossConfig:
+    # "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard": BCE - w*log(soft Jaccard), the paper.
+    name: str = "bce_dice"
+    weight: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    # Shift-scale-rotate: applied with probability ssr_p, limits as fractions / degrees.
+    ssr_p: float = 0.5
+    shift: float = 0.0625
+    scale: float = 0.1
+    rotate: float = 10.0
+    # With probability color_p, an HSV shift or (1 in 4) a greyscale copy.
+    color_p: float = 0.5
+    hue: float = 0.05
+    saturation: float = 0.3
+    brightness: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 52
+    # Per process (per GPU under torchrun).
+    batch_size: int = 4
+    val_batch_size: int = 4
+    lr: float = 1e-4
+    # "carvana": lr halved every `cycle_step` epochs inside cycles of `cycle_len` epochs; "constant".
+    schedule: str = "carvana"
+    cycle_len: int = 5
+    cycle_step: int = 2
+    weight_decay: float = 0.0
+    # null: every fold; else the list of folds `train.py` trains and `predict.py` averages.
+    folds: list[int] | None = None
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Mixed precision on CUDA only ("bfloat16" falls back to "float16" where unsupported).
+    amp: bool = True
+    amp_dtype: str = "bfloat16"
+    channels_last: bool = True
+    seed: int = 0
+    # Continue from fold_K/last.pt when it exists; false starts the fold over.
+    resume: bool = True
+    threshold: float = 0.5
+    # How often the progress bar's loss is refreshed: each refresh synchronises with the GPU.
+    log_every: int = 10
+
+
+@dataclass
+class PredictConfig:
+    # "hflip": average the image and its mirror (one batched forward pass); "none".
+    tta: str = "hflip"
+    batch_size: int = 4
+    checkpoint: str = "best.pt"
+    out_dir: str = "predictions"
+    writer_threads: int = 4
+    oof: bool = True
+
+
+@dataclass
+class SubmissionConfig:
+    threshold: float = 0.5
+    filename: str = "submission.csv.gz"
+    processes: int = 0  # 0: one per CPU core
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/synthetic"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+
+
+CHOICES = {
+    "folds.stratify": ("none", "mask_area"),
+    "model.name": ("unet11",),
+    "train.loss.name": ("bce_dice", "bce_jaccard"),
+    "train.schedule": ("carvana", "constant"),
+    "train.amp_dtype": ("bfloat16", "float16"),
+    "predict.tta": ("hflip", "none"),
+}
+
+
+# ---------------------------------------------------------------- mapping dicts onto dataclasses
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            trial: list[str] = []
+            out = _coerce(value, arg, key, trial)
+            if not trial:
+                return out
+        errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            errors.append(f"{key}: expected a list, got {value!r}")
+            return value
+        return [_coerce(v, item_tp, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; it is meant as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        errors.append(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _from_dict(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+    if not isinstance(data, dict):
+        errors.append(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+        return cls()
+    hints = _type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            errors.append(f"unknown key '{full}'{_suggest(str(key), list(hints))}")
+            continue
+        if _is_dataclass_type(hints[key]):
+            kwargs[key] = _from_dict(hints[key], value, f"{full}.", errors)
+        else:
+            kwargs[key] = _coerce(value, hints[key], full, errors)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["train.epochs=3", "data.input_size=[128,192]"]`` -> pairs; values are parsed as YAML."""
+    pairs = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (for example train.epochs=10)")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw != "" else None))
+    return pairs
+
+
+# ---------------------------------------------------------------- validation of values
+
+
+def _validate_values(cfg: Config) -> list[str]:
+    errors = []
+    flat = _flatten(config_to_dict(cfg))
+    for key, allowed in CHOICES.items():
+        if flat.get(key) not in allowed:
+            errors.append(f"{key}: must be one of {', '.join(allowed)}, got {flat.get(key)!r}")
+    positive = ["folds.n_folds", "train.epochs", "train.batch_size", "train.val_batch_size", "train.cycle_len",
+                "train.cycle_step", "train.log_every", "predict.batch_size", "predict.writer_threads",
+                "model.num_classes"]
+    errors += [f"{k}: must be at least 1, got {flat[k]}" for k in positive if isinstance(flat[k], int) and flat[k] < 1]
+    if isinstance(cfg.folds.n_folds, int) and cfg.folds.n_folds < 2:
+        errors.append(f"folds.n_folds: cross-validation needs at least 2 folds, got {cfg.folds.n_folds}")
+    if isinstance(cfg.train.lr, float) and cfg.train.lr <= 0:
+        errors.append(f"train.lr: must be positive, got {cfg.train.lr}")
+    for key in ("train.threshold", "submission.threshold", "train.augment.hflip", "train.augment.ssr_p",
+                "train.augment.color_p"):
+        if isinstance(flat[key], float) and not 0.0 <= flat[key] <= 1.0:
+            errors.append(f"{key}: must lie in [0, 1], got {flat[key]}")
+    if isinstance(cfg.data.num_workers, int) and cfg.data.num_workers < 0:
+        errors.append(f"data.num_workers: must be 0 or more, got {cfg.data.num_workers}")
+    errors += _validate_input_size(cfg.data.input_size)
+    if isinstance(cfg.model.init, str) and cfg.model.init not in ("lecun", "imagenet") \
+            and not Path(cfg.model.init).is_file():
+        errors.append(f"model.init: {cfg.model.init!r} is neither 'lecun', 'imagenet' nor an existing checkpoint file")
+    errors += _validate_folds_list(cfg.train.folds, cfg.folds.n_folds)
+    return errors
+
+
+def _validate_input_size(size: Any) -> list[str]:
+    if size is None or not isinstance(size, list):
+        return []
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        return [f"data.input_size: expected null or [H, W] with positive integers, got {size}"]
+    bad = [v for v in size if v % 32]
+    if bad:
+        padded = [-(-v // 32) * 32 for v in size]
+        return [f"data.input_size: {size} is not a multiple of 32 (UNet11 halves the size five times); "
+                f"use {padded}"]
+    return []
+
+
+def _validate_folds_list(folds: Any, n_folds: Any) -> list[str]:
+    if not isinstance(folds, list) or not isinstance(n_folds, int):
+        return []
+    bad = [f for f in folds if isinstance(f, int) and not 0 <= f < n_folds]
+    if bad:
+        return [f"train.folds: {bad} outside 0..{n_folds - 1} (folds.n_folds={n_folds})"]
+    if len(set(folds)) != len(folds) or not folds:
+        return [f"train.folds: expected a non-empty list of distinct fold numbers, got {folds}"]
+    return []
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (the examples are in configs/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    return data or {}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (or the defaults when None), apply ``KEY=VALUE`` overrides, check everything."""
+    data = read_yaml(path) if path is not None else {}
+    for key, value in parse_overrides(overrides or []):
+        _set_path(data, key, value)
+    errors: list[str] = []
+    cfg = _from_dict(Config, data, "", errors)
+    if not errors:
+        errors = _validate_values(cfg)
+    if errors:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"{len(errors)} problem(s) with the configuration{where}:\n  - " + "\n  - ".join(errors))
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved configuration as YAML (atomically)."""
+    from ternaus.io import atomic_write_text
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return atomic_write_text(Path(path), text)
+
+
+def resolve(cfg: Config, relative: str) -> Path:
+    """A data path: absolute paths stay, relative ones are under ``data.root``."""
+    return Path(relative) if os.path.isabs(relative) else Path(cfg.data.root) / relative

@@ -1,0 +1,268 @@
+"""Carvana's data layout: listing, reading, checking, geometry (pad or resize) and the Dataset.
+
+Images are read with OpenCV (RGB uint8), masks with Pillow (Carvana's masks are palette GIFs, which
+OpenCV cannot read). Masks are 0/1; 0/255 files are accepted and normalised; anything else is refused.
+Images travel to the device as uint8 and are normalised there: a quarter of the bytes of float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ternaus.config import Config, resolve
+from ternaus.rle import rle_decode
+
+__all__ = [
+    "DataError", "Geometry", "SegmentationDataset", "car_id_of", "read_image", "read_mask",
+    "list_train", "list_test", "check_train", "train_items", "image_size",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(RuntimeError):
+    """Input data that cannot be used; the message names the file and what to do."""
+
+
+def car_id_of(image_id: str) -> str:
+    """``00087a6bd4dc_01`` -> ``00087a6bd4dc``: the views of one car share everything but the angle."""
+    return image_id.rsplit("_", 1)[0]
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 array (H, W, 3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"image {path} cannot be decoded (empty, truncated or not an image); replace or remove it")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def normalise_mask_values(mask: np.ndarray, source: str) -> np.ndarray:
+    values = np.unique(mask)
+    if np.isin(values, (0, 1)).all():
+        return mask.astype(np.uint8, copy=False)
+    if np.isin(values, (0, 255)).all():
+        return (mask == 255).astype(np.uint8)
+    raise DataError(f"mask {source} holds values {values[:8].tolist()}; expected 0/1 or 0/255")
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """uint8 0/1 array (H, W) from a GIF or PNG mask."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            mask = np.array(img.convert("L") if img.mode not in ("P", "L", "1") else img)
+    except FileNotFoundError:
+        raise DataError(f"mask {path} does not exist") from None
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a bad file
+        raise DataError(f"mask {path} cannot be read ({err}); replace it") from None
+    return normalise_mask_values(mask, str(path))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"{path} is not a readable image ({err})") from None
+    return height, width
+
+
+# ---------------------------------------------------------------- listing the data
+
+
+def _ids_in(folder: Path, suffix: str) -> list[str]:
+    if not folder.is_dir():
+        raise DataError(f"folder {folder} does not exist; check data.root and the data.*_dir keys")
+    return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
+
+
+def _read_rle_csv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(table.columns[:2]) != ["img", "rle_mask"]:
+        raise DataError(f"{path}: expected the header 'img,rle_mask', got {list(table.columns)}")
+    return dict(zip(table["img"].str.removesuffix(".jpg"), table["rle_mask"]))
+
+
+def list_train(cfg: Config) -> pd.DataFrame:
+    """One row per training image: id, car_id, image path, mask path ('' if none) and RLE ('' if none)."""
+    image_dir, mask_dir = resolve(cfg, cfg.data.train_dir), resolve(cfg, cfg.data.masks_dir)
+    ids = _ids_in(image_dir, ".jpg")
+    if not ids:
+        raise DataError(f"no training images (*.jpg) in {image_dir}")
+    rles = _read_rle_csv(resolve(cfg, cfg.data.masks_csv))
+    rows = []
+    for image_id in ids:
+        mask_path = mask_dir / f"{image_id}_mask.gif"
+        rows.append({
+            "id": image_id,
+            "car_id": car_id_of(image_id),
+            "image": str(image_dir / f"{image_id}.jpg"),
+            "mask": str(mask_path) if mask_path.is_file() else "",
+            "rle": rles.get(image_id, ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def list_test(cfg: Config) -> list[str]:
+    """Test ids in ``sample_submission.csv`` order, checked against the images in ``test/``."""
+    test_dir = resolve(cfg, cfg.data.test_dir)
+    on_disk = set(_ids_in(test_dir, ".jpg"))
+    sample = resolve(cfg, cfg.data.sample_submission)
+    if not sample.is_file():
+        raise DataError(f"{sample} does not exist; it fixes the submission's rows (set data.sample_submission)")
+    ids = pd.read_csv(sample, dtype=str, keep_default_na=False)["img"].str.removesuffix(".jpg").tolist()
+    missing = [i for i in ids if i not in on_disk]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) of {sample} are not in {test_dir}, e.g. {missing[:3]}")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{sample} lists some images more than once")
+    if not ids:
+        raise DataError(f"{sample} lists no test images")
+    return ids
+
+
+def load_train_mask(row: Any, shape: tuple[int, int]) -> np.ndarray:
+    if row["mask"]:
+        return read_mask(row["mask"])
+    try:
+        return rle_decode(row["rle"], shape)
+    except ValueError as err:
+        raise DataError(f"RLE mask of {row['id']} in the masks CSV is invalid: {err}") from None
+
+
+def check_train(table: pd.DataFrame) -> list[str]:
+    """Every problem with the training data, one line each; an empty list means ready to train."""
+    problems = []
+    for row in table.itertuples(index=False):
+        row = row._asdict()
+        if not row["mask"] and not row["rle"]:
+            problems.append(f"{row['image']}: no mask (neither {row['id']}_mask.gif nor a row in the masks CSV)")
+            continue
+        try:
+            height, width = image_size(row["image"])
+            if row["mask"]:
+                mask_hw = image_size(row["mask"])
+                if mask_hw != (height, width):
+                    problems.append(f"{row['mask']}: mask is {mask_hw[1]}x{mask_hw[0]}, image is {width}x{height}")
+            else:
+                load_train_mask(row, (height, width))
+        except DataError as err:
+            problems.append(str(err))
+    return problems
+
+
+def train_items(cfg: Config, folds: pd.DataFrame) -> pd.DataFrame:
+    """The training table joined with ``folds.csv``; refuses a folds file that does not match the data."""
+    table = list_train(cfg)
+    merged = table.merge(folds[["id", "fold"]], on="id", how="outer", indicator=True)
+    stale = merged[merged["_merge"] != "both"]
+    if len(stale):
+        raise DataError(f"folds.csv does not match the data in {cfg.data.root} ({len(stale)} ids differ, "
+                        f"e.g. {stale['id'].iloc[0]}); run prepare_folds.py again")
+    return merged.drop(columns="_merge").astype({"fold": int})
+
+
+# ---------------------------------------------------------------- geometry: pad to /32 or resize
+
+
+def _ceil32(value: int) -> int:
+    return -(-value // 32) * 32
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image becomes network input and how a prediction goes back to the image's size."""
+
+    input_size: tuple[int, int] | None = None  # None: pad; (H, W): resize
+
+    def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right): split evenly, as Carvana's 1918 -> 1920 (1 px each side)."""
+        if self.input_size is not None:
+            return (0, 0, 0, 0)
+        dh, dw = _ceil32(height) - height, _ceil32(width) - width
+        return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
+
+    def image_to_input(self, image: np.ndarray) -> np.ndarray:
+        if self.input_size is not None:
+            return cv2.resize(image, self.input_size[::-1], interpolation=cv2.INTER_AREA)
+        top, bottom, left, right = self.pads(*image.shape[:2])
+        return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+
+    def mask_to_input(self, mask: np.ndarray) -> np.ndarray:
+        if self.input_size is not None:
+            return cv2.resize(mask, self.input_size[::-1], interpolation=cv2.INTER_NEAREST)
+        top, bottom, left, right = self.pads(*mask.shape[:2])
+        return cv2.copyMakeBorder(mask, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+
+    def restore(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(C, h, w) network-sized maps -> (C, H, W) at the image's own size: crop padding or resize back."""
+        height, width = size
+        if self.input_size is not None:
+            return torch.nn.functional.interpolate(maps[None], size=(height, width), mode="bilinear",
+                                                   align_corners=False)[0]
+        top, _, left, _ = self.pads(height, width)
+        return maps[:, top: top + height, left: left + width]
+
+
+def normalise_on_device(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32, ImageNet mean/std, on whatever device the batch is on."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+# ---------------------------------------------------------------- the Dataset
+
+
+class SegmentationDataset(Dataset):
+    """Items are dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (1, H, W) when known, ``id``, ``size``.
+
+    ``rows`` hold ``id``, ``image`` and optionally ``mask``/``rle``; ``transform`` is a joint
+    transforms.v2 pipeline applied to the network-sized image and mask. With ``mask_at_input_size``
+    false the mask keeps the image's own size (for scoring at the original resolution).
+    """
+
+    def __init__(self, rows: list[dict], geometry: Geometry, with_masks: bool, transform: Any = None,
+                 mask_at_input_size: bool = True):
+        self.rows, self.geometry, self.with_masks, self.transform = rows, geometry, with_masks, transform
+        self.mask_at_input_size = mask_at_input_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        image = read_image(row["image"])
+        size = image.shape[:2]
+        item = {"id": row["id"], "size": torch.tensor(size),
+                "image": torch.from_numpy(self.geometry.image_to_input(image)).permute(2, 0, 1).contiguous()}
+        if self.with_masks:
+            mask = load_train_mask(row, size)
+            if mask.shape != size:
+                raise DataError(f"mask of {row['id']} is {mask.shape[::-1]}, its image {size[::-1]} (W x H)")
+            if self.mask_at_input_size:
+                mask = self.geometry.mask_to_input(mask)
+            item["mask"] = torch.from_numpy(mask)[None]
+        if self.transform is not None:
+            item = self.transform(item)
+        return item

@@ -1,0 +1,182 @@
+"""Prediction: every fold's model loaded once, horizontal-flip TTA in the same forward pass, probabilities
+averaged over TTA and folds, returned to each image's own size, written as one uint8 PNG per image.
+
+It streams: a DataLoader reads ahead, PNG encoding and writing run on background threads with a bounded
+queue, so memory does not grow with the number of test images. It also scores each fold's held-out
+images with that fold's model (the out-of-fold Dice).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ternaus.config import Config, resolve, save_config
+from ternaus.data import Geometry, SegmentationDataset, list_test, normalise_on_device, train_items
+from ternaus.io import atomic_write, atomic_write_bytes
+from ternaus.metrics import dice_per_image, jaccard_per_image
+from ternaus.models import MODELS, load_weights
+from ternaus.runtime import Runtime
+from ternaus.training import fold_dir, folds_to_train, geometry_of, read_folds
+
+__all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof"]
+
+
+# ---------------------------------------------------------------- the functional core
+
+
+def tta_inputs(images: torch.Tensor, tta: str) -> torch.Tensor:
+    """The batch the network sees: the images, then their mirrors when ``tta == "hflip"``."""
+    return torch.cat([images, images.flip(-1)]) if tta == "hflip" else images
+
+
+def merge_tta(probs: torch.Tensor, tta: str) -> torch.Tensor:
+    """Undo the mirror on the second half and average: (2B, C, H, W) -> (B, C, H, W)."""
+    if tta != "hflip":
+        return probs
+    half = probs.shape[0] // 2
+    return (probs[:half] + probs[half:].flip(-1)) / 2
+
+
+@torch.no_grad()
+def tta_probabilities(models: list[torch.nn.Module], images: torch.Tensor, runtime: Runtime,
+                      tta: str = "hflip") -> torch.Tensor:
+    """Mean sigmoid probability over TTA and ``models`` for normalised ``images`` (B, 3, H, W), float32."""
+    inputs = tta_inputs(images, tta)
+    total = None
+    for model in models:
+        with runtime.autocast():
+            logits = model(inputs)
+        probs = merge_tta(torch.sigmoid(logits.float()), tta)
+        total = probs if total is None else total + probs
+    return total / len(models)
+
+
+def to_uint8(probs: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> 0..255, rounded: p >= 0.5 becomes >= 128, so thresholds survive the round trip."""
+    return (probs * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None) -> dict[int, torch.nn.Module]:
+    models = {}
+    for fold in folds if folds is not None else folds_to_train(cfg):
+        path = fold_dir(cfg, fold) / cfg.predict.checkpoint
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: train fold {fold} first (python train.py --config ... "
+                                    f"--fold {fold}) or list the trained folds in train.folds")
+        model = load_weights(MODELS[cfg.model.name](num_classes=cfg.model.num_classes), path)
+        models[fold] = runtime.prepare_model(model).eval()
+    return models
+
+
+# ---------------------------------------------------------------- writing PNGs on background threads
+
+
+class PngWriter:
+    """Encode and write PNGs on a thread pool (OpenCV releases the GIL); at most ``2 * threads`` pending."""
+
+    def __init__(self, threads: int):
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.pending: deque[Future] = deque()
+        self.limit = 2 * threads
+
+    def submit(self, path: Path, image: np.ndarray) -> None:
+        while len(self.pending) >= self.limit:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._write, path, image))
+
+    @staticmethod
+    def _write(path: Path, image: np.ndarray) -> None:
+        ok, encoded = cv2.imencode(".png", image)
+        if not ok:
+            raise OSError(f"PNG encoding failed for {path}")
+        atomic_write_bytes(path, encoded.tobytes())
+
+    def close(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+        self.pool.shutdown()
+
+
+def _png_image(maps: torch.Tensor) -> np.ndarray:
+    """(C, H, W) uint8 -> what cv2 writes: (H, W) for one class, (H, W, C) for up to 4."""
+    array = maps.cpu().numpy()
+    return array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config, runtime: Runtime,
+            mask_at_input_size: bool = True) -> DataLoader:
+    dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size)
+    return DataLoader(dataset, batch_size=cfg.predict.batch_size, shuffle=False, num_workers=cfg.data.num_workers,
+                      pin_memory=runtime.is_cuda)
+
+
+def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime) -> Path:
+    if cfg.model.num_classes > 4:
+        raise ValueError("predictions are written as one PNG per image, which holds at most 4 classes")
+    out_dir = Path(cfg.output_dir) / cfg.predict.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test_dir = resolve(cfg, cfg.data.test_dir)
+    rows = [{"id": i, "image": str(test_dir / f"{i}.jpg")} for i in list_test(cfg)]
+    geometry = geometry_of(cfg)
+    writer = PngWriter(cfg.predict.writer_threads)
+    try:
+        for batch in tqdm(_loader(rows, geometry, False, cfg, runtime), desc="predict test", dynamic_ncols=True):
+            images = normalise_on_device(runtime.to_device(batch["image"]))
+            probs = tta_probabilities(models, images, runtime, cfg.predict.tta)
+            for image_id, maps, size in zip(batch["id"], probs, batch["size"].tolist()):
+                writer.submit(out_dir / f"{image_id}.png", _png_image(to_uint8(geometry.restore(maps, tuple(size)))))
+    finally:
+        writer.close()
+    return out_dir
+
+
+@torch.no_grad()
+def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> pd.DataFrame:
+    """Per-image Dice and Jaccard of each fold's held-out images, predicted by that fold's model."""
+    items = train_items(cfg, read_folds(cfg))
+    geometry, records = geometry_of(cfg), []
+    for fold, model in models.items():
+        rows = items[items["fold"] == fold].to_dict("records")
+        for batch in tqdm(_loader(rows, geometry, True, cfg, runtime, False), desc=f"out-of-fold {fold}",
+                          dynamic_ncols=True):
+            images = normalise_on_device(runtime.to_device(batch["image"]))
+            probs = tta_probabilities([model], images, runtime, cfg.predict.tta)
+            for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], batch["size"].tolist()):
+                pred = (to_uint8(geometry.restore(maps, tuple(size))) >= cfg.train.threshold * 255)[None]
+                target = mask.to(runtime.device)[None] > 0
+                records.append({"id": image_id, "fold": fold, "dice": dice_per_image(pred, target).item(),
+                                "jaccard": jaccard_per_image(pred, target).item()})
+    return pd.DataFrame(records)
+
+
+def predict(cfg: Config) -> dict:
+    """The predict stage: test PNGs, then the out-of-fold scores; returns paths and the OOF Dice."""
+    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last)
+    save_config(cfg, Path(cfg.output_dir) / "configs" / "predict.yaml")
+    models = load_fold_models(cfg, runtime)
+    print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}")
+    out_dir = predict_test(cfg, list(models.values()), runtime)
+    result = {"predictions": out_dir, "oof_dice": None}
+    if cfg.predict.oof:
+        oof = predict_oof(cfg, models, runtime)
+        oof_path = atomic_write(Path(cfg.output_dir) / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+        for fold, group in oof.groupby("fold"):
+            print(f"fold {fold}: out-of-fold Dice {group['dice'].mean():.4f} on {len(group)} images")
+        result.update(oof=oof_path, oof_dice=float(oof["dice"].mean()))
+        print(f"out-of-fold Dice (mean per image): {result['oof_dice']:.4f}  ({oof_path})")
+    return result

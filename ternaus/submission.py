@@ -1,0 +1,113 @@
+"""The submission: threshold each probability PNG, run-length encode it at the image's own size, write
+``img,rle_mask`` rows in ``sample_submission.csv`` order to a gzip CSV, then check the written file.
+
+Encoding runs in a process pool: PNG decoding and RLE are CPU-bound and independent per image.
+"""
+
+from __future__ import annotations
+
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ternaus.config import Config, resolve, save_config
+from ternaus.data import DataError, image_size, list_test
+from ternaus.io import atomic_write
+from ternaus.rle import rle_encode
+
+__all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle"]
+
+HEADER = ["img", "rle_mask"]
+
+
+def encode_prediction(png_path: str, threshold: float) -> str:
+    """RLE of ``png >= threshold * 255`` (0..255 probabilities), row-major as Carvana wants."""
+    probs = cv2.imread(png_path, cv2.IMREAD_UNCHANGED)
+    if probs is None:
+        raise DataError(f"prediction {png_path} cannot be read; run predict.py again")
+    return rle_encode(probs >= threshold * 255)
+
+
+def _encode_star(args: tuple[str, float]) -> str:
+    return encode_prediction(*args)
+
+
+def _prediction_paths(cfg: Config, ids: list[str]) -> list[str]:
+    pred_dir = Path(cfg.output_dir) / cfg.predict.out_dir
+    paths = [str(pred_dir / f"{i}.png") for i in ids]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(paths)} predictions are missing from {pred_dir}, e.g. "
+                        f"{missing[0]}; run predict.py first")
+    return paths
+
+
+def check_rle(rle: str, size: int) -> str | None:
+    """What is wrong with one RLE string for an image of ``size`` pixels, or None."""
+    try:
+        values = np.array(rle.split(), dtype=np.int64)
+    except ValueError:
+        return "holds something other than integers"
+    if values.size % 2:
+        return "has an odd number of values"
+    starts, lengths = values[0::2], values[1::2]
+    if (values <= 0).any():
+        return "has a start or length that is not a positive integer"
+    if (np.diff(starts) <= 0).any():
+        return "has starts that do not increase"
+    if (starts[1:] < starts[:-1] + lengths[:-1]).any():
+        return "has overlapping runs"
+    if starts.size and starts[-1] + lengths[-1] - 1 > size:
+        return f"runs past the end of the image ({size} pixels)"
+    return None
+
+
+def check_submission(path: str | Path, cfg: Config) -> list[str]:
+    """Every problem with a written submission, one line each: header, rows, each RLE string."""
+    ids = list_test(cfg)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(table.columns) != HEADER:
+        return [f"{path}: header is {list(table.columns)}, expected {HEADER}"]
+    names = table["img"].str.removesuffix(".jpg")
+    counts = names.value_counts()
+    expected = set(ids)
+    problems = [f"{path}: {name}.jpg appears {n} times" for name, n in counts[counts > 1].items()]
+    problems += [f"{path}: {name}.jpg is missing" for name in ids if name not in counts.index]
+    problems += [f"{path}: {name}.jpg is not a test image" for name in counts.index if name not in expected]
+    test_dir = resolve(cfg, cfg.data.test_dir)
+    for line, (name, rle) in enumerate(zip(names, table["rle_mask"]), start=2):
+        if name in expected:
+            height, width = image_size(test_dir / f"{name}.jpg")
+            problem = check_rle(rle, height * width)
+            if problem:
+                problems.append(f"{path} line {line} ({name}.jpg): the RLE {problem}")
+    return problems
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> Path:
+    # The suffix picks the compression: ".csv.gz" -> gzip, as every top Carvana team submitted.
+    compression = "gzip" if path.name.endswith(".gz") else None
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, compression=compression))
+
+
+def make_submission(cfg: Config, threshold: float | None = None) -> Path:
+    """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing."""
+    threshold = cfg.submission.threshold if threshold is None else threshold
+    save_config(cfg, Path(cfg.output_dir) / "configs" / "make_submission.yaml")
+    ids = list_test(cfg)
+    jobs = [(p, threshold) for p in _prediction_paths(cfg, ids)]
+    processes = cfg.submission.processes or os.cpu_count() or 1
+    with Pool(processes) as pool:
+        rles = list(tqdm(pool.imap(_encode_star, jobs, chunksize=16), total=len(jobs), desc="encode",
+                         dynamic_ncols=True))
+    path = _write_csv(Path(cfg.output_dir) / cfg.submission.filename,
+                      pd.DataFrame({"img": [f"{i}.jpg" for i in ids], "rle_mask": rles}))
+    problems = check_submission(path, cfg)
+    if problems:
+        raise DataError("the written submission has problems:\n  " + "\n  ".join(problems[:50]))
+    return path

@@ -1,0 +1,149 @@
+"""All four stages end to end, as a user runs them, on a tiny synthetic dataset."""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ternaus.config import load_config
+from ternaus.inference import merge_tta, tta_inputs, tta_probabilities, to_uint8
+from ternaus.runtime import Runtime
+from ternaus.submission import check_rle, check_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), "--config", str(ROOT / "configs/synthetic.yaml"),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    overrides = [f"data.root={tiny_dataset}", f"output_dir={out}", "folds.n_folds=2", "train.epochs=2",
+                 "train.batch_size=4", "predict.batch_size=8", "submission.processes=2"]
+    results = {"prepare_folds.py": run_stage("prepare_folds.py", *overrides),
+               # One epoch, then the same command asking for two: the second run resumes from last.pt.
+               "train.py (1 epoch)": run_stage("train.py", *overrides, "train.epochs=1"),
+               "train.py": run_stage("train.py", *overrides)}
+    results.update({script: run_stage(script, *overrides) for script in ("predict.py", "make_submission.py")})
+    return out, overrides, results
+
+
+@pytest.mark.slow
+def test_all_four_stages_run_and_write_what_the_readme_promises(pipeline_run, tiny_dataset):
+    out, _, results = pipeline_run
+    for script, result in results.items():
+        assert result.returncode == 0, f"{script} failed:\n{result.stderr[-3000:]}"
+    folds = pd.read_csv(out / "folds.csv", dtype=str)
+    assert folds.groupby("car_id")["fold"].nunique().max() == 1
+    for fold in (0, 1):
+        assert {"best.pt", "last.pt", "log.csv"} <= {p.name for p in (out / f"fold_{fold}").iterdir()}
+        log = pd.read_csv(out / f"fold_{fold}" / "log.csv")
+        assert log["epoch"].tolist() == [1, 2]
+        assert {"train_loss", "val_dice", "val_jaccard", "lr"} <= set(log.columns)
+        ckpt = torch.load(out / f"fold_{fold}" / "last.pt", weights_only=True)
+        assert {"model", "optimizer", "scaler", "scheduler", "epoch", "best_score", "config"} <= set(ckpt)
+        assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert "fold 0: resuming from" in results["train.py"].stdout and "after epoch 1" in results["train.py"].stdout
+    pngs = sorted((out / "predictions").iterdir())
+    assert len(pngs) == 16
+    assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (40, 62)  # the image's own size
+    oof = pd.read_csv(out / "oof.csv")
+    assert len(oof) == 48 and oof["dice"].between(0, 1).all()
+    assert "out-of-fold Dice" in results["predict.py"].stdout
+    with gzip.open(out / "submission.csv.gz", "rt") as f:
+        submission = pd.read_csv(f, dtype=str, keep_default_na=False)
+    sample = pd.read_csv(tiny_dataset / "sample_submission.csv", dtype=str)
+    assert submission["img"].tolist() == sample["img"].tolist()
+    for path in ("train.yaml", "predict.yaml", "make_submission.yaml", "prepare_folds.yaml"):
+        assert (out / "configs" / path).is_file()
+
+
+@pytest.mark.slow
+def test_submission_matches_the_prediction_pngs(pipeline_run):
+    out, overrides, _ = pipeline_run
+    from ternaus.rle import rle_decode
+
+    submission = pd.read_csv(out / "submission.csv.gz", dtype=str, keep_default_na=False)
+    for name, rle in zip(submission["img"][:4], submission["rle_mask"][:4]):
+        probs = cv2.imread(str(out / "predictions" / name.replace(".jpg", ".png")), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(rle_decode(rle, probs.shape), (probs >= 128).astype(np.uint8))
+    assert check_submission(out / "submission.csv.gz", load_config(None, overrides)) == []
+
+
+@pytest.mark.slow
+def test_the_checker_reports_broken_submissions_line_by_line(pipeline_run, tmp_path):
+    out, overrides, _ = pipeline_run
+    cfg = load_config(None, overrides)
+    good = pd.read_csv(out / "submission.csv.gz", dtype=str, keep_default_na=False)
+    broken = good.copy()
+    broken.loc[0, "rle_mask"] = "5 3 2 1"
+    broken.loc[1, "rle_mask"] = "1 2 3"
+    broken = pd.concat([broken.iloc[:-1], broken.iloc[[2]]])  # last image missing, third twice
+    path = tmp_path / "broken.csv"
+    broken.to_csv(path, index=False)
+    problems = check_submission(path, cfg)
+    text = "\n".join(problems)
+    assert "line 2" in text and "do not increase" in text
+    assert "line 3" in text and "odd number" in text
+    assert f"{good['img'].iloc[-1]} is missing" in text
+    assert f"{good['img'].iloc[2]} appears 2 times" in text
+    result = subprocess.run([sys.executable, str(ROOT / "make_submission.py"), "--config",
+                             str(ROOT / "configs/synthetic.yaml"), *overrides, "--check", str(path)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "problem(s)" in result.stdout
+
+
+def test_stage_errors_are_messages_not_tracebacks(tmp_path):
+    result = run_stage("train.py", f"output_dir={tmp_path}", "train.epoch=3")
+    assert result.returncode == 2
+    assert "unknown key 'train.epoch' (did you mean 'epochs'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_stage("train.py", f"output_dir={tmp_path}")
+    assert result.returncode == 2 and "run prepare_folds.py" in result.stderr
+
+
+@pytest.mark.parametrize("rle, problem", [
+    ("", None), ("1 5 10 2", None), ("1 5 3 2", "do not increase"), ("1 5 5 2", "overlapping"),
+    ("0 3", "positive"), ("99 3", "past the end"), ("1 x", "integers"), ("1 2 3", "odd"),
+])
+def test_rle_checker(rle, problem):
+    found = check_rle(rle, 100)
+    assert found == problem if problem is None else problem in found
+
+
+class Ramp(torch.nn.Module):
+    """Logits that grow from left to right: not flip-invariant, so TTA must change them."""
+
+    def forward(self, x):
+        ramp = torch.linspace(-2, 2, x.shape[-1]).expand(x.shape[0], 1, x.shape[-2], x.shape[-1])
+        return ramp + x[:, :1]
+
+
+def test_flip_tta_unflips_before_averaging():
+    runtime = Runtime(torch.device("cpu"), None, False)
+    images = torch.zeros(2, 3, 4, 6)
+    probs = tta_probabilities([Ramp()], images, runtime, "hflip")
+    # sigmoid(r) and sigmoid(-r) average to exactly 0.5 for an antisymmetric ramp.
+    assert torch.allclose(probs, torch.full_like(probs, 0.5))
+    images[:, 0, :, 0] = 3.0  # a feature at the left edge must stay at the left edge
+    probs = tta_probabilities([Ramp()], images, runtime, "hflip")
+    assert (probs[..., 0] > 0.6).all() and (probs[..., -1] < 0.6).all()
+    assert tta_inputs(images, "hflip").shape[0] == 4 and merge_tta(torch.rand(4, 1, 2, 2), "hflip").shape[0] == 2
+
+
+def test_fold_average_and_uint8_rounding():
+    runtime = Runtime(torch.device("cpu"), None, False)
+    images = torch.zeros(1, 3, 2, 2)
+    probs = tta_probabilities([lambda x: torch.zeros_like(x[:, :1]), lambda x: torch.full_like(x[:, :1], 100.0)],
+                              images, runtime, "none")
+    assert torch.allclose(probs, torch.full_like(probs, 0.75))
+    assert to_uint8(torch.tensor([0.0, 0.5, 0.4999, 1.0])).tolist() == [0, 128, 127, 255]
