@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Mean per-image Dice of a submission against mask GIFs.")
     parser.add_argument("submission", help="submission CSV (.csv or .csv.gz)")
     parser.add_argument("masks_dir", help="folder of <id>_mask.gif ground-truth masks")
+    parser.add_argument("--oof", default=None, help="oof.csv written by predict.py: also print its mean Dice")
     args = parser.parse_args(argv)
+    if args.oof:
+        print(f"out-of-fold Dice (mean per image): {pd.read_csv(args.oof)['dice'].mean():.4f}")
     print(f"submission Dice (mean per image): {score_submission(args.submission, args.masks_dir):.4f}")
     return 0
 

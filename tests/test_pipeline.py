@@ -112,7 +112,7 @@ def test_stage_errors_are_messages_not_tracebacks(tmp_path):
 
 
 @pytest.mark.parametrize("rle, problem", [
-    ("", None), ("1 5 10 2", None), ("1 5 3 2", "do not increase"), ("1 5 5 2", "overlapping"),
+    ("", None), ("1 5 10 2", None), ("5 1 3 2", "do not increase"), ("1 5 5 2", "overlapping"),
     ("0 3", "positive"), ("99 3", "past the end"), ("1 x", "integers"), ("1 2 3", "odd"),
 ])
 def test_rle_checker(rle, problem):
@@ -147,3 +147,31 @@ def test_fold_average_and_uint8_rounding():
                               images, runtime, "none")
     assert torch.allclose(probs, torch.full_like(probs, 0.75))
     assert to_uint8(torch.tensor([0.0, 0.5, 0.4999, 1.0])).tolist() == [0, 128, 127, 255]
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_submission_against_the_hidden_masks(pipeline_run, tiny_dataset):
+    out, _, _ = pipeline_run
+    from ternaus.evaluate import score_submission
+
+    score = score_submission(out / "submission.csv.gz", tiny_dataset / "test_masks")
+    assert 0.0 <= score <= 1.0
+    result = subprocess.run([sys.executable, "-m", "ternaus.evaluate", str(out / "submission.csv.gz"),
+                             str(tiny_dataset / "test_masks"), "--oof", str(out / "oof.csv")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert f"submission Dice (mean per image): {score:.4f}" in result.stdout
+    assert "out-of-fold Dice (mean per image): " in result.stdout
+
+
+def test_evaluate_gives_one_for_the_truth_itself(tiny_dataset, tmp_path):
+    from ternaus.data import read_mask
+    from ternaus.evaluate import score_submission
+    from ternaus.rle import rle_encode
+
+    names = sorted(p.name for p in (tiny_dataset / "test").iterdir())
+    rles = [rle_encode(read_mask(tiny_dataset / "test_masks" / n.replace(".jpg", "_mask.gif"))) for n in names]
+    pd.DataFrame({"img": names, "rle_mask": rles}).to_csv(tmp_path / "truth.csv", index=False)
+    assert score_submission(tmp_path / "truth.csv", tiny_dataset / "test_masks") == 1.0
+    rles[0] = ""
+    pd.DataFrame({"img": names, "rle_mask": rles}).to_csv(tmp_path / "one_empty.csv", index=False)
+    assert score_submission(tmp_path / "one_empty.csv", tiny_dataset / "test_masks") == pytest.approx(15 / 16)
