@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from ternaus.io import atomic_write_text
+
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "config_to_dict", "parse_overrides"]
 
 
@@ -341,8 +343,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically)."""
-    from ternaus.io import atomic_write_text
-
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     return atomic_write_text(Path(path), text)
 
