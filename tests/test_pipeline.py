@@ -175,3 +175,25 @@ def test_evaluate_gives_one_for_the_truth_itself(tiny_dataset, tmp_path):
     rles[0] = ""
     pd.DataFrame({"img": names, "rle_mask": rles}).to_csv(tmp_path / "one_empty.csv", index=False)
     assert score_submission(tmp_path / "one_empty.csv", tiny_dataset / "test_masks") == pytest.approx(15 / 16)
+
+
+def test_png_writer_keeps_a_bounded_queue_and_writes_atomically(tmp_path, monkeypatch):
+    from ternaus.inference import PngWriter
+
+    writer = PngWriter(threads=2)
+    most = 0
+    original = writer.pool.submit
+
+    def submit(*args):
+        nonlocal most
+        most = max(most, len(writer.pending) + 1)
+        return original(*args)
+
+    monkeypatch.setattr(writer.pool, "submit", submit)
+    for i in range(50):
+        writer.submit(tmp_path / f"{i:02d}.png", np.full((8, 8), i, np.uint8))
+    writer.close()
+    assert most <= 4  # memory is bounded by the queue, not by the number of images
+    written = sorted(tmp_path.iterdir())
+    assert [p.name for p in written] == [f"{i:02d}.png" for i in range(50)]  # no temporary files left
+    assert cv2.imread(str(written[7]), cv2.IMREAD_UNCHANGED).tolist() == np.full((8, 8), 7).tolist()
