@@ -202,17 +202,18 @@ class Geometry:
         dh, dw = _ceil32(height) - height, _ceil32(width) - width
         return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
 
-    def image_to_input(self, image: np.ndarray) -> np.ndarray:
+    def _to_input(self, array: np.ndarray, interpolation: int) -> np.ndarray:
         if self.input_size is not None:
-            return cv2.resize(image, self.input_size[::-1], interpolation=cv2.INTER_AREA)
-        top, bottom, left, right = self.pads(*image.shape[:2])
-        return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+            return cv2.resize(array, self.input_size[::-1], interpolation=interpolation)
+        top, bottom, left, right = self.pads(*array.shape[:2])
+        return cv2.copyMakeBorder(array, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+
+    def image_to_input(self, image: np.ndarray) -> np.ndarray:
+        return self._to_input(image, cv2.INTER_AREA)
 
     def mask_to_input(self, mask: np.ndarray) -> np.ndarray:
-        if self.input_size is not None:
-            return cv2.resize(mask, self.input_size[::-1], interpolation=cv2.INTER_NEAREST)
-        top, bottom, left, right = self.pads(*mask.shape[:2])
-        return cv2.copyMakeBorder(mask, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+        # Nearest neighbour keeps a resized mask binary.
+        return self._to_input(mask, cv2.INTER_NEAREST)
 
     def restore(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(C, h, w) network-sized maps -> (C, H, W) at the image's own size: crop padding or resize back."""
