@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import read_checkpoint, save_checkpoint
 from ternaus.config import Config, config_to_dict, save_config
-from ternaus.data import Geometry, SegmentationDataset, normalise_on_device, train_items
+from ternaus.data import DataError, Geometry, SegmentationDataset, normalise_on_device, train_items
 from ternaus.io import atomic_write
 from ternaus.losses import SegmentationLoss
 from ternaus.metrics import dice_per_image, jaccard_per_image
@@ -47,7 +47,12 @@ def read_folds(cfg: Config) -> pd.DataFrame:
     path = Path(cfg.output_dir) / "folds.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run prepare_folds.py with the same config first")
-    return pd.read_csv(path, dtype={"id": str, "car_id": str})
+    folds = pd.read_csv(path, dtype={"id": str, "car_id": str})
+    found = sorted(folds["fold"].unique().tolist())
+    if found != list(range(cfg.folds.n_folds)):
+        raise DataError(f"{path} holds folds {found} but folds.n_folds={cfg.folds.n_folds}; "
+                        "run prepare_folds.py again with this config")
+    return folds
 
 
 def folds_to_train(cfg: Config) -> list[int]:

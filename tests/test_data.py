@@ -134,3 +134,11 @@ def test_synthetic_is_deterministic(tmp_path):
     assert len(files) == 16 * 4 + 3
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_a_folds_file_from_another_fold_count_is_refused(tiny_dataset, tmp_path):
+    from ternaus.training import read_folds
+
+    prepare_folds(config_for(tiny_dataset, tmp_path))
+    with pytest.raises(DataError, match=r"holds folds \[0, 1, 2\] but folds.n_folds=2; run prepare_folds.py"):
+        read_folds(config_for(tiny_dataset, tmp_path, "folds.n_folds=2"))

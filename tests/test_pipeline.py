@@ -24,11 +24,13 @@ def run_stage(script: str, *args: str) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tiny_dataset, tmp_path_factory):
+# Full resolution reflect-padded (62 x 40 -> 64 x 64, the Carvana recipe) and resized to 64 x 96 and back.
+@pytest.fixture(scope="module", params=["null", "[64,96]"], ids=["padded", "resized"])
+def pipeline_run(request, tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     overrides = [f"data.root={tiny_dataset}", f"output_dir={out}", "folds.n_folds=2", "train.epochs=2",
-                 "train.batch_size=4", "predict.batch_size=8", "submission.processes=2"]
+                 "train.batch_size=4", "predict.batch_size=8", "submission.processes=2",
+                 f"data.input_size={request.param}"]
     results = {"prepare_folds.py": run_stage("prepare_folds.py", *overrides),
                # One epoch, then the same command asking for two: the second run resumes from last.pt.
                "train.py (1 epoch)": run_stage("train.py", *overrides, "train.epochs=1"),
