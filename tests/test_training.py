@@ -1,0 +1,38 @@
+import pandas as pd
+import torch
+
+from ternaus.config import load_config
+from ternaus.prepare import prepare_folds
+from ternaus.training import train
+
+
+def config(root, out, *overrides):
+    return load_config(None, [f"data.root={root}", f"output_dir={out}", "folds.n_folds=2", "model.init=lecun",
+                              "train.batch_size=4", "train.val_batch_size=8", "data.num_workers=0",
+                              "data.input_size=null", "train.lr=1.0e-3", *overrides])
+
+
+def test_a_run_resumed_at_an_epoch_boundary_ends_where_an_uninterrupted_one_does(tiny_dataset, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for out in (whole, split):
+        prepare_folds(config(tiny_dataset, out))
+    train(config(tiny_dataset, whole, "train.epochs=2"), fold=0)
+    train(config(tiny_dataset, split, "train.epochs=1"), fold=0)
+    train(config(tiny_dataset, split, "train.epochs=2"), fold=0)  # resumes from last.pt after epoch 1
+    a = torch.load(whole / "fold_0" / "last.pt", weights_only=True)
+    b = torch.load(split / "fold_0" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    log_a = pd.read_csv(whole / "fold_0" / "log.csv").drop(columns="time_s")
+    log_b = pd.read_csv(split / "fold_0" / "log.csv").drop(columns="time_s")
+    pd.testing.assert_frame_equal(log_a, log_b)
+
+
+def test_resume_false_starts_over(tiny_dataset, tmp_path):
+    prepare_folds(config(tiny_dataset, tmp_path))
+    train(config(tiny_dataset, tmp_path, "train.epochs=2"), fold=1)
+    # Resuming would find both epochs done and keep the two-row log; starting over leaves one epoch.
+    train(config(tiny_dataset, tmp_path, "train.epochs=1", "train.resume=false"), fold=1)
+    assert pd.read_csv(tmp_path / "fold_1" / "log.csv")["epoch"].tolist() == [1]
+    assert torch.load(tmp_path / "fold_1" / "last.pt", weights_only=True)["epoch"] == 1
