@@ -10,14 +10,14 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from ternaus.data import DataError
+from ternaus.rle import parse_runs
 
 __all__ = ["assign_folds", "mask_area"]
 
 
 def mask_area(rle: str) -> int:
     """Foreground pixels of an RLE mask: the sum of the run lengths."""
-    values = np.array(rle.split(), dtype=np.int64)
-    return int(values[1::2].sum())
+    return int(parse_runs(rle)[1].sum())
 
 
 def _area_bins(table: pd.DataFrame, n_folds: int) -> np.ndarray:

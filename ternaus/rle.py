@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rle_encode", "rle_decode", "run_boundaries"]
+__all__ = ["rle_encode", "rle_decode", "run_boundaries", "parse_runs"]
 
 
 def _check_order(order: str) -> None:
@@ -45,14 +45,18 @@ def rle_encode(mask: np.ndarray, order: str = "C") -> str:
     return " ".join(map(str, pairs.tolist()))
 
 
-def _parse_pairs(rle: str) -> np.ndarray:
+def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
+    """``"start length ..."`` -> (starts, lengths) as int64 arrays, starts as written (1-indexed).
+
+    Raises ValueError, worded to follow "the RLE ...", for a string that is not integer pairs.
+    """
     try:
         numbers = np.array(rle.split(), dtype=np.int64)
     except ValueError:
-        raise ValueError(f"RLE string holds something other than integers: {rle[:60]!r}") from None
+        raise ValueError(f"holds something other than integers: {rle[:60]!r}") from None
     if numbers.size % 2:
-        raise ValueError(f"RLE string has an odd number of values ({numbers.size}); expected 'start length' pairs")
-    return numbers
+        raise ValueError(f"has an odd number of values ({numbers.size}); expected 'start length' pairs")
+    return numbers[0::2], numbers[1::2]
 
 
 def rle_decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
@@ -60,8 +64,8 @@ def rle_decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray
     _check_order(order)
     height, width = shape
     size = height * width
-    numbers = _parse_pairs(rle if isinstance(rle, str) else "")
-    starts, lengths = numbers[0::2] - 1, numbers[1::2]
+    starts, lengths = parse_runs(rle if isinstance(rle, str) else "")
+    starts = starts - 1
     ends = starts + lengths
     if starts.size and (starts.min() < 0 or lengths.min() < 1 or ends.max() > size):
         raise ValueError(f"RLE runs fall outside a {height}x{width} mask or have non-positive values")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ternaus.config import Config, resolve, save_config
 from ternaus.data import DataError, image_size, list_test
 from ternaus.io import atomic_write
-from ternaus.rle import rle_encode
+from ternaus.rle import parse_runs, rle_encode
 
 __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle"]
 
@@ -50,13 +50,10 @@ def _prediction_paths(cfg: Config, ids: list[str]) -> list[str]:
 def check_rle(rle: str, size: int) -> str | None:
     """What is wrong with one RLE string for an image of ``size`` pixels, or None."""
     try:
-        values = np.array(rle.split(), dtype=np.int64)
-    except ValueError:
-        return "holds something other than integers"
-    if values.size % 2:
-        return "has an odd number of values"
-    starts, lengths = values[0::2], values[1::2]
-    if (values <= 0).any():
+        starts, lengths = parse_runs(rle)
+    except ValueError as err:
+        return str(err)
+    if (starts <= 0).any() or (lengths <= 0).any():
         return "has a start or length that is not a positive integer"
     if (np.diff(starts) <= 0).any():
         return "has starts that do not increase"
