@@ -25,7 +25,7 @@ from ternaus.io import atomic_write, atomic_write_bytes
 from ternaus.metrics import dice_per_image, jaccard_per_image
 from ternaus.models import MODELS, load_weights
 from ternaus.runtime import Runtime
-from ternaus.training import fold_dir, folds_to_train, geometry_of, read_folds
+from ternaus.training import build_loader, fold_dir, folds_to_train, geometry_of, read_folds
 
 __all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof"]
 
@@ -121,8 +121,7 @@ def _png_image(maps: torch.Tensor) -> np.ndarray:
 def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config, runtime: Runtime,
             mask_at_input_size: bool = True) -> DataLoader:
     dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size)
-    return DataLoader(dataset, batch_size=cfg.predict.batch_size, shuffle=False, num_workers=cfg.data.num_workers,
-                      pin_memory=runtime.is_cuda)
+    return build_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
 
 
 def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime) -> Path:

@@ -70,9 +70,10 @@ def _epoch_seed(cfg: Config, fold: int, epoch: int) -> int:
     return cfg.train.seed * 1_000_003 + fold * 10_007 + epoch
 
 
-def _loader(dataset: SegmentationDataset, batch_size: int, runtime: Runtime, num_workers: int,
-            sampler: RandomSampler | None = None, generator: torch.Generator | None = None,
-            drop_last: bool = False) -> DataLoader:
+def build_loader(dataset: SegmentationDataset, batch_size: int, runtime: Runtime, num_workers: int,
+                 sampler: RandomSampler | None = None, generator: torch.Generator | None = None,
+                 drop_last: bool = False) -> DataLoader:
+    """In order unless a sampler is given; pinned host memory when the batches go to a GPU."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
                       pin_memory=runtime.is_cuda, drop_last=drop_last, generator=generator)
 
@@ -87,9 +88,9 @@ def make_loaders(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime
     generator = torch.Generator()
     # Drop a last batch of one: a single image gives a noisy Adam step at full resolution.
     drop_last = len(train_rows) % cfg.train.batch_size == 1 and len(train_rows) > 1
-    train_loader = _loader(train_set, cfg.train.batch_size, runtime, cfg.data.num_workers,
+    train_loader = build_loader(train_set, cfg.train.batch_size, runtime, cfg.data.num_workers,
                            RandomSampler(train_set, generator=generator), generator, drop_last)
-    val_loader = _loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
+    val_loader = build_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
     return train_loader, val_loader, generator
 
 

@@ -98,9 +98,7 @@ def test_the_checker_reports_broken_submissions_line_by_line(pipeline_run, tmp_p
     assert "line 3" in text and "odd number" in text
     assert f"{good['img'].iloc[-1]} is missing" in text
     assert f"{good['img'].iloc[2]} appears 2 times" in text
-    result = subprocess.run([sys.executable, str(ROOT / "make_submission.py"), "--config",
-                             str(ROOT / "configs/synthetic.yaml"), *overrides, "--check", str(path)],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = run_stage("make_submission.py", *overrides, "--check", str(path))
     assert result.returncode == 1 and "problem(s)" in result.stdout
 
 
