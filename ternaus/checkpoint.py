@@ -1,5 +1,6 @@
 """Training checkpoints: model (unwrapped, no ``module.`` prefix), optimizer, scaler, scheduler, epoch,
-best score and the config, written atomically. Read back with ``weights_only=True``.
+step, best score, RNG states, the log and the config, written atomically. Read back with
+``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from ternaus.io import atomic_write
+from ternaus.models import WeightsError
 
 __all__ = ["save_checkpoint", "read_checkpoint", "unwrap"]
 
@@ -43,4 +45,12 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any = None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """The checkpoint's dict, loaded with ``weights_only=True``: tensors and plain values, never code."""
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a bad file gets one clear message whatever torch raised
+        raise WeightsError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err)[:200]}); "
+                           "move it away, or start the fold over with train.resume=false") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise WeightsError(f"{path} is not a checkpoint written by train.py (no 'model' entry)")
+    return ckpt

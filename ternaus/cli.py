@@ -7,6 +7,7 @@ exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from ternaus.training import TrainingError
 __all__ = ["stage_parser", "load_stage_config", "run_stage"]
 
 USER_ERRORS = (ConfigError, DataError, WeightsError, TrainingError, FileNotFoundError)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -32,14 +34,30 @@ def load_stage_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def user_message(err: BaseException) -> str:
+    """The message itself: a DataLoader worker re-raises our error with its traceback folded into the text."""
+    text = str(err)
+    marker = f"{type(err).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        return text[text.rindex(marker) + len(marker):].strip()
+    return text
+
+
 def run_stage(body: Callable[[], object]) -> int:
     """Run a stage; user-fixable errors print a message and return 2."""
     try:
         body()
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        print(f"error: the disk is full{where} ({err.strerror}). Free some space and run the same command "
+              "again: every finished file is kept and the stage resumes from them.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     return 0

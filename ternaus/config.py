@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -104,6 +105,11 @@ class TrainConfig:
     seed: int = 0
     # Continue from fold_K/last.pt when it exists; false starts the fold over.
     resume: bool = True
+    # Also write last.pt every N training steps (0: at the end of each epoch only). A Carvana epoch is
+    # ~1,000 steps; 200 bounds the work a crash can cost at a fifth of an epoch.
+    checkpoint_every: int = 0
+    # Deterministic kernels (slower on GPUs): a resumed run then matches an uninterrupted one bit for bit.
+    deterministic: bool = False
     threshold: float = 0.5
     # How often the progress bar's loss is refreshed: each refresh synchronises with the GPU.
     log_every: int = 10
@@ -118,6 +124,8 @@ class PredictConfig:
     out_dir: str = "predictions"
     writer_threads: int = 4
     oof: bool = True
+    # Keep the PNGs an interrupted run already wrote with the same models and settings; false redoes all.
+    resume: bool = True
 
 
 @dataclass
@@ -262,14 +270,19 @@ def _validate_values(cfg: Config) -> list[str]:
     errors += [f"{k}: must be at least 1, got {flat[k]}" for k in positive if isinstance(flat[k], int) and flat[k] < 1]
     if isinstance(cfg.folds.n_folds, int) and cfg.folds.n_folds < 2:
         errors.append(f"folds.n_folds: cross-validation needs at least 2 folds, got {cfg.folds.n_folds}")
+    errors += [f"{k}: must be a finite number, got {v}" for k, v in flat.items()
+               if isinstance(v, float) and not math.isfinite(v)]
     if isinstance(cfg.train.lr, float) and cfg.train.lr <= 0:
         errors.append(f"train.lr: must be positive, got {cfg.train.lr}")
     for key in ("train.threshold", "submission.threshold", "train.augment.hflip", "train.augment.ssr_p",
                 "train.augment.color_p"):
         if isinstance(flat[key], float) and not 0.0 <= flat[key] <= 1.0:
             errors.append(f"{key}: must lie in [0, 1], got {flat[key]}")
-    if isinstance(cfg.data.num_workers, int) and cfg.data.num_workers < 0:
-        errors.append(f"data.num_workers: must be 0 or more, got {cfg.data.num_workers}")
+    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes"):
+        if isinstance(flat[key], int) and flat[key] < 0:
+            errors.append(f"{key}: must be 0 or more, got {flat[key]}")
+    if isinstance(cfg.train.weight_decay, float) and cfg.train.weight_decay < 0:
+        errors.append(f"train.weight_decay: must be 0 or more, got {cfg.train.weight_decay}")
     errors += _validate_input_size(cfg.data.input_size)
     if isinstance(cfg.model.init, str) and cfg.model.init not in ("lecun", "imagenet") \
             and not Path(cfg.model.init).is_file():
@@ -333,8 +346,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         _set_path(data, key, value)
     errors: list[str] = []
     cfg = _from_dict(Config, data, "", errors)
-    if not errors:
-        errors = _validate_values(cfg)
+    # Values are checked even when some types were wrong, so that every problem is listed at once;
+    # each value check skips a field whose type is already reported.
+    errors += _validate_values(cfg)
     if errors:
         where = f" in {path}" if path is not None else ""
         raise ConfigError(f"{len(errors)} problem(s) with the configuration{where}:\n  - " + "\n  - ".join(errors))

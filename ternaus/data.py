@@ -8,6 +8,7 @@ Images travel to the device as uint8 and are normalised there: a quarter of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from ternaus.rle import rle_decode
 
 __all__ = [
     "DataError", "Geometry", "SegmentationDataset", "car_id_of", "read_image", "read_mask",
-    "list_train", "list_test", "check_train", "train_items", "image_size",
+    "list_train", "list_test", "check_train", "check_train_row", "train_items", "image_size", "image_file_problem",
+    "check_image_files", "listing",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,14 +44,66 @@ def car_id_of(image_id: str) -> str:
 # ---------------------------------------------------------------- reading files
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 array (H, W, 3)."""
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+TAIL = 4096  # a JPEG's end marker is within its last bytes; entropy-coded data never contains FF D9
+
+
+def _bytes_problem(path: Path, size: int, head: bytes, tail: bytes) -> str | None:
+    if size == 0:
+        return f"{path} is empty (0 bytes); replace it with the original image"
+    if head.startswith(JPEG_START) and JPEG_END not in tail:
+        return f"{path} is truncated (the JPEG has no end marker); copy or download it again"
+    return None
+
+
+def image_file_problem(path: str | Path) -> str | None:
+    """What is wrong with an image file, from its first and last bytes (no decoding), or None."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(max(0, size - TAIL))
+            tail = f.read()
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as err:
+        return f"{path} cannot be read ({err.strerror})"
+    problem = _bytes_problem(path, size, head, tail)
+    if problem is None and not head.startswith(JPEG_START):
+        try:  # not JPEG bytes under a .jpg name: fine if it is an image at all (a PNG, say)
+            image_size(path)
+        except DataError as err:
+            problem = str(err)
+    return problem
+
+
+def check_image_files(paths: list[Path]) -> None:
+    """Refuse, before any long work, image files that are missing, empty, truncated or not images."""
+    problems = [p for p in map(image_file_problem, paths) if p]
+    if problems:
+        raise DataError(listing(f"{len(problems)} of {len(paths)} image file(s) cannot be used", problems))
+
+
+def listing(title: str, problems: list[str], limit: int = 50) -> str:
+    shown = "\n  ".join(problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{title}:\n  {shown}{more}"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 array (H, W, 3); a truncated JPEG is refused (OpenCV would decode it with a grey bottom)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    problem = _bytes_problem(path, len(data), data[:2], data[-TAIL:])
+    if problem:
+        raise DataError(problem)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise DataError(f"image {path} cannot be decoded (empty, truncated or not an image); replace or remove it")
+        raise DataError(f"image {path} cannot be decoded (not an image); replace or remove it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -59,7 +113,8 @@ def normalise_mask_values(mask: np.ndarray, source: str) -> np.ndarray:
         return mask.astype(np.uint8, copy=False)
     if np.isin(values, (0, 255)).all():
         return (mask == 255).astype(np.uint8)
-    raise DataError(f"mask {source} holds values {values[:8].tolist()}; expected 0/1 or 0/255")
+    raise DataError(f"mask {source} holds values {values[:8].tolist()}; expected 0/1 or 0/255 "
+                    "(a binary mask: save it with exactly two values)")
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -81,7 +136,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as img:
             width, height = img.size
     except Exception as err:  # noqa: BLE001
-        raise DataError(f"{path} is not a readable image ({err})") from None
+        raise DataError(f"{path} is not a readable image ({err}); replace it") from None
     return height, width
 
 
@@ -89,17 +144,41 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def _ids_in(folder: Path, suffix: str) -> list[str]:
+    """The ids of ``*{suffix}`` files; any other file is refused rather than silently skipped."""
     if not folder.is_dir():
         raise DataError(f"folder {folder} does not exist; check data.root and the data.*_dir keys")
-    return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
+    names = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+    others = sorted(n for n in names if not n.endswith(suffix))
+    if others:
+        raise DataError(f"{folder} holds {len(others)} file(s) that are not *{suffix} and would be skipped, "
+                        f"e.g. {others[:3]}; convert them to {suffix} or move them out")
+    return sorted(n[: -len(suffix)] for n in names)
+
+
+def _duplicates(values: pd.Series) -> list[str]:
+    counts = values.value_counts()
+    return sorted(counts[counts > 1].index.tolist())
+
+
+def _read_id_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A CSV keyed by image name, with its header and the uniqueness of its ids checked."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); replace it") from None
+    if list(table.columns[: len(columns)]) != columns:
+        raise DataError(f"{path}: expected the header '{','.join(columns)}', got '{','.join(table.columns)}'")
+    repeated = _duplicates(table[columns[0]])
+    if repeated:
+        raise DataError(f"{path} lists {len(repeated)} image(s) more than once, e.g. {repeated[:3]}; "
+                        "keep one row per image")
+    return table
 
 
 def _read_rle_csv(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if list(table.columns[:2]) != ["img", "rle_mask"]:
-        raise DataError(f"{path}: expected the header 'img,rle_mask', got {list(table.columns)}")
+    table = _read_id_csv(path, ["img", "rle_mask"])
     return dict(zip(table["img"].str.removesuffix(".jpg"), table["rle_mask"]))
 
 
@@ -108,7 +187,8 @@ def list_train(cfg: Config) -> pd.DataFrame:
     image_dir, mask_dir = resolve(cfg, cfg.data.train_dir), resolve(cfg, cfg.data.masks_dir)
     ids = _ids_in(image_dir, ".jpg")
     if not ids:
-        raise DataError(f"no training images (*.jpg) in {image_dir}")
+        raise DataError(f"no training images (*.jpg) in {image_dir}; put the training images there, "
+                        "or point data.root (or data.train_dir) at the folder that holds them")
     rles = _read_rle_csv(resolve(cfg, cfg.data.masks_csv))
     rows = []
     for image_id in ids:
@@ -130,14 +210,17 @@ def list_test(cfg: Config) -> list[str]:
     sample = resolve(cfg, cfg.data.sample_submission)
     if not sample.is_file():
         raise DataError(f"{sample} does not exist; it fixes the submission's rows (set data.sample_submission)")
-    ids = pd.read_csv(sample, dtype=str, keep_default_na=False)["img"].str.removesuffix(".jpg").tolist()
+    ids = _read_id_csv(sample, ["img"])["img"].str.removesuffix(".jpg").tolist()
+    if not ids:
+        raise DataError(f"{sample} lists no test images; use the competition's sample_submission.csv")
     missing = [i for i in ids if i not in on_disk]
     if missing:
-        raise DataError(f"{len(missing)} image(s) of {sample} are not in {test_dir}, e.g. {missing[:3]}")
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{sample} lists some images more than once")
-    if not ids:
-        raise DataError(f"{sample} lists no test images")
+        raise DataError(f"{len(missing)} image(s) of {sample} are not in {test_dir}, e.g. {missing[:3]}; "
+                        "copy them there, or use the sample submission that belongs to this test set")
+    unlisted = sorted(on_disk - set(ids))
+    if unlisted:
+        raise DataError(f"{len(unlisted)} image(s) in {test_dir} are not in {sample}, e.g. {unlisted[:3]}; "
+                        "the submission's rows come from the sample: use the one that belongs to this test set")
     return ids
 
 
@@ -150,25 +233,34 @@ def load_train_mask(row: Any, shape: tuple[int, int]) -> np.ndarray:
         raise DataError(f"RLE mask of {row['id']} in the masks CSV is invalid: {err}") from None
 
 
-def check_train(table: pd.DataFrame) -> list[str]:
+def check_train_row(row: dict) -> list[str]:
+    """Every problem with one training image and its mask; the mask is decoded to check its values."""
+    problem = image_file_problem(row["image"])
+    if problem:
+        return [problem]
+    if not row["mask"] and not row["rle"]:
+        return [f"{row['image']}: no mask (neither {row['id']}_mask.gif nor a row in the masks CSV); "
+                "add it or remove the image"]
+    try:
+        height, width = image_size(row["image"])
+        mask = load_train_mask(row, (height, width))
+    except DataError as err:
+        return [str(err)]
+    if mask.shape != (height, width):
+        return [f"{row['mask']}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {width}x{height}; "
+                "the mask must have its image's size"]
+    return []
+
+
+def check_train(table: pd.DataFrame, processes: int = 1) -> list[str]:
     """Every problem with the training data, one line each; an empty list means ready to train."""
-    problems = []
-    for row in table.itertuples(index=False):
-        row = row._asdict()
-        if not row["mask"] and not row["rle"]:
-            problems.append(f"{row['image']}: no mask (neither {row['id']}_mask.gif nor a row in the masks CSV)")
-            continue
-        try:
-            height, width = image_size(row["image"])
-            if row["mask"]:
-                mask_hw = image_size(row["mask"])
-                if mask_hw != (height, width):
-                    problems.append(f"{row['mask']}: mask is {mask_hw[1]}x{mask_hw[0]}, image is {width}x{height}")
-            else:
-                load_train_mask(row, (height, width))
-        except DataError as err:
-            problems.append(str(err))
-    return problems
+    rows = table.to_dict("records")
+    if processes > 1 and len(rows) > 64:
+        with Pool(processes) as pool:
+            found = pool.map(check_train_row, rows, chunksize=16)
+    else:
+        found = [check_train_row(row) for row in rows]
+    return [problem for problems in found for problem in problems]
 
 
 def train_items(cfg: Config, folds: pd.DataFrame) -> pd.DataFrame:
@@ -177,8 +269,8 @@ def train_items(cfg: Config, folds: pd.DataFrame) -> pd.DataFrame:
     merged = table.merge(folds[["id", "fold"]], on="id", how="outer", indicator=True)
     stale = merged[merged["_merge"] != "both"]
     if len(stale):
-        raise DataError(f"folds.csv does not match the data in {cfg.data.root} ({len(stale)} ids differ, "
-                        f"e.g. {stale['id'].iloc[0]}); run prepare_folds.py again")
+        raise DataError(f"{Path(cfg.output_dir) / 'folds.csv'} does not match the data in {cfg.data.root} "
+                        f"({len(stale)} ids differ, e.g. {stale['id'].iloc[0]}); run prepare_folds.py again")
     return merged.drop(columns="_merge").astype({"fold": int})
 
 
@@ -251,7 +343,9 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        # (index, seed): the augmentation is drawn from ``seed`` alone (see training.EpochSampler).
+        index, seed = key if isinstance(key, tuple) else (key, None)
         row = self.rows[index]
         image = read_image(row["image"])
         size = image.shape[:2]
@@ -265,5 +359,13 @@ class SegmentationDataset(Dataset):
                 mask = self.geometry.mask_to_input(mask)
             item["mask"] = torch.from_numpy(mask)[None]
         if self.transform is not None:
-            item = self.transform(item)
+            item = self._augment(item, seed)
         return item
+
+    def _augment(self, item: dict[str, Any], seed: int | None) -> dict[str, Any]:
+        if seed is None:
+            return self.transform(item)
+        # transforms.v2 draws from the global generator; fork it so the caller's stream is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(item)

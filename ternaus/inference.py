@@ -2,12 +2,17 @@
 averaged over TTA and folds, returned to each image's own size, written as one uint8 PNG per image.
 
 It streams: a DataLoader reads ahead, PNG encoding and writing run on background threads with a bounded
-queue, so memory does not grow with the number of test images. It also scores each fold's held-out
-images with that fold's model (the out-of-fold Dice).
+queue, so memory does not grow with the number of test images. It resumes: a run killed part-way and
+started again predicts only the images still missing, in the same batches, so every PNG comes out
+byte-identical to an uninterrupted run's. It also scores each fold's held-out images with that fold's
+model (the out-of-fold Dice).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ternaus.config import Config, resolve, save_config
-from ternaus.data import Geometry, SegmentationDataset, list_test, normalise_on_device, train_items
-from ternaus.io import atomic_write, atomic_write_bytes
+from ternaus.config import Config, ConfigError, resolve, save_config
+from ternaus.data import Geometry, SegmentationDataset, check_image_files, list_test, normalise_on_device, train_items
+from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from ternaus.metrics import dice_per_image, jaccard_per_image
 from ternaus.models import MODELS, load_weights
 from ternaus.runtime import Runtime
@@ -68,16 +73,82 @@ def to_uint8(probs: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- models
 
 
-def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None) -> dict[int, torch.nn.Module]:
-    models = {}
+def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, Path]:
+    paths = {}
     for fold in folds if folds is not None else folds_to_train(cfg):
         path = fold_dir(cfg, fold) / cfg.predict.checkpoint
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: train fold {fold} first (python train.py --config ... "
                                     f"--fold {fold}) or list the trained folds in train.folds")
+        paths[fold] = path
+    return paths
+
+
+def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None) -> dict[int, torch.nn.Module]:
+    models = {}
+    for fold, path in checkpoint_paths(cfg, folds).items():
         model = load_weights(MODELS[cfg.model.name](num_classes=cfg.model.num_classes), path)
         models[fold] = runtime.prepare_model(model).eval()
     return models
+
+
+# ---------------------------------------------------------------- resuming an interrupted prediction
+
+STATE_FILE = ".predict.json"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
+
+
+def png_complete(path: Path) -> bool:
+    """A whole PNG ends with its IEND chunk; a file cut short (a power cut before the disk caught up) does not."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-len(PNG_END), os.SEEK_END)
+            return f.read() == PNG_END
+    except OSError:
+        return False
+
+
+def prediction_fingerprint(cfg: Config, paths: dict[int, Path], runtime: Runtime) -> dict:
+    """Everything the PNGs' bytes depend on: the weights' hashes, TTA, geometry, batching and precision."""
+    digests = {}
+    for fold, path in paths.items():
+        with open(path, "rb") as f:
+            digests[str(fold)] = hashlib.file_digest(f, "sha256").hexdigest()
+    fingerprint = {"checkpoints": digests, "model": cfg.model.name, "num_classes": cfg.model.num_classes,
+                   "tta": cfg.predict.tta, "input_size": cfg.data.input_size, "batch_size": cfg.predict.batch_size,
+                   "runtime": runtime.describe()}
+    return json.loads(json.dumps(fingerprint))
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def predictions_to_keep(out_dir: Path, ids: list[str], fingerprint: dict, resume: bool) -> set[str]:
+    """The ids whose PNG an earlier run already wrote with the same fingerprint; other PNGs are removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    state_path = out_dir / STATE_FILE
+    if resume and _read_state(state_path) == fingerprint:
+        return {i for i in ids if png_complete(out_dir / f"{i}.png")}
+    old = [out_dir / f"{i}.png" for i in ids if (out_dir / f"{i}.png").exists()]
+    if old:
+        why = "predict.resume=false" if resume is False else "they were made by other models or settings"
+        print(f"removing {len(old)} earlier predictions from {out_dir}: {why}")
+    for path in old:  # before the new fingerprint is written, so a kill here cannot mix the two
+        path.unlink()
+    atomic_write_text(state_path, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
+    return set()
+
+
+def batches_to_do(ids: list[str], batch_size: int, done: set[str]) -> list[list[str]]:
+    """Fixed batches of the test list, the complete ones left out: a resumed run batches every remaining image
+    exactly as an uninterrupted run did, so its PNGs come out byte-identical."""
+    batches = [ids[i: i + batch_size] for i in range(0, len(ids), batch_size)]
+    return [batch for batch in batches if not all(i in done for i in batch)]
 
 
 # ---------------------------------------------------------------- writing PNGs on background threads
@@ -101,7 +172,8 @@ class PngWriter:
         ok, encoded = cv2.imencode(".png", image)
         if not ok:
             raise OSError(f"PNG encoding failed for {path}")
-        atomic_write_bytes(path, encoded.tobytes())
+        # No fsync for 100,000 PNGs: a resumed run checks each file's end instead (png_complete).
+        atomic_write_bytes(path, encoded.tobytes(), durable=False)
 
     def close(self) -> None:
         while self.pending:
@@ -124,24 +196,39 @@ def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config,
     return build_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
 
 
-def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime) -> Path:
-    if cfg.model.num_classes > 4:
-        raise ValueError("predictions are written as one PNG per image, which holds at most 4 classes")
+def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, ids: list[str],
+                 fingerprint: dict) -> Path:
     out_dir = Path(cfg.output_dir) / cfg.predict.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    done = predictions_to_keep(out_dir, ids, fingerprint, cfg.predict.resume)
+    batches = batches_to_do(ids, cfg.predict.batch_size, done)
+    if done:
+        print(f"resuming: {len(done)} of {len(ids)} predictions were already written by the same models and "
+              f"settings; predicting the remaining {sum(map(len, batches))} image(s)")
+    if batches:
+        _predict_batches(cfg, models, runtime, batches, out_dir, done)
+    return out_dir
+
+
+def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, batches: list[list[str]],
+                     out_dir: Path, done: set[str]) -> None:
     test_dir = resolve(cfg, cfg.data.test_dir)
-    rows = [{"id": i, "image": str(test_dir / f"{i}.jpg")} for i in list_test(cfg)]
+    rows = [{"id": i, "image": str(test_dir / f"{i}.jpg")} for batch in batches for i in batch]
+    starts = np.cumsum([0] + [len(b) for b in batches])
+    batch_sampler = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
     geometry = geometry_of(cfg)
+    loader = build_loader(SegmentationDataset(rows, geometry, False), cfg.predict.batch_size, runtime,
+                          cfg.data.num_workers, batch_sampler=batch_sampler)
     writer = PngWriter(cfg.predict.writer_threads)
     try:
-        for batch in tqdm(_loader(rows, geometry, False, cfg, runtime), desc="predict test", dynamic_ncols=True):
+        for batch in tqdm(loader, desc="predict test", dynamic_ncols=True):
             images = normalise_on_device(runtime.to_device(batch["image"]))
             probs = tta_probabilities(models, images, runtime, cfg.predict.tta)
             for image_id, maps, size in zip(batch["id"], probs, batch["size"].tolist()):
-                writer.submit(out_dir / f"{image_id}.png", _png_image(to_uint8(geometry.restore(maps, tuple(size)))))
+                if image_id not in done:
+                    writer.submit(out_dir / f"{image_id}.png",
+                                  _png_image(to_uint8(geometry.restore(maps, tuple(size)))))
     finally:
         writer.close()
-    return out_dir
 
 
 @torch.no_grad()
@@ -165,11 +252,20 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
 
 def predict(cfg: Config) -> dict:
     """The predict stage: test PNGs, then the out-of-fold scores; returns paths and the OOF Dice."""
+    if cfg.model.num_classes > 4:
+        raise ConfigError("model.num_classes: predictions are written as one PNG per image, which holds at most 4 "
+                          f"classes, got {cfg.model.num_classes}")
     runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last)
-    save_config(cfg, Path(cfg.output_dir) / "configs" / "predict.yaml")
+    # Everything that can be refused is checked before the first file is written.
+    ids = list_test(cfg)
+    check_image_files([resolve(cfg, cfg.data.test_dir) / f"{i}.jpg" for i in ids])
+    if cfg.predict.oof:
+        train_items(cfg, read_folds(cfg))
+    fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
+    save_config(cfg, Path(cfg.output_dir) / "configs" / "predict.yaml")
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}")
-    out_dir = predict_test(cfg, list(models.values()), runtime)
+    out_dir = predict_test(cfg, list(models.values()), runtime, ids, fingerprint)
     result = {"predictions": out_dir, "oof_dice": None}
     if cfg.predict.oof:
         oof = predict_oof(cfg, models, runtime)

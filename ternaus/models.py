@@ -24,6 +24,7 @@ __all__ = [
     "DecoderBlock",
     "lecun_uniform_",
     "load_weights",
+    "fit_state_dict",
     "load_imagenet_encoder",
     "imagenet_weight_candidates",
     "build_model",
@@ -203,13 +204,32 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
         raise WeightsError(f"{path} does not fit {type(model).__name__}:\n  " + "\n  ".join(problems[:20]) + hint)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a whole-network checkpoint: the original TernausNet layout or this project's, strictly."""
+def _check_arch(model: nn.Module, obj: Any, path: Path) -> None:
+    """This project's checkpoints name the architecture they were built for: compare before the tensors."""
+    arch = obj.get("arch") if isinstance(obj, dict) else None
+    if not isinstance(arch, dict):
+        return  # the original TernausNet files and bare state_dicts carry no such record
+    want = (type(model).__name__, getattr(model, "num_classes", None))
+    have = (arch.get("name"), arch.get("num_classes"))
+    if have != want:
+        raise WeightsError(f"{path} was trained as {have[0]} with {have[1]} class(es), but this config builds "
+                           f"{want[0]} with {want[1]}: set model.name / model.num_classes to match the checkpoint, "
+                           "or point to a checkpoint of this model")
+
+
+def fit_state_dict(model: nn.Module, obj: Any, path: str | Path) -> nn.Module:
+    """Load what a checkpoint file held into ``model``, strictly, after checking that it was built for it."""
     path = Path(path)
-    state = _expand_aliases(_extract_state_dict(_torch_load(path), path), path)
+    _check_arch(model, obj, path)
+    state = _expand_aliases(_extract_state_dict(obj, path), path)
     _check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a whole-network checkpoint: the original TernausNet layout or this project's, strictly."""
+    return fit_state_dict(model, _torch_load(Path(path)), path)
 
 
 def imagenet_weight_candidates(explicit: str | None = None) -> list[Path]:

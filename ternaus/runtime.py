@@ -6,13 +6,14 @@ choices.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["Runtime", "seed_everything"]
+__all__ = ["Runtime", "seed_everything", "rng_states", "set_rng_states", "use_deterministic_algorithms"]
 
 
 @dataclass
@@ -22,11 +23,15 @@ class Runtime:
     channels_last: bool
 
     @classmethod
-    def detect(cls, amp: bool = True, amp_dtype: str = "bfloat16", channels_last: bool = True) -> "Runtime":
+    def detect(cls, amp: bool = True, amp_dtype: str = "bfloat16", channels_last: bool = True,
+               deterministic: bool = False) -> "Runtime":
+        if deterministic:
+            use_deterministic_algorithms()
         if not torch.cuda.is_available():
             # On CPUs channels_last and autocast were measured slower for UNet11; keep float32 NCHW.
             return cls(torch.device("cpu"), None, False)
-        torch.backends.cudnn.benchmark = True
+        # Autotuning picks kernels by timing, which may differ from run to run.
+        torch.backends.cudnn.benchmark = not deterministic
         dtype = None
         if amp:
             dtype = torch.bfloat16 if amp_dtype == "bfloat16" and torch.cuda.is_bf16_supported() else torch.float16
@@ -64,3 +69,35 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def use_deterministic_algorithms() -> None:
+    """Same inputs, same bits: needed for a resumed run to match an uninterrupted one on a GPU."""
+    # cuBLAS needs a fixed workspace to be deterministic; it must be set before the first CUDA matmul.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def rng_states() -> dict:
+    """Every global random generator's state, in types that ``torch.load(weights_only=True)`` accepts."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    python = states["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = states["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["gauss"]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])

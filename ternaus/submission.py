@@ -53,6 +53,8 @@ def check_rle(rle: str, size: int) -> str | None:
         starts, lengths = parse_runs(rle)
     except ValueError as err:
         return str(err)
+    except OverflowError:  # numpy refuses an integer beyond int64 with OverflowError, not ValueError
+        return f"holds a number too large to be a pixel index: {rle[:60]!r}"
     if (starts <= 0).any() or (lengths <= 0).any():
         return "has a start or length that is not a positive integer"
     if (np.diff(starts) <= 0).any():
@@ -67,23 +69,37 @@ def check_rle(rle: str, size: int) -> str | None:
 def check_submission(path: str | Path, cfg: Config) -> list[str]:
     """Every problem with a written submission, one line each: header, rows, each RLE string."""
     ids = list_test(cfg)
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if list(table.columns) != HEADER:
-        return [f"{path}: header is {list(table.columns)}, expected {HEADER}"]
-    names = table["img"].str.removesuffix(".jpg")
-    counts = names.value_counts()
-    expected = set(ids)
-    problems = [f"{path}: {name}.jpg appears {n} times" for name, n in counts[counts > 1].items()]
-    problems += [f"{path}: {name}.jpg is missing" for name in ids if name not in counts.index]
-    problems += [f"{path}: {name}.jpg is not a test image" for name in counts.index if name not in expected]
+    table, problem = _read_submission(Path(path))
+    if problem:
+        return [problem]
+    # Names are compared exactly as the sample spells them ("<id>.jpg"): Kaggle matches them as strings.
+    expected = {f"{i}.jpg": i for i in ids}
+    counts = table["img"].value_counts()
+    problems = [f"{path}: {name} appears {n} times" for name, n in counts[counts > 1].items()]
+    problems += [f"{path}: {name} is missing" for name in expected if name not in counts.index]
+    problems += [f"{path}: {name!r} is not a test image" for name in counts.index if name not in expected]
     test_dir = resolve(cfg, cfg.data.test_dir)
-    for line, (name, rle) in enumerate(zip(names, table["rle_mask"]), start=2):
+    for line, name, rle in zip(table.index, table["img"], table["rle_mask"]):
         if name in expected:
-            height, width = image_size(test_dir / f"{name}.jpg")
+            height, width = image_size(test_dir / name)
             problem = check_rle(rle, height * width)
             if problem:
-                problems.append(f"{path} line {line} ({name}.jpg): the RLE {problem}")
+                problems.append(f"{path} line {line} ({name}): the RLE {problem}")
     return problems
+
+
+def _read_submission(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    if not path.is_file():
+        return None, f"{path} does not exist"
+    try:
+        # Blank lines are read as empty rows, so that a row's line in the file is its index + 2.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except Exception as err:  # noqa: BLE001 - pandas, gzip and the codecs each raise their own kind
+        return None, f"{path} is not a readable CSV ({type(err).__name__}: {str(err).strip()[:200]})"
+    if list(table.columns) != HEADER:
+        return None, f"{path}: header is {list(table.columns)}, expected {HEADER}"
+    table.index = table.index + 2
+    return table[(table["img"] != "") | (table["rle_mask"] != "")], None
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> Path:
@@ -95,9 +111,9 @@ def _write_csv(path: Path, table: pd.DataFrame) -> Path:
 def make_submission(cfg: Config, threshold: float | None = None) -> Path:
     """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing."""
     threshold = cfg.submission.threshold if threshold is None else threshold
-    save_config(cfg, Path(cfg.output_dir) / "configs" / "make_submission.yaml")
     ids = list_test(cfg)
     jobs = [(p, threshold) for p in _prediction_paths(cfg, ids)]
+    save_config(cfg, Path(cfg.output_dir) / "configs" / "make_submission.yaml")
     processes = cfg.submission.processes or os.cpu_count() or 1
     with Pool(processes) as pool:
         rles = list(tqdm(pool.imap(_encode_star, jobs, chunksize=16), total=len(jobs), desc="encode",

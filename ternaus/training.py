@@ -1,33 +1,38 @@
 """Training: one UNet11 per fold, Adam with the Carvana cyclic schedule, validation every epoch.
 
-Each fold writes ``fold_K/last.pt`` (every epoch), ``fold_K/best.pt`` (best validation Dice) and
-``fold_K/log.csv``. Randomness is re-seeded from (seed, fold, epoch) at the start of every epoch, so a
-run resumed from ``last.pt`` shuffles and augments exactly as an uninterrupted one would.
+Each fold writes ``fold_K/last.pt`` (every epoch, and every ``train.checkpoint_every`` steps),
+``fold_K/best.pt`` (best validation Dice) and ``fold_K/log.csv``. The shuffle of an epoch is drawn from
+(seed, fold, epoch) and each image's augmentation from its position in the epoch, and ``last.pt`` holds
+the generators' states and the log, so a run killed at any moment and started again ends exactly where
+an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ternaus.augment import build_train_transform
-from ternaus.checkpoint import read_checkpoint, save_checkpoint
-from ternaus.config import Config, config_to_dict, save_config
-from ternaus.data import DataError, Geometry, SegmentationDataset, normalise_on_device, train_items
-from ternaus.io import atomic_write
+from ternaus.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from ternaus.config import Config, ConfigError, config_to_dict, save_config
+from ternaus.data import (DataError, Geometry, SegmentationDataset, check_image_files, normalise_on_device,
+                          train_items)
+from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss
 from ternaus.metrics import dice_per_image, jaccard_per_image
-from ternaus.models import build_model
-from ternaus.runtime import Runtime, seed_everything
+from ternaus.models import build_model, fit_state_dict
+from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
 
-__all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError"]
+__all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
+           "build_loader"]
 
 
 class TrainingError(RuntimeError):
@@ -47,7 +52,16 @@ def read_folds(cfg: Config) -> pd.DataFrame:
     path = Path(cfg.output_dir) / "folds.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run prepare_folds.py with the same config first")
-    folds = pd.read_csv(path, dtype={"id": str, "car_id": str})
+    try:
+        folds = pd.read_csv(path, dtype={"id": str, "car_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); run prepare_folds.py again") from None
+    if not {"id", "fold"} <= set(folds.columns) or not pd.api.types.is_integer_dtype(folds["fold"]):
+        raise DataError(f"{path} needs an 'id' column and an integer 'fold' column; run prepare_folds.py again")
+    repeated = folds["id"][folds["id"].duplicated()].tolist()
+    if repeated:
+        raise DataError(f"{path} lists {len(repeated)} id(s) more than once, e.g. {repeated[:3]}; "
+                        "run prepare_folds.py again")
     found = sorted(folds["fold"].unique().tolist())
     if found != list(range(cfg.folds.n_folds)):
         raise DataError(f"{path} holds folds {found} but folds.n_folds={cfg.folds.n_folds}; "
@@ -70,28 +84,61 @@ def _epoch_seed(cfg: Config, fold: int, epoch: int) -> int:
     return cfg.train.seed * 1_000_003 + fold * 10_007 + epoch
 
 
-def build_loader(dataset: SegmentationDataset, batch_size: int, runtime: Runtime, num_workers: int,
-                 sampler: RandomSampler | None = None, generator: torch.Generator | None = None,
-                 drop_last: bool = False) -> DataLoader:
+class EpochSampler(Sampler):
+    """The epoch's shuffled order, drawn from its seed alone, from position ``start`` on.
+
+    It yields ``(index, item_seed)`` pairs: each image's augmentation depends only on the epoch and its
+    position in it, not on the number of loader workers nor on where an interrupted run resumed.
+    """
+
+    def __init__(self, size: int, seed: int, start: int = 0):
+        self.size, self.seed, self.start = size, seed, start
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        for position in range(self.start, self.size):
+            yield order[position], (self.seed * 100_003 + position) % 2**63
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+def build_loader(dataset: Dataset, batch_size: int, runtime: Runtime, num_workers: int,
+                 sampler: Sampler | None = None, drop_last: bool = False,
+                 batch_sampler: list[list[int]] | None = None) -> DataLoader:
     """In order unless a sampler is given; pinned host memory when the batches go to a GPU."""
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                          pin_memory=runtime.is_cuda)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      pin_memory=runtime.is_cuda, drop_last=drop_last, generator=generator)
+                      pin_memory=runtime.is_cuda, drop_last=drop_last)
 
 
-def make_loaders(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime
-                 ) -> tuple[DataLoader, DataLoader, torch.Generator]:
+@dataclass
+class FoldData:
+    train_set: SegmentationDataset
+    val_loader: DataLoader
+    drop_last: bool
+
+    def train_loader(self, cfg: Config, runtime: Runtime, seed: int, start_step: int) -> DataLoader:
+        sampler = EpochSampler(len(self.train_set), seed, start_step * cfg.train.batch_size)
+        return build_loader(self.train_set, cfg.train.batch_size, runtime, cfg.data.num_workers, sampler,
+                            self.drop_last)
+
+
+def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime) -> FoldData:
     geometry = geometry_of(cfg)
     train_rows = items[items["fold"] != fold].to_dict("records")
     val_rows = items[items["fold"] == fold].to_dict("records")
+    if not train_rows or not val_rows:
+        raise DataError(f"fold {fold} has {len(train_rows)} training and {len(val_rows)} validation images; "
+                        "run prepare_folds.py again with this config")
     train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment))
     val_set = SegmentationDataset(val_rows, geometry, True)
-    generator = torch.Generator()
     # Drop a last batch of one: a single image gives a noisy Adam step at full resolution.
     drop_last = len(train_rows) % cfg.train.batch_size == 1 and len(train_rows) > 1
-    train_loader = build_loader(train_set, cfg.train.batch_size, runtime, cfg.data.num_workers,
-                           RandomSampler(train_set, generator=generator), generator, drop_last)
     val_loader = build_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
-    return train_loader, val_loader, generator
+    return FoldData(train_set, val_loader, drop_last)
 
 
 # ---------------------------------------------------------------- one epoch
@@ -104,15 +151,41 @@ class FoldState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     loss_fn: SegmentationLoss
-    epoch: int = 0
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches done in epoch ``epoch + 1``: non-zero only in a mid-epoch checkpoint
+    loss_sum: torch.Tensor | None = None  # their summed loss, on the device
     best_score: float = -math.inf
+    log: list[dict] = field(default_factory=list)
 
 
-def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, log_every: int, desc: str) -> float:
+class LossWatch:
+    """Remembers the first non-finite loss without a host synchronisation at every step."""
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        new = (self.first_step < 0) & ~torch.isfinite(loss)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.value = torch.where(new, loss, self.value)
+
+    def check(self, where: str) -> None:
+        """Raise if a non-finite loss was seen; called before every checkpoint so a bad state is never saved."""
+        step = int(self.first_step.item())
+        if step >= 0:
+            raise TrainingError(f"{where}, step {step}: the training loss became {self.value.item()}. Training "
+                                "stopped; the last good checkpoint is kept. Lower train.lr, or with float16 "
+                                "try train.amp_dtype=bfloat16, then run the same command to resume")
+
+
+def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg: Config, desc: str,
+                    save_progress: Callable[[], None]) -> float:
+    """Train from ``state.step`` to the end of the epoch; checkpoints every ``train.checkpoint_every`` steps."""
     state.model.train()
-    total = torch.zeros((), device=runtime.device)
-    steps = 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    watch = LossWatch(runtime.device)
+    every, steps_in_epoch = cfg.train.checkpoint_every, state.step + len(loader)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=state.step, total=steps_in_epoch)
     for batch in bar:
         images = normalise_on_device(runtime.to_device(batch["image"]))
         masks = batch["mask"].to(runtime.device, non_blocking=True).float()
@@ -123,16 +196,18 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, log_
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
-        total += loss.detach()
-        steps += 1
-        if steps % log_every == 0:  # the only host synchronisation inside the epoch
-            bar.set_postfix(loss=f"{total.item() / steps:.4f}")
+        state.step += 1
+        watch.observe(loss.detach(), state.step)
+        state.loss_sum += loss.detach()
+        if state.step % cfg.train.log_every == 0:  # the only host synchronisations inside the epoch
+            watch.check(desc)
+            bar.set_postfix(loss=f"{state.loss_sum.item() / state.step:.4f}")
+        if every and state.step % every == 0 and state.step < steps_in_epoch:  # the epoch's end saves anyway
+            watch.check(desc)
+            save_progress()
     bar.close()
-    mean = total.item() / max(steps, 1)
-    if not math.isfinite(mean):
-        raise TrainingError(f"{desc}: the training loss became {mean}; the last good checkpoint is kept. "
-                            "Lower train.lr or try train.amp_dtype=bfloat16")
-    return mean
+    watch.check(desc)
+    return state.loss_sum.item() / max(state.step, 1)
 
 
 @torch.no_grad()
@@ -171,74 +246,120 @@ def _new_state(cfg: Config, runtime: Runtime) -> FoldState:
     return FoldState(model, optimizer, scheduler, scaler, SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight))
 
 
-def _resume(state: FoldState, path: Path) -> None:
+def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path) -> None:
+    """A checkpoint taken inside an epoch continues that epoch's batches: they must be cut the same way."""
+    saved = (ckpt.get("config") or {}).get("train", {})
+    for key in ("batch_size", "seed"):
+        if saved.get(key) != getattr(cfg.train, key):
+            raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with train.{key}={saved.get(key)}; "
+                                f"resume with train.{key}={saved.get(key)}, or start over with train.resume=false")
+
+
+def _resume(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None:
     ckpt = read_checkpoint(path)
-    state.model.load_state_dict(ckpt["model"])
+    fit_state_dict(unwrap(state.model), ckpt, path)
+    if ckpt.get("step"):
+        _check_mid_epoch_resume(ckpt, cfg, path)
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
-    state.epoch = ckpt["epoch"]
+    state.epoch, state.step = ckpt["epoch"], ckpt.get("step", 0)
+    if ckpt.get("loss_sum") is not None:
+        state.loss_sum = ckpt["loss_sum"].to(runtime.device)
     state.best_score = ckpt["best_score"] if ckpt["best_score"] is not None else -math.inf
+    state.log = list(ckpt.get("log") or [])
+    if ckpt.get("rng"):
+        set_rng_states(ckpt["rng"])
 
 
 def _save(state: FoldState, path: Path, cfg: Config, fold: int) -> None:
     save_checkpoint(path, model=state.model, optimizer=state.optimizer, scaler=state.scaler,
                     scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
-                    config=config_to_dict(cfg), fold=fold)
+                    config=config_to_dict(cfg), fold=fold, step=state.step,
+                    loss_sum=state.loss_sum.detach().cpu() if state.step else None,
+                    log=state.log, rng=rng_states())
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
+    # The log is also inside last.pt, so a kill between the two writes loses nothing.
     atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 
-def _read_log(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.is_file() or upto_epoch == 0:
-        return []
-    table = pd.read_csv(path)
-    return table[table["epoch"] <= upto_epoch].to_dict("records")
+def _check_scores(scores: dict[str, float], desc: str) -> None:
+    bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+    if bad:
+        raise TrainingError(f"{desc}: validation gave {bad}. Training stopped; the last good checkpoint is kept. "
+                            "Lower train.lr, or with float16 try train.amp_dtype=bfloat16")
+
+
+def _start_fold(cfg: Config, fold: int, runtime: Runtime) -> FoldState:
+    """A fresh state, or the one in ``last.pt`` when resuming."""
+    out = fold_dir(cfg, fold)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        print(f"fold {fold}: removed {len(stale)} partly written file(s) left by an interrupted run")
+    seed_everything(_epoch_seed(cfg, fold, 0))
+    state = _new_state(cfg, runtime)
+    last = out / "last.pt"
+    if cfg.train.resume and last.is_file():
+        _resume(state, last, cfg, runtime)
+        where = f"epoch {state.epoch + 1}, step {state.step}" if state.step else f"the end of epoch {state.epoch}"
+        print(f"fold {fold}: resuming from {last} at {where}")
+        if state.log:
+            _write_log(out / "log.csv", state.log)
+    else:
+        (out / "log.csv").unlink(missing_ok=True)
+    return state
+
+
+def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -> None:
+    _check_scores({"val_loss": row["val_loss"], "val_dice": row["val_dice"]}, desc)
+    out = fold_dir(cfg, fold)
+    state.scheduler.step()
+    state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, None
+    improved = row["val_dice"] > state.best_score
+    state.best_score = max(state.best_score, row["val_dice"])
+    state.log.append(row)
+    if improved:
+        _save(state, out / "best.pt", cfg, fold)
+    _save(state, out / "last.pt", cfg, fold)
+    _write_log(out / "log.csv", state.log)
+    print(f"{desc}: loss {row['train_loss']:.4f}  val dice {row['val_dice']:.4f}  "
+          f"jaccard {row['val_jaccard']:.4f}{'  *best' if improved else ''}")
 
 
 def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime) -> float:
     """Train fold ``fold`` to ``train.epochs``, resuming from ``last.pt`` when present; returns the best Dice."""
-    out = fold_dir(cfg, fold)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(_epoch_seed(cfg, fold, 0))
-    state = _new_state(cfg, runtime)
-    if cfg.train.resume and (out / "last.pt").is_file():
-        _resume(state, out / "last.pt")
-        print(f"fold {fold}: resuming from {out / 'last.pt'} after epoch {state.epoch}")
-    log = _read_log(out / "log.csv", state.epoch)
-    train_loader, val_loader, generator = make_loaders(cfg, items, fold, runtime)
+    state = _start_fold(cfg, fold, runtime)
+    data = fold_data(cfg, items, fold, runtime)
     geometry = geometry_of(cfg)
     while state.epoch < cfg.train.epochs:
-        seed_everything(_epoch_seed(cfg, fold, state.epoch + 1))
-        generator.manual_seed(_epoch_seed(cfg, fold, state.epoch + 1))
+        seed = _epoch_seed(cfg, fold, state.epoch + 1)
+        if state.step == 0:  # a mid-epoch resume has its generators' states from the checkpoint
+            seed_everything(seed)
+            state.loss_sum = torch.zeros((), device=runtime.device)
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         desc = f"fold {fold} epoch {state.epoch + 1}/{cfg.train.epochs}"
-        train_loss = train_one_epoch(state, train_loader, runtime, cfg.train.log_every, desc)
-        scores = validate(state.model, val_loader, runtime, state.loss_fn, geometry, cfg.train.threshold)
-        state.scheduler.step()
-        state.epoch += 1
-        improved = scores["val_dice"] > state.best_score
-        state.best_score = max(state.best_score, scores["val_dice"])
-        log.append({"epoch": state.epoch, "lr": lr, "train_loss": train_loss, **scores,
-                    "time_s": round(time.perf_counter() - started, 2)})
-        if improved:
-            _save(state, out / "best.pt", cfg, fold)
-        _save(state, out / "last.pt", cfg, fold)
-        _write_log(out / "log.csv", log)
-        print(f"{desc}: loss {train_loss:.4f}  val dice {scores['val_dice']:.4f}  "
-              f"jaccard {scores['val_jaccard']:.4f}{'  *best' if improved else ''}")
+        train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
+                                     lambda: _save(state, fold_dir(cfg, fold) / "last.pt", cfg, fold))
+        scores = validate(state.model, data.val_loader, runtime, state.loss_fn, geometry, cfg.train.threshold)
+        row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
+               "time_s": round(time.perf_counter() - started, 2)}
+        _end_epoch(state, cfg, fold, row, desc)
     return state.best_score
 
 
 def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
     """Train ``fold``, or every fold of ``train.folds`` (all when null); returns the best Dice per fold."""
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last)
+    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last, cfg.train.deterministic)
     items = train_items(cfg, read_folds(cfg))
-    save_config(cfg, Path(cfg.output_dir) / "configs" / "train.yaml")
+    check_image_files([Path(p) for p in items["image"]])  # first and last bytes only: seconds for Carvana
     folds = [fold] if fold is not None else folds_to_train(cfg)
+    if not set(folds) <= set(range(cfg.folds.n_folds)):
+        raise ConfigError(f"--fold {fold}: folds.csv has folds 0..{cfg.folds.n_folds - 1}")
+    save_config(cfg, Path(cfg.output_dir) / "configs" / "train.yaml")
     print(f"training folds {folds} on {runtime.describe()}")
     return {k: train_fold(cfg, k, items, runtime) for k in folds}

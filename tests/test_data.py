@@ -95,7 +95,7 @@ def test_prepare_lists_every_problem_with_file_names(tiny_dataset, tmp_path):
     message = str(err.value)
     assert "2 problem(s)" in message
     assert masks[0].name.replace("_mask.gif", ".jpg") in message and "no mask" in message
-    assert f"{masks[1]}: mask is 10x10, image is 62x40" in message
+    assert f"{masks[1]}: mask is 10x10, its image 62x40" in message
 
 
 def test_synthetic_layout_masks_and_rle_agree(tiny_dataset):

@@ -52,10 +52,12 @@ def test_all_four_stages_run_and_write_what_the_readme_promises(pipeline_run, ti
         assert log["epoch"].tolist() == [1, 2]
         assert {"train_loss", "val_dice", "val_jaccard", "lr"} <= set(log.columns)
         ckpt = torch.load(out / f"fold_{fold}" / "last.pt", weights_only=True)
-        assert {"model", "optimizer", "scaler", "scheduler", "epoch", "best_score", "config"} <= set(ckpt)
+        assert {"model", "optimizer", "scaler", "scheduler", "epoch", "step", "best_score", "config", "rng",
+                "log"} <= set(ckpt)
         assert not any(k.startswith("module.") for k in ckpt["model"])
-    assert "fold 0: resuming from" in results["train.py"].stdout and "after epoch 1" in results["train.py"].stdout
-    pngs = sorted((out / "predictions").iterdir())
+    assert "fold 0: resuming from" in results["train.py"].stdout
+    assert "at the end of epoch 1" in results["train.py"].stdout
+    pngs = sorted((out / "predictions").glob("*.png"))
     assert len(pngs) == 16
     assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (40, 62)  # the image's own size
     oof = pd.read_csv(out / "oof.csv")
