@@ -136,7 +136,7 @@ def predictions_to_keep(out_dir: Path, ids: list[str], fingerprint: dict, resume
         return {i for i in ids if png_complete(out_dir / f"{i}.png")}
     old = [out_dir / f"{i}.png" for i in ids if (out_dir / f"{i}.png").exists()]
     if old:
-        why = "predict.resume=false" if resume is False else "they were made by other models or settings"
+        why = "predict.resume=false" if not resume else "they were made by other models or settings"
         print(f"removing {len(old)} earlier predictions from {out_dir}: {why}")
     for path in old:  # before the new fingerprint is written, so a kill here cannot mix the two
         path.unlink()
@@ -202,8 +202,9 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, i
     done = predictions_to_keep(out_dir, ids, fingerprint, cfg.predict.resume)
     batches = batches_to_do(ids, cfg.predict.batch_size, done)
     if done:
+        rest = f"predicting the remaining {sum(map(len, batches))} image(s)" if batches else "nothing left to predict"
         print(f"resuming: {len(done)} of {len(ids)} predictions were already written by the same models and "
-              f"settings; predicting the remaining {sum(map(len, batches))} image(s)")
+              f"settings; {rest}")
     if batches:
         _predict_batches(cfg, models, runtime, batches, out_dir, done)
     return out_dir

@@ -54,6 +54,8 @@ def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
         numbers = np.array(rle.split(), dtype=np.int64)
     except ValueError:
         raise ValueError(f"holds something other than integers: {rle[:60]!r}") from None
+    except OverflowError:  # numpy's word for an integer beyond int64
+        raise ValueError(f"holds a number too large to be a pixel index: {rle[:60]!r}") from None
     if numbers.size % 2:
         raise ValueError(f"has an odd number of values ({numbers.size}); expected 'start length' pairs")
     return numbers[0::2], numbers[1::2]
