@@ -92,7 +92,7 @@ def listing(title: str, problems: list[str], limit: int = 50) -> str:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 array (H, W, 3); a truncated JPEG is refused (OpenCV would decode it with a grey bottom)."""
+    """RGB uint8 array (H, W, 3); a truncated JPEG is refused as such, by the same test the early check uses."""
     path = Path(path)
     try:
         data = path.read_bytes()
