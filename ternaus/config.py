@@ -85,9 +85,10 @@ class AugmentConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 52
-    # Per process (per GPU under torchrun).
+    # Per process (per GPU under torchrun): N processes step on N * batch_size images.
     batch_size: int = 4
     val_batch_size: int = 4
+    # Not scaled with the number of processes: for N GPUs, N * lr (the linear scaling rule) is a start.
     lr: float = 1e-4
     # "carvana": lr halved every `cycle_step` epochs inside cycles of `cycle_len` epochs; "constant".
     schedule: str = "carvana"

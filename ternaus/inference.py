@@ -15,6 +15,7 @@ import json
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -27,12 +28,13 @@ from tqdm import tqdm
 from ternaus.config import Config, ConfigError, resolve, save_config
 from ternaus.data import Geometry, SegmentationDataset, check_image_files, list_test, normalise_on_device, train_items
 from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from ternaus.distributed import world_from_environment
 from ternaus.metrics import dice_per_image, jaccard_per_image
 from ternaus.models import MODELS, load_weights
 from ternaus.runtime import Runtime
 from ternaus.training import build_loader, fold_dir, folds_to_train, geometry_of, read_folds
 
-__all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof"]
+__all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -127,11 +129,15 @@ def _read_state(path: Path) -> dict | None:
         return None
 
 
-def predictions_to_keep(out_dir: Path, ids: list[str], fingerprint: dict, resume: bool) -> set[str]:
-    """The ids whose PNG an earlier run already wrote with the same fingerprint; other PNGs are removed."""
+def predictions_to_keep(out_dir: Path, ids: list[str], fingerprint: dict, resume: bool,
+                        shard: Shard | None = None) -> set[str]:
+    """The ids whose PNG an earlier run already wrote with the same fingerprint; other PNGs are removed.
+
+    A shard touches only its own ids' files and keeps its own record, so shards never step on each other."""
+    shard = shard or Shard()
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    state_path = out_dir / STATE_FILE
+    remove_stale_temporaries(out_dir, stems=set(ids))
+    state_path = out_dir / shard.state_file
     if resume and _read_state(state_path) == fingerprint:
         return {i for i in ids if png_complete(out_dir / f"{i}.png")}
     old = [out_dir / f"{i}.png" for i in ids if (out_dir / f"{i}.png").exists()]
@@ -144,10 +150,40 @@ def predictions_to_keep(out_dir: Path, ids: list[str], fingerprint: dict, resume
     return set()
 
 
-def batches_to_do(ids: list[str], batch_size: int, done: set[str]) -> list[list[str]]:
-    """Fixed batches of the test list, the complete ones left out: a resumed run batches every remaining image
-    exactly as an uninterrupted run did, so its PNGs come out byte-identical."""
-    batches = [ids[i: i + batch_size] for i in range(0, len(ids), batch_size)]
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count`` of the test set: every ``count``-th fixed batch, from batch ``index``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """``"i/n"`` as given to ``predict.py --shard``."""
+        index, sep, count = text.partition("/")
+        try:
+            shard = cls(int(index), int(count)) if sep else None
+        except ValueError:
+            shard = None
+        if shard is None or not 0 <= shard.index < shard.count:
+            raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4")
+        return shard
+
+    @property
+    def state_file(self) -> str:
+        return STATE_FILE if self.count == 1 else f".predict-{self.index}-of-{self.count}.json"
+
+    def take(self, batches: list[list[str]]) -> list[list[str]]:
+        return batches[self.index:: self.count]
+
+
+def fixed_batches(ids: list[str], batch_size: int) -> list[list[str]]:
+    """The test list cut into batches that never change: a resumed run or a shard batches every image exactly
+    as one uninterrupted process does, so its PNGs come out byte-identical."""
+    return [ids[i: i + batch_size] for i in range(0, len(ids), batch_size)]
+
+
+def batches_to_do(batches: list[list[str]], done: set[str]) -> list[list[str]]:
     return [batch for batch in batches if not all(i in done for i in batch)]
 
 
@@ -197,10 +233,13 @@ def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config,
 
 
 def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, ids: list[str],
-                 fingerprint: dict) -> Path:
+                 fingerprint: dict, shard: Shard | None = None) -> Path:
+    shard = shard or Shard()
     out_dir = Path(cfg.output_dir) / cfg.predict.out_dir
-    done = predictions_to_keep(out_dir, ids, fingerprint, cfg.predict.resume)
-    batches = batches_to_do(ids, cfg.predict.batch_size, done)
+    mine = shard.take(fixed_batches(ids, cfg.predict.batch_size))
+    ids = [i for batch in mine for i in batch]
+    done = predictions_to_keep(out_dir, ids, fingerprint, cfg.predict.resume, shard)
+    batches = batches_to_do(mine, done)
     if done:
         rest = f"predicting the remaining {sum(map(len, batches))} image(s)" if batches else "nothing left to predict"
         print(f"resuming: {len(done)} of {len(ids)} predictions were already written by the same models and "
@@ -251,24 +290,34 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
     return pd.DataFrame(records)
 
 
-def predict(cfg: Config) -> dict:
-    """The predict stage: test PNGs, then the out-of-fold scores; returns paths and the OOF Dice."""
+def predict(cfg: Config, shard: Shard | None = None) -> dict:
+    """The predict stage: test PNGs, then the out-of-fold scores; returns paths and the OOF Dice.
+
+    With ``shard`` (``--shard i/n``), or under ``torchrun`` (shard RANK of WORLD_SIZE, on GPU LOCAL_RANK),
+    this process predicts its share of the test set only; the shards together write what one process would.
+    Shard 0 also scores the out-of-fold images."""
     if cfg.model.num_classes > 4:
         raise ConfigError("model.num_classes: predictions are written as one PNG per image, which holds at most 4 "
                           f"classes, got {cfg.model.num_classes}")
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last)
+    world = world_from_environment()
+    shard = shard or Shard(world.rank, world.size)
+    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last,
+                             device_index=world.local_rank)
     # Everything that can be refused is checked before the first file is written.
     ids = list_test(cfg)
     check_image_files([resolve(cfg, cfg.data.test_dir) / f"{i}.jpg" for i in ids])
-    if cfg.predict.oof:
+    oof = cfg.predict.oof and shard.index == 0
+    if oof:
         train_items(cfg, read_folds(cfg))
     fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
-    save_config(cfg, Path(cfg.output_dir) / "configs" / "predict.yaml")
-    print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}")
-    out_dir = predict_test(cfg, list(models.values()), runtime, ids, fingerprint)
+    if shard.index == 0:
+        save_config(cfg, Path(cfg.output_dir) / "configs" / "predict.yaml")
+    part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
+    print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")
+    out_dir = predict_test(cfg, list(models.values()), runtime, ids, fingerprint, shard)
     result = {"predictions": out_dir, "oof_dice": None}
-    if cfg.predict.oof:
+    if oof:
         oof = predict_oof(cfg, models, runtime)
         oof_path = atomic_write(Path(cfg.output_dir) / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
         for fold, group in oof.groupby("fold"):

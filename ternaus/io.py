@@ -67,12 +67,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files a killed writer left in ``folder``; only call it when no writer runs there."""
+def temporary_stem(name: str) -> str:
+    """``.<stem>.<random>.tmp<suffix>`` -> ``<stem>`` (mkstemp's random part holds no dots)."""
+    return name[1:].rsplit(".", 3 if name.count(".") >= 4 else 2)[0]
+
+
+def remove_stale_temporaries(folder: str | Path, stems: set[str] | None = None) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``, only those of ``stems`` when given;
+    call it only where no other writer of those files runs."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name)
+             and (stems is None or temporary_stem(p.name) in stems)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -24,7 +24,8 @@ class Runtime:
 
     @classmethod
     def detect(cls, amp: bool = True, amp_dtype: str = "bfloat16", channels_last: bool = True,
-               deterministic: bool = False) -> "Runtime":
+               deterministic: bool = False, device_index: int = 0) -> "Runtime":
+        """``device_index``: the GPU of this process (torchrun's LOCAL_RANK); one GPU per process."""
         if deterministic:
             use_deterministic_algorithms()
         if not torch.cuda.is_available():
@@ -35,7 +36,7 @@ class Runtime:
         dtype = None
         if amp:
             dtype = torch.bfloat16 if amp_dtype == "bfloat16" and torch.cuda.is_bf16_supported() else torch.float16
-        return cls(torch.device("cuda"), dtype, channels_last)
+        return cls(torch.device("cuda", device_index), dtype, channels_last)
 
     @property
     def is_cuda(self) -> bool:

@@ -25,6 +25,7 @@ from ternaus.checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ternaus.config import Config, ConfigError, config_to_dict, save_config
 from ternaus.data import (DataError, Geometry, SegmentationDataset, check_image_files, normalise_on_device,
                           train_items)
+from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss
 from ternaus.metrics import dice_per_image, jaccard_per_image
@@ -85,22 +86,28 @@ def _epoch_seed(cfg: Config, fold: int, epoch: int) -> int:
 
 
 class EpochSampler(Sampler):
-    """The epoch's shuffled order, drawn from its seed alone, from position ``start`` on.
+    """The epoch's shuffled order, drawn from its seed alone; this rank's share of it, from ``start`` on.
 
     It yields ``(index, item_seed)`` pairs: each image's augmentation depends only on the epoch and its
-    position in it, not on the number of loader workers nor on where an interrupted run resumed.
+    position in it, not on the number of loader workers nor on where an interrupted run resumed. Under
+    DDP, rank r takes positions r, r + world, r + 2 world, ...; the order is padded by wrapping around so
+    that every rank gets as many images (and steps) as the others, as DistributedSampler does.
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0):
-        self.size, self.seed, self.start = size, seed, start
+    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.size, self.seed, self.start, self.rank, self.world = size, seed, start, rank, world
+
+    def _positions(self) -> range:
+        padded = self.size + (-self.size) % self.world
+        return range(self.rank, padded, self.world)[self.start:]
 
     def __iter__(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        for position in range(self.start, self.size):
-            yield order[position], (self.seed * 100_003 + position) % 2**63
+        for position in self._positions():
+            yield order[position % self.size], (self.seed * 100_003 + position) % 2**63
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(self._positions())
 
 
 def build_loader(dataset: Dataset, batch_size: int, runtime: Runtime, num_workers: int,
@@ -119,14 +126,16 @@ class FoldData:
     train_set: SegmentationDataset
     val_loader: DataLoader
     drop_last: bool
+    world: World
 
     def train_loader(self, cfg: Config, runtime: Runtime, seed: int, start_step: int) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), seed, start_step * cfg.train.batch_size)
+        sampler = EpochSampler(len(self.train_set), seed, start_step * cfg.train.batch_size, self.world.rank,
+                               self.world.size)
         return build_loader(self.train_set, cfg.train.batch_size, runtime, cfg.data.num_workers, sampler,
                             self.drop_last)
 
 
-def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime) -> FoldData:
+def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, world: World) -> FoldData:
     geometry = geometry_of(cfg)
     train_rows = items[items["fold"] != fold].to_dict("records")
     val_rows = items[items["fold"] == fold].to_dict("records")
@@ -134,11 +143,13 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime) -> 
         raise DataError(f"fold {fold} has {len(train_rows)} training and {len(val_rows)} validation images; "
                         "run prepare_folds.py again with this config")
     train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment))
-    val_set = SegmentationDataset(val_rows, geometry, True)
+    # Each rank validates its own share, without padding, so that every image is counted exactly once.
+    val_set = SegmentationDataset(val_rows[world.rank::world.size], geometry, True)
     # Drop a last batch of one: a single image gives a noisy Adam step at full resolution.
-    drop_last = len(train_rows) % cfg.train.batch_size == 1 and len(train_rows) > 1
+    per_rank = -(-len(train_rows) // world.size)
+    drop_last = per_rank % cfg.train.batch_size == 1 and per_rank > 1
     val_loader = build_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
-    return FoldData(train_set, val_loader, drop_last)
+    return FoldData(train_set, val_loader, drop_last, world)
 
 
 # ---------------------------------------------------------------- one epoch
@@ -156,14 +167,16 @@ class FoldState:
     loss_sum: torch.Tensor | None = None  # their summed loss, on the device
     best_score: float = -math.inf
     log: list[dict] = field(default_factory=list)
+    world: World = World()
 
 
 class LossWatch:
     """Remembers the first non-finite loss without a host synchronisation at every step."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, world: World):
         self.first_step = torch.full((), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros((), device=device)
+        self.world = world
 
     def observe(self, loss: torch.Tensor, step: int) -> None:
         new = (self.first_step < 0) & ~torch.isfinite(loss)
@@ -171,10 +184,17 @@ class LossWatch:
         self.value = torch.where(new, loss, self.value)
 
     def check(self, where: str) -> None:
-        """Raise if a non-finite loss was seen; called before every checkpoint so a bad state is never saved."""
-        step = int(self.first_step.item())
+        """Raise if a non-finite loss was seen; called before every checkpoint so a bad state is never saved.
+
+        Under DDP every rank calls it at the same steps and all of them stop when any one saw a bad loss."""
+        local = int(self.first_step.item())
+        step = local
+        if self.world.distributed:  # the earliest bad step of any rank: max of -step, with -2**62 for none
+            seen = max_over_world(torch.tensor([local, -local if local >= 0 else -2**62]), self.world).tolist()
+            step = -seen[1] if seen[0] >= 0 else -1
         if step >= 0:
-            raise TrainingError(f"{where}, step {step}: the training loss became {self.value.item()}. Training "
+            value = self.value.item() if local == step else "non-finite on another rank"
+            raise TrainingError(f"{where}, step {step}: the training loss became {value}. Training "
                                 "stopped; the last good checkpoint is kept. Lower train.lr, or with float16 "
                                 "try train.amp_dtype=bfloat16, then run the same command to resume")
 
@@ -183,9 +203,10 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
                     save_progress: Callable[[], None]) -> float:
     """Train from ``state.step`` to the end of the epoch; checkpoints every ``train.checkpoint_every`` steps."""
     state.model.train()
-    watch = LossWatch(runtime.device)
+    watch = LossWatch(runtime.device, state.world)
     every, steps_in_epoch = cfg.train.checkpoint_every, state.step + len(loader)
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=state.step, total=steps_in_epoch)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=state.step, total=steps_in_epoch,
+               disable=not state.world.is_main)
     for batch in bar:
         images = normalise_on_device(runtime.to_device(batch["image"]))
         masks = batch["mask"].to(runtime.device, non_blocking=True).float()
@@ -207,34 +228,39 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
             save_progress()
     bar.close()
     watch.check(desc)
-    return state.loss_sum.item() / max(state.step, 1)
+    total = sum_over_world(state.loss_sum.detach().reshape(1), state.world).item()
+    return total / max(state.step * state.world.size, 1)
 
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_fn: SegmentationLoss,
-             geometry: Geometry, threshold: float) -> dict[str, float]:
-    """Mean per-image Dice and Jaccard at ``threshold``, on each image's own area (padding cropped)."""
+             geometry: Geometry, threshold: float, world: World = World()) -> dict[str, float]:
+    """Mean per-image Dice and Jaccard at ``threshold``, on each image's own area (padding cropped).
+
+    The loss is each batch's loss weighted by its image count. Under DDP the sums of every rank's share
+    are added up, so each validation image counts exactly once whatever the number of ranks."""
     model.eval()
-    dice, jaccard, losses = [], [], []
+    # [images, Dice sum, Jaccard sum, loss sum], in float64 so that the mean does not depend on the order.
+    sums = torch.zeros(4, dtype=torch.float64)
     for batch in loader:
         images = normalise_on_device(runtime.to_device(batch["image"]))
         masks = batch["mask"].to(runtime.device).float()
         with runtime.autocast():
             logits = model(images)
-        losses.append(loss_fn(logits, masks).item())
+        sums[3] += loss_fn(logits, masks).item() * len(images)
         for logit, mask, size in zip(logits.float(), masks, batch["size"].tolist()):
-            pred = torch.sigmoid(geometry.restore(logit, tuple(size))) >= threshold
-            target = geometry.restore(mask, tuple(size)) > 0.5
-            dice.append(dice_per_image(pred[None], target[None]).item())
-            jaccard.append(jaccard_per_image(pred[None], target[None]).item())
-    return {"val_loss": sum(losses) / len(losses), "val_dice": sum(dice) / len(dice),
-            "val_jaccard": sum(jaccard) / len(jaccard)}
+            pred = (torch.sigmoid(geometry.restore(logit, tuple(size))) >= threshold)[None]
+            target = (geometry.restore(mask, tuple(size)) > 0.5)[None]
+            sums[:3] += torch.tensor([1.0, dice_per_image(pred, target).item(), jaccard_per_image(pred, target).item()],
+                                     dtype=torch.float64)
+    count, dice, jaccard, loss = sum_over_world(sums, world).tolist()
+    return {"val_loss": loss / count, "val_dice": dice / count, "val_jaccard": jaccard / count}
 
 
 # ---------------------------------------------------------------- a fold
 
 
-def _new_state(cfg: Config, runtime: Runtime) -> FoldState:
+def _new_state(cfg: Config, runtime: Runtime, world: World) -> FoldState:
     model = runtime.prepare_model(build_model(cfg.model))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if cfg.train.schedule == "carvana":
@@ -243,23 +269,28 @@ def _new_state(cfg: Config, runtime: Runtime) -> FoldState:
         factor = lambda epoch: 1.0  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
-    return FoldState(model, optimizer, scheduler, scaler, SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight))
+    return FoldState(model, optimizer, scheduler, scaler, SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight),
+                     world=world)
 
 
-def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path) -> None:
+def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int) -> None:
     """A checkpoint taken inside an epoch continues that epoch's batches: they must be cut the same way."""
     saved = (ckpt.get("config") or {}).get("train", {})
     for key in ("batch_size", "seed"):
         if saved.get(key) != getattr(cfg.train, key):
             raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with train.{key}={saved.get(key)}; "
                                 f"resume with train.{key}={saved.get(key)}, or start over with train.resume=false")
+    if ckpt.get("world_size", 1) != world_size:
+        raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with {ckpt.get('world_size', 1)} "
+                            f"process(es); resume with as many (torchrun --nproc_per_node), or start over with "
+                            "train.resume=false")
 
 
 def _resume(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None:
     ckpt = read_checkpoint(path)
     fit_state_dict(unwrap(state.model), ckpt, path)
     if ckpt.get("step"):
-        _check_mid_epoch_resume(ckpt, cfg, path)
+        _check_mid_epoch_resume(ckpt, cfg, path, state.world.size)
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):
@@ -274,16 +305,19 @@ def _resume(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None
 
 
 def _save(state: FoldState, path: Path, cfg: Config, fold: int) -> None:
+    if not state.world.is_main:
+        return
     save_checkpoint(path, model=state.model, optimizer=state.optimizer, scaler=state.scaler,
                     scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
                     config=config_to_dict(cfg), fold=fold, step=state.step,
                     loss_sum=state.loss_sum.detach().cpu() if state.step else None,
-                    log=state.log, rng=rng_states())
+                    log=state.log, rng=rng_states(), world_size=state.world.size)
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
+def _write_log(path: Path, rows: list[dict], world: World) -> None:
     # The log is also inside last.pt, so a kill between the two writes loses nothing.
-    atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+    if world.is_main:
+        atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 
 def _check_scores(scores: dict[str, float], desc: str) -> None:
@@ -293,25 +327,35 @@ def _check_scores(scores: dict[str, float], desc: str) -> None:
                             "Lower train.lr, or with float16 try train.amp_dtype=bfloat16")
 
 
-def _start_fold(cfg: Config, fold: int, runtime: Runtime) -> FoldState:
-    """A fresh state, or the one in ``last.pt`` when resuming."""
+def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldState:
+    """A fresh state, or the one in ``last.pt`` when resuming; under DDP the model is wrapped last."""
     out = fold_dir(cfg, fold)
-    out.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temporaries(out)
-    if stale:
-        print(f"fold {fold}: removed {len(stale)} partly written file(s) left by an interrupted run")
+    say = print if world.is_main else _quiet
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(out)
+        if stale:
+            say(f"fold {fold}: removed {len(stale)} partly written file(s) left by an interrupted run")
     seed_everything(_epoch_seed(cfg, fold, 0))
-    state = _new_state(cfg, runtime)
+    state = _new_state(cfg, runtime, world)
     last = out / "last.pt"
     if cfg.train.resume and last.is_file():
         _resume(state, last, cfg, runtime)
         where = f"epoch {state.epoch + 1}, step {state.step}" if state.step else f"the end of epoch {state.epoch}"
-        print(f"fold {fold}: resuming from {last} at {where}")
+        say(f"fold {fold}: resuming from {last} at {where}")
         if state.log:
-            _write_log(out / "log.csv", state.log)
-    else:
+            _write_log(out / "log.csv", state.log, world)
+    elif world.is_main:
         (out / "log.csv").unlink(missing_ok=True)
+    if world.distributed:
+        # Gradients are averaged over the ranks; rank 0's weights are broadcast here, once.
+        device_ids = [runtime.device.index] if runtime.is_cuda else None
+        state.model = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=device_ids)
     return state
+
+
+def _quiet(*args, **kwargs) -> None:
+    """print() for ranks other than 0."""
 
 
 def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -> None:
@@ -325,15 +369,16 @@ def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -
     if improved:
         _save(state, out / "best.pt", cfg, fold)
     _save(state, out / "last.pt", cfg, fold)
-    _write_log(out / "log.csv", state.log)
-    print(f"{desc}: loss {row['train_loss']:.4f}  val dice {row['val_dice']:.4f}  "
-          f"jaccard {row['val_jaccard']:.4f}{'  *best' if improved else ''}")
+    _write_log(out / "log.csv", state.log, state.world)
+    if state.world.is_main:
+        print(f"{desc}: loss {row['train_loss']:.4f}  val dice {row['val_dice']:.4f}  "
+              f"jaccard {row['val_jaccard']:.4f}{'  *best' if improved else ''}")
 
 
-def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime) -> float:
+def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, world: World = World()) -> float:
     """Train fold ``fold`` to ``train.epochs``, resuming from ``last.pt`` when present; returns the best Dice."""
-    state = _start_fold(cfg, fold, runtime)
-    data = fold_data(cfg, items, fold, runtime)
+    state = _start_fold(cfg, fold, runtime, world)
+    data = fold_data(cfg, items, fold, runtime, world)
     geometry = geometry_of(cfg)
     while state.epoch < cfg.train.epochs:
         seed = _epoch_seed(cfg, fold, state.epoch + 1)
@@ -345,7 +390,9 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime) ->
         desc = f"fold {fold} epoch {state.epoch + 1}/{cfg.train.epochs}"
         train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
                                      lambda: _save(state, fold_dir(cfg, fold) / "last.pt", cfg, fold))
-        scores = validate(state.model, data.val_loader, runtime, state.loss_fn, geometry, cfg.train.threshold)
+        # The plain model: each rank validates a different number of batches, with no collective inside.
+        scores = validate(unwrap(state.model), data.val_loader, runtime, state.loss_fn, geometry,
+                          cfg.train.threshold, world)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
                "time_s": round(time.perf_counter() - started, 2)}
         _end_epoch(state, cfg, fold, row, desc)
@@ -353,13 +400,27 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime) ->
 
 
 def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
-    """Train ``fold``, or every fold of ``train.folds`` (all when null); returns the best Dice per fold."""
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last, cfg.train.deterministic)
-    items = train_items(cfg, read_folds(cfg))
-    check_image_files([Path(p) for p in items["image"]])  # first and last bytes only: seconds for Carvana
-    folds = [fold] if fold is not None else folds_to_train(cfg)
-    if not set(folds) <= set(range(cfg.folds.n_folds)):
-        raise ConfigError(f"--fold {fold}: folds.csv has folds 0..{cfg.folds.n_folds - 1}")
-    save_config(cfg, Path(cfg.output_dir) / "configs" / "train.yaml")
-    print(f"training folds {folds} on {runtime.describe()}")
-    return {k: train_fold(cfg, k, items, runtime) for k in folds}
+    """Train ``fold``, or every fold of ``train.folds`` (all when null); returns the best Dice per fold.
+
+    Under ``torchrun`` every process trains the same fold with DistributedDataParallel, one GPU each."""
+    world = init_world()
+    try:
+        runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last,
+                                 cfg.train.deterministic, world.local_rank)
+        items = train_items(cfg, read_folds(cfg))
+        check_image_files([Path(p) for p in items["image"]])  # first and last bytes only: seconds for Carvana
+        folds = [fold] if fold is not None else folds_to_train(cfg)
+        if not set(folds) <= set(range(cfg.folds.n_folds)):
+            raise ConfigError(f"--fold {fold}: folds.csv has folds 0..{cfg.folds.n_folds - 1}")
+        if world.is_main:
+            # One file per fold when folds run side by side (one per GPU) into the same output_dir.
+            name = f"train_fold_{fold}.yaml" if fold is not None else "train.yaml"
+            save_config(cfg, Path(cfg.output_dir) / "configs" / name)
+            ranks = f", {world.size} processes" if world.distributed else ""
+            print(f"training folds {folds} on {runtime.describe()}{ranks}")
+        scores = {k: train_fold(cfg, k, items, runtime, world) for k in folds}
+    except BaseException:
+        close_world(world, wait=False)  # the other ranks stop at their next collective
+        raise
+    close_world(world)
+    return scores

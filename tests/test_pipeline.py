@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ternaus.config import load_config
-from ternaus.inference import merge_tta, tta_inputs, tta_probabilities, to_uint8
+from ternaus.inference import merge_tta, to_uint8, tta_inputs, tta_probabilities
 from ternaus.runtime import Runtime
 from ternaus.submission import check_rle, check_submission
 

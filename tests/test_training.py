@@ -12,23 +12,6 @@ def config(root, out, *overrides):
                               "data.input_size=null", "train.lr=1.0e-3", *overrides])
 
 
-def test_a_run_resumed_at_an_epoch_boundary_ends_where_an_uninterrupted_one_does(tiny_dataset, tmp_path):
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    for out in (whole, split):
-        prepare_folds(config(tiny_dataset, out))
-    train(config(tiny_dataset, whole, "train.epochs=2"), fold=0)
-    train(config(tiny_dataset, split, "train.epochs=1"), fold=0)
-    train(config(tiny_dataset, split, "train.epochs=2"), fold=0)  # resumes from last.pt after epoch 1
-    a = torch.load(whole / "fold_0" / "last.pt", weights_only=True)
-    b = torch.load(split / "fold_0" / "last.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 2
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    log_a = pd.read_csv(whole / "fold_0" / "log.csv").drop(columns="time_s")
-    log_b = pd.read_csv(split / "fold_0" / "log.csv").drop(columns="time_s")
-    pd.testing.assert_frame_equal(log_a, log_b)
-
-
 def test_resume_false_starts_over(tiny_dataset, tmp_path):
     prepare_folds(config(tiny_dataset, tmp_path))
     train(config(tiny_dataset, tmp_path, "train.epochs=2"), fold=1)
