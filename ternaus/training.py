@@ -296,22 +296,29 @@ def _resume(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None
     if ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
     state.epoch, state.step = ckpt["epoch"], ckpt.get("step", 0)
-    if ckpt.get("loss_sum") is not None:
-        state.loss_sum = ckpt["loss_sum"].to(runtime.device)
+    if ckpt.get("loss_sum") is not None:  # summed over the ranks that wrote it: rank 0 carries it on
+        partial = ckpt["loss_sum"].to(runtime.device)
+        state.loss_sum = partial if state.world.is_main else torch.zeros_like(partial)
     state.best_score = ckpt["best_score"] if ckpt["best_score"] is not None else -math.inf
     state.log = list(ckpt.get("log") or [])
     if ckpt.get("rng"):
         set_rng_states(ckpt["rng"])
 
 
-def _save(state: FoldState, path: Path, cfg: Config, fold: int) -> None:
+def _save(state: FoldState, path: Path, cfg: Config, fold: int, partial_loss: torch.Tensor | None = None) -> None:
     if not state.world.is_main:
         return
     save_checkpoint(path, model=state.model, optimizer=state.optimizer, scaler=state.scaler,
                     scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
                     config=config_to_dict(cfg), fold=fold, step=state.step,
-                    loss_sum=state.loss_sum.detach().cpu() if state.step else None,
+                    loss_sum=partial_loss.detach().cpu() if partial_loss is not None else None,
                     log=state.log, rng=rng_states(), world_size=state.world.size)
+
+
+def _save_progress(state: FoldState, cfg: Config, fold: int) -> None:
+    """A checkpoint inside an epoch. Every rank calls it at the same step: it holds the loss so far of all."""
+    partial = sum_over_world(state.loss_sum.detach().reshape(1), state.world)[0]
+    _save(state, fold_dir(cfg, fold) / "last.pt", cfg, fold, partial)
 
 
 def _write_log(path: Path, rows: list[dict], world: World) -> None:
@@ -389,7 +396,7 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
         lr = state.optimizer.param_groups[0]["lr"]
         desc = f"fold {fold} epoch {state.epoch + 1}/{cfg.train.epochs}"
         train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
-                                     lambda: _save(state, fold_dir(cfg, fold) / "last.pt", cfg, fold))
+                                     lambda: _save_progress(state, cfg, fold))
         # The plain model: each rank validates a different number of batches, with no collective inside.
         scores = validate(unwrap(state.model), data.val_loader, runtime, state.loss_fn, geometry,
                           cfg.train.threshold, world)
