@@ -60,7 +60,7 @@ def _reduce(values: torch.Tensor, world: World, op: dist.ReduceOp) -> torch.Tens
     if world.distributed:
         # gloo reduces CPU tensors, nccl CUDA ones: keep the values where the backend wants them.
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        values = values.to(device)
+        values = values.detach().to(device, copy=True)  # all_reduce works in place: never on the caller's tensor
         dist.all_reduce(values, op=op)
     return values
 

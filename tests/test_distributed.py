@@ -163,3 +163,32 @@ def test_folds_trained_side_by_side_into_one_folder_do_not_collide(tiny_dataset,
         assert sorted(p.name for p in (tmp_path / f"fold_{k}").iterdir()) == ["best.pt", "last.pt", "log.csv"]
         assert read_checkpoint(tmp_path / f"fold_{k}" / "last.pt")["fold"] == k
     assert {"train_fold_0.yaml", "train_fold_1.yaml"} <= {p.name for p in (tmp_path / "configs").iterdir()}
+
+
+@pytest.mark.slow
+def test_ddp_killed_mid_epoch_resumes_to_the_uninterrupted_result(odd_dataset, tmp_path):
+    from test_faults import DIE_MID_WRITE, temporaries
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for out in (whole, killed):
+        prepare_folds(load_config(CONFIG, overrides(odd_dataset, out)))
+    folds = pd.read_csv(whole / "folds.csv")
+    fold = int(folds["fold"].value_counts().idxmin())  # the larger training set: 4 steps per rank
+    settings = (f"train.folds=[{fold}]", "train.epochs=1", "train.checkpoint_every=1")
+    torchrun("train.py", *overrides(odd_dataset, whole, *settings))
+    # Rank 0 kills itself halfway through writing its 2nd step checkpoint; torchrun then stops rank 1.
+    dying = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            "--no-python", sys.executable, "-c", DIE_MID_WRITE, str(ROOT / "train.py"),
+                            "--config", str(CONFIG), *overrides(odd_dataset, killed, *settings)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "DIE_AT_WRITE": "2"})
+    assert dying.returncode != 0
+    assert read_checkpoint(killed / f"fold_{fold}" / "last.pt")["step"] == 1
+    resumed = torchrun("train.py", *overrides(odd_dataset, killed, *settings))
+    assert "at epoch 1, step 1" in resumed.stdout
+    a, b = (read_checkpoint(out / f"fold_{fold}" / "last.pt") for out in (whole, killed))
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    logs = [pd.read_csv(out / f"fold_{fold}" / "log.csv").drop(columns="time_s") for out in (whole, killed)]
+    pd.testing.assert_frame_equal(*logs)  # the train loss too: the partial sum of both ranks was kept
+    assert temporaries(killed / f"fold_{fold}") == []
