@@ -306,8 +306,8 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
     # Everything that can be refused is checked before the first file is written.
     ids = list_test(cfg)
     check_image_files([resolve(cfg, cfg.data.test_dir) / f"{i}.jpg" for i in ids])
-    oof = cfg.predict.oof and shard.index == 0
-    if oof:
+    score_oof = cfg.predict.oof and shard.index == 0
+    if score_oof:
         train_items(cfg, read_folds(cfg))
     fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
@@ -317,7 +317,7 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")
     out_dir = predict_test(cfg, list(models.values()), runtime, ids, fingerprint, shard)
     result = {"predictions": out_dir, "oof_dice": None}
-    if oof:
+    if score_oof:
         oof = predict_oof(cfg, models, runtime)
         oof_path = atomic_write(Path(cfg.output_dir) / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
         for fold, group in oof.groupby("fold"):
