@@ -25,7 +25,7 @@ from ternaus.rle import rle_decode
 __all__ = [
     "DataError", "Geometry", "SegmentationDataset", "car_id_of", "read_image", "read_mask",
     "list_train", "list_test", "check_train", "check_train_row", "train_items", "image_size", "image_file_problem",
-    "check_image_files", "listing",
+    "check_image_files", "listing", "duplicates", "CSV_ERRORS",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -155,7 +155,12 @@ def _ids_in(folder: Path, suffix: str) -> list[str]:
     return sorted(n[: -len(suffix)] for n in names)
 
 
-def _duplicates(values: pd.Series) -> list[str]:
+# What pandas raises for a file that is not a readable CSV.
+CSV_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError)
+
+
+def duplicates(values: pd.Series) -> list[str]:
+    """The values that occur more than once, each named once."""
     counts = values.value_counts()
     return sorted(counts[counts > 1].index.tolist())
 
@@ -164,11 +169,11 @@ def _read_id_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     """A CSV keyed by image name, with its header and the uniqueness of its ids checked."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except CSV_ERRORS as err:
         raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); replace it") from None
     if list(table.columns[: len(columns)]) != columns:
         raise DataError(f"{path}: expected the header '{','.join(columns)}', got '{','.join(table.columns)}'")
-    repeated = _duplicates(table[columns[0]])
+    repeated = duplicates(table[columns[0]])
     if repeated:
         raise DataError(f"{path} lists {len(repeated)} image(s) more than once, e.g. {repeated[:3]}; "
                         "keep one row per image")

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import read_checkpoint, save_checkpoint, unwrap
 from ternaus.config import Config, ConfigError, config_to_dict, save_config
-from ternaus.data import (DataError, Geometry, SegmentationDataset, check_image_files, normalise_on_device,
-                          train_items)
+from ternaus.data import (CSV_ERRORS, DataError, Geometry, SegmentationDataset, check_image_files, duplicates,
+                          normalise_on_device, train_items)
 from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss
@@ -55,11 +55,11 @@ def read_folds(cfg: Config) -> pd.DataFrame:
         raise FileNotFoundError(f"{path} does not exist; run prepare_folds.py with the same config first")
     try:
         folds = pd.read_csv(path, dtype={"id": str, "car_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except CSV_ERRORS as err:
         raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); run prepare_folds.py again") from None
     if not {"id", "fold"} <= set(folds.columns) or not pd.api.types.is_integer_dtype(folds["fold"]):
         raise DataError(f"{path} needs an 'id' column and an integer 'fold' column; run prepare_folds.py again")
-    repeated = folds["id"][folds["id"].duplicated()].tolist()
+    repeated = duplicates(folds["id"])
     if repeated:
         raise DataError(f"{path} lists {len(repeated)} id(s) more than once, e.g. {repeated[:3]}; "
                         "run prepare_folds.py again")

@@ -185,11 +185,17 @@ def mask_values_0_3(root):
     return [str(gif), "holds values [0, 3]", "expected 0/1 or 0/255", "save it with exactly two values"]
 
 
+def repeat_line(path, index):
+    """Append a copy of line ``index`` of a CSV file; returns that line's first field (the id)."""
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[index]]) + "\n")
+    return lines[index].split(",")[0]
+
+
 def duplicate_id_in_masks_csv(root):
     path = root / "train_masks.csv"
-    lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines + [lines[5]]) + "\n")
-    return [str(path), "lists 1 image(s) more than once", lines[5].split(",")[0], "keep one row per image"]
+    repeated = repeat_line(path, 5)
+    return [str(path), "lists 1 image(s) more than once", repeated, "keep one row per image"]
 
 
 def png_in_train_folder(root):
@@ -297,9 +303,8 @@ def truncated_test_jpeg(root):
 
 def duplicate_row_in_sample(root):
     path = root / "sample_submission.csv"
-    lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines + [lines[3]]) + "\n")
-    return [str(path), "more than once", lines[3].split(",")[0], "keep one row per image"]
+    repeated = repeat_line(path, 3)
+    return [str(path), "more than once", repeated, "keep one row per image"]
 
 
 def unlisted_test_image(root):
@@ -371,11 +376,10 @@ def test_train_refuses_a_folds_file_that_does_not_match_the_data(broken_run, cap
 def test_train_refuses_a_folds_file_with_a_repeated_row(broken_run, capsys):
     root, out = broken_run
     path = out / "folds.csv"
-    lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines + [lines[7]]) + "\n")
+    repeated = repeat_line(path, 7)
     before = snapshot(out)
     message = refusal(capsys, run(train, root, out, "train.epochs=2"))
-    assert_mentions(message, str(path), "lists 1 id(s) more than once", lines[7].split(",")[0],
+    assert_mentions(message, str(path), "lists 1 id(s) more than once", repeated,
                     "run prepare_folds.py again")
     assert_nothing_lost(out, before)
 
