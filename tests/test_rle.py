@@ -76,3 +76,70 @@ def test_invalid_rle_is_refused(bad):
 def test_bad_order_is_refused():
     with pytest.raises(ValueError, match="order"):
         rle_encode(np.ones((2, 2)), order="X")
+
+
+# ---------------------------------------------------------------- the word-at-a-time encoder against a plain one
+
+def plain_rle(mask: np.ndarray, order: str = "C") -> str:
+    """The definition, one pixel at a time: 1-indexed start and length of every run of non-zero pixels."""
+    numbers, start = [], None
+    flat = [bool(v) for v in np.asarray(mask).ravel(order=order)] + [False]
+    for position, on in enumerate(flat):
+        if on and start is None:
+            start = position
+        elif not on and start is not None:
+            numbers += [start + 1, position - start]
+            start = None
+    return " ".join(map(str, numbers))
+
+
+# Widths around the 8-pixel word: runs that start, end or sit on a word boundary, and masks shorter than a word.
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (1, 8), (1, 9), (2, 8), (3, 5), (5, 13), (16, 16), (7, 31)])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_encoder_matches_the_definition_across_word_boundaries(shape, order):
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.1, 0.5, 0.9):
+        mask = (rng.random(shape) < density).astype(np.uint8)
+        assert rle_encode(mask, order) == plain_rle(mask, order)
+    for flat_index in range(min(shape[0] * shape[1], 20)):  # every single-pixel mask near the start
+        mask = np.zeros(shape, np.uint8)
+        mask.flat[flat_index] = 1
+        assert rle_encode(mask, order) == plain_rle(mask, order)
+
+
+def test_runs_that_end_on_the_last_pixel_of_a_word_and_of_the_mask():
+    mask = np.zeros((2, 8), np.uint8)
+    mask[0, 5:8] = 1  # ends exactly where the first word does
+    mask[1, 7] = 1  # the very last pixel
+    assert rle_encode(mask) == "6 3 16 1"
+    mask[1, 0] = 1  # now the first run goes on into the second word
+    assert rle_encode(mask) == "6 4 16 1"
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.uint8, np.int32, np.float32])
+def test_every_dtype_and_non_contiguous_views_encode_alike(dtype):
+    rng = np.random.default_rng(1)
+    big = (rng.random((40, 66)) < 0.3) * rng.integers(1, 200, (40, 66))
+    mask = big.astype(dtype)[3:37:2, 5:61]  # a strided view, not 8-byte aligned
+    assert rle_encode(mask) == plain_rle(mask)
+    assert rle_encode(mask, "F") == plain_rle(mask, "F")
+
+
+def test_a_car_sized_mask_with_many_runs_matches_the_definition():
+    # Thousands of numbers: the digits are written by numpy rather than str.join.
+    rng = np.random.default_rng(2)
+    mask = (rng.random((64, 1918)) < 0.5).astype(np.uint8)
+    assert rle_encode(mask) == plain_rle(mask)
+
+
+@pytest.mark.parametrize("values", [[0], [7], [0, 9, 10, 99, 100, 1_000_000, 2_455_040], list(range(3000)),
+                                    [10 ** 12, 5] * 1500])
+def test_format_integers_writes_what_str_join_writes(values):
+    from ternaus.rle import format_integers
+    assert format_integers(np.array(values)) == " ".join(map(str, values))
+    assert format_integers(np.array([], np.int64)) == ""
+
+
+def test_decoder_accepts_runs_out_of_order_and_adjacent_runs():
+    assert np.array_equal(rle_decode("4 2 1 2", (1, 6))[0], [1, 1, 0, 1, 1, 0])
+    assert np.array_equal(rle_decode("1 2 3 2", (1, 6))[0], [1, 1, 1, 1, 0, 0])
