@@ -355,7 +355,9 @@ class SegmentationDataset(Dataset):
         image = read_image(row["image"])
         size = image.shape[:2]
         item = {"id": row["id"], "size": torch.tensor(size),
-                "image": torch.from_numpy(self.geometry.image_to_input(image)).permute(2, 0, 1).contiguous()}
+                # A (3, H, W) view of the decoded H x W x 3 memory: OpenCV augmentations use that memory as it
+                # is, and collating copies it once anyway.
+                "image": torch.from_numpy(self.geometry.image_to_input(image)).permute(2, 0, 1)}
         if self.with_masks:
             mask = load_train_mask(row, size)
             if mask.shape != size:
