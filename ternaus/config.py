@@ -111,6 +111,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     # Deterministic kernels (slower on GPUs): a resumed run then matches an uninterrupted one bit for bit.
     deterministic: bool = False
+    # torch.compile the model for training (the first steps of each fold then wait for the compiler).
+    # Off by default: see docs/benchmarks.md for what it gains on each device.
+    compile: bool = False
     threshold: float = 0.5
     # How often the progress bar's loss is refreshed: each refresh synchronises with the GPU.
     log_every: int = 10

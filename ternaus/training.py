@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -33,7 +34,7 @@ from ternaus.models import build_model, fit_state_dict
 from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
-           "build_loader"]
+           "build_loader", "train_step", "new_fold_state", "FoldState"]
 
 
 class TrainingError(RuntimeError):
@@ -110,15 +111,21 @@ class EpochSampler(Sampler):
         return len(self._positions())
 
 
+def one_thread_per_worker(worker_id: int) -> None:
+    """Each loader worker is one core's worth of work: OpenCV's own thread pool would oversubscribe the cores
+    (torch already limits its workers to one thread)."""
+    cv2.setNumThreads(1)
+
+
 def build_loader(dataset: Dataset, batch_size: int, runtime: Runtime, num_workers: int,
                  sampler: Sampler | None = None, drop_last: bool = False,
                  batch_sampler: list[list[int]] | None = None) -> DataLoader:
     """In order unless a sampler is given; pinned host memory when the batches go to a GPU."""
+    common = {"num_workers": num_workers, "pin_memory": runtime.is_cuda,
+              "worker_init_fn": one_thread_per_worker if num_workers else None}
     if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                          pin_memory=runtime.is_cuda)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      pin_memory=runtime.is_cuda, drop_last=drop_last)
+        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last, **common)
 
 
 @dataclass
@@ -199,6 +206,20 @@ class LossWatch:
                                 "try train.amp_dtype=bfloat16, then run the same command to resume")
 
 
+def train_step(state: FoldState, batch: dict, runtime: Runtime) -> torch.Tensor:
+    """One optimiser step on ``batch``; returns its loss, left on the device (reading it would synchronise)."""
+    images = normalise_on_device(runtime.to_device(batch["image"]))
+    masks = batch["mask"].to(runtime.device, non_blocking=True).float()
+    with runtime.autocast():
+        logits = state.model(images)
+    loss = state.loss_fn(logits, masks)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    return loss.detach()
+
+
 def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg: Config, desc: str,
                     save_progress: Callable[[], None]) -> float:
     """Train from ``state.step`` to the end of the epoch; checkpoints every ``train.checkpoint_every`` steps."""
@@ -208,18 +229,10 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=state.step, total=steps_in_epoch,
                disable=not state.world.is_main)
     for batch in bar:
-        images = normalise_on_device(runtime.to_device(batch["image"]))
-        masks = batch["mask"].to(runtime.device, non_blocking=True).float()
-        with runtime.autocast():
-            logits = state.model(images)
-        loss = state.loss_fn(logits, masks)
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss).backward()
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
+        loss = train_step(state, batch, runtime)
         state.step += 1
-        watch.observe(loss.detach(), state.step)
-        state.loss_sum += loss.detach()
+        watch.observe(loss, state.step)
+        state.loss_sum += loss
         if state.step % cfg.train.log_every == 0:  # the only host synchronisations inside the epoch
             watch.check(desc)
             bar.set_postfix(loss=f"{state.loss_sum.item() / state.step:.4f}")
@@ -260,7 +273,7 @@ def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_
 # ---------------------------------------------------------------- a fold
 
 
-def _new_state(cfg: Config, runtime: Runtime, world: World) -> FoldState:
+def new_fold_state(cfg: Config, runtime: Runtime, world: World = World()) -> FoldState:
     model = runtime.prepare_model(build_model(cfg.model))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if cfg.train.schedule == "carvana":
@@ -344,7 +357,7 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
         if stale:
             say(f"fold {fold}: removed {len(stale)} partly written file(s) left by an interrupted run")
     seed_everything(_epoch_seed(cfg, fold, 0))
-    state = _new_state(cfg, runtime, world)
+    state = new_fold_state(cfg, runtime, world)
     last = out / "last.pt"
     if cfg.train.resume and last.is_file():
         _resume(state, last, cfg, runtime)
@@ -358,6 +371,9 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
         # Gradients are averaged over the ranks; rank 0's weights are broadcast here, once.
         device_ids = [runtime.device.index] if runtime.is_cuda else None
         state.model = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=device_ids)
+    if cfg.train.compile:
+        # Around DDP, as PyTorch recommends; checkpoints and validation use the plain model (unwrap).
+        state.model = torch.compile(state.model)
     return state
 
 

@@ -19,3 +19,19 @@ def test_resume_false_starts_over(tiny_dataset, tmp_path):
     train(config(tiny_dataset, tmp_path, "train.epochs=1", "train.resume=false"), fold=1)
     assert pd.read_csv(tmp_path / "fold_1" / "log.csv")["epoch"].tolist() == [1]
     assert torch.load(tmp_path / "fold_1" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_train_compile_wraps_the_model_and_checkpoints_stay_plain(tmp_path):
+    from ternaus.checkpoint import read_checkpoint, save_checkpoint, unwrap
+    from ternaus.distributed import World
+    from ternaus.models import UNet11
+    from ternaus.runtime import Runtime
+    from ternaus.training import _start_fold
+
+    cfg = config(tmp_path / "data", tmp_path, "train.compile=true")
+    state = _start_fold(cfg, 0, Runtime.detect(), World())
+    # torch.compile is lazy: nothing is compiled until the first call, so this costs nothing.
+    assert isinstance(state.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(unwrap(state.model), UNet11)
+    save_checkpoint(tmp_path / "compiled.pt", model=state.model)
+    assert list(read_checkpoint(tmp_path / "compiled.pt")["model"]) == list(UNet11().state_dict())
