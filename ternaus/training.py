@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -111,18 +110,13 @@ class EpochSampler(Sampler):
         return len(self._positions())
 
 
-def one_thread_per_worker(worker_id: int) -> None:
-    """Each loader worker is one core's worth of work: OpenCV's own thread pool would oversubscribe the cores
-    (torch already limits its workers to one thread)."""
-    cv2.setNumThreads(1)
-
-
 def build_loader(dataset: Dataset, batch_size: int, runtime: Runtime, num_workers: int,
                  sampler: Sampler | None = None, drop_last: bool = False,
                  batch_sampler: list[list[int]] | None = None) -> DataLoader:
     """In order unless a sampler is given; pinned host memory when the batches go to a GPU."""
-    common = {"num_workers": num_workers, "pin_memory": runtime.is_cuda,
-              "worker_init_fn": one_thread_per_worker if num_workers else None}
+    # No cv2.setNumThreads(1) in the workers: called in a worker forked after this process used OpenCV's
+    # thread pool, it hangs for ever (tried).
+    common = {"num_workers": num_workers, "pin_memory": runtime.is_cuda}
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **common)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last, **common)
