@@ -1,5 +1,6 @@
 # make demo: set up .venv, make the synthetic data, run the four stages on it, score the submission.
 # make test: set up .venv, run the test suite.
+# make bench: set up .venv, run every benchmark in bench/ and rewrite docs/benchmarks.md (see that file).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ DEMO_RUN := runs/synthetic
 # (Carvana's aspect ratio, a tenth of its width) so that the whole pipeline runs on a CPU in minutes.
 DEMO_DATA_ARGS := --cars 16 --test-cars 2 --size 190x128 --seed 0
 
-.PHONY: demo test test-fast venv clean-demo
+.PHONY: demo test test-fast bench venv clean-demo
 
 venv: $(VENV)/.installed
 
@@ -36,6 +37,11 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+# One at a time: two benchmarks side by side would share the cores and both would be wrong.
+BENCHES := rle submission loading predict memory train_step
+bench: venv
+	for name in $(BENCHES); do $(PY) -m bench.$$name || exit 1; done
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN)
