@@ -1,4 +1,4 @@
-"""Training: one UNet11 per fold, Adam with the Carvana cyclic schedule, validation every epoch.
+"""Training: one model per fold (UNet11 by default), Adam with the Carvana cyclic schedule, validation every epoch.
 
 Each fold writes ``fold_K/last.pt`` (every epoch, and every ``train.checkpoint_every`` steps),
 ``fold_K/best.pt`` (best validation Dice) and ``fold_K/log.csv``. The shuffle of an epoch is drawn from
@@ -29,7 +29,7 @@ from ternaus.distributed import World, close_world, init_world, max_over_world, 
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss
 from ternaus.metrics import dice_per_image, jaccard_per_image
-from ternaus.models import build_model, fit_state_dict
+from ternaus.models import MODELS, build_model, fit_state_dict
 from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
@@ -75,7 +75,7 @@ def folds_to_train(cfg: Config) -> list[int]:
 
 
 def geometry_of(cfg: Config) -> Geometry:
-    return Geometry(tuple(cfg.data.input_size) if cfg.data.input_size else None)
+    return Geometry(tuple(cfg.data.input_size) if cfg.data.input_size else None, MODELS[cfg.model.name].size_multiple)
 
 
 # ---------------------------------------------------------------- data loaders

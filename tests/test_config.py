@@ -72,3 +72,12 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "out" / "resolved.yaml")
     assert load_config(path) == cfg
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 2
+
+
+def test_model_options_are_checked_against_the_model():
+    cfg = load_config(None, ["model.name=albunet34", "model.transposed=true"])
+    assert (cfg.model.name, cfg.model.transposed) == ("albunet34", True)
+    with pytest.raises(ConfigError, match="model.transposed: unet11's decoder always uses its own transposed conv"):
+        load_config(None, ["model.transposed=true"])
+    with pytest.raises(ConfigError, match="model.name: must be one of unet11, unet16, albunet34, got 'unet12'"):
+        load_config(None, ["model.name=unet12", "model.transposed=true", "data.input_size=[64, 64]"])
