@@ -62,6 +62,9 @@ class ModelConfig:
     # unet16 and albunet34: the decoder upsamples with ConvTranspose2d(k=4, s=2) instead of bilinear
     # interpolation. (unet11's decoder always uses its own transposed convolutions.)
     transposed: bool = False
+    # Train the decoder alone for the first N epochs, the encoder's weights (and BatchNorm statistics) frozen,
+    # then the whole network: a fresh decoder's large early gradients then cannot wreck a pre-trained encoder.
+    freeze_encoder_epochs: int = 0
 
 
 @dataclass
@@ -283,7 +286,7 @@ def _validate_values(cfg: Config) -> list[str]:
                 "train.augment.color_p"):
         if isinstance(flat[key], float) and not 0.0 <= flat[key] <= 1.0:
             errors.append(f"{key}: must lie in [0, 1], got {flat[key]}")
-    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes"):
+    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes", "model.freeze_encoder_epochs"):
         if isinstance(flat[key], int) and flat[key] < 0:
             errors.append(f"{key}: must be 0 or more, got {flat[key]}")
     if isinstance(cfg.train.weight_decay, float) and cfg.train.weight_decay < 0:
@@ -323,6 +326,10 @@ def _validate_model_options(model: ModelConfig) -> list[str]:
         errors.append(f"model.transposed: {model.name}'s decoder always uses its own transposed convolutions; "
                       f"the option chooses between bilinear and transposed upsampling for "
                       f"{', '.join(n for n, s in MODELS.items() if 'transposed' in s.options)}: remove it")
+    if isinstance(model.freeze_encoder_epochs, int) and model.freeze_encoder_epochs > 0 and model.init == "lecun":
+        errors.append(f"model.freeze_encoder_epochs: {model.freeze_encoder_epochs} would keep a randomly "
+                      "initialised encoder (model.init=lecun) frozen; use model.init=imagenet or a checkpoint, "
+                      "or set model.freeze_encoder_epochs=0")
     return errors
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "imagenet_weight_candidates",
     "build_model",
     "new_model",
+    "set_encoder_frozen",
     "spec_of",
     "MODELS",
     "ModelSpec",
@@ -150,7 +151,7 @@ def resnet34_trunk() -> nn.Module:
 
 
 class TernausNet(nn.Module):
-    """What UNet11, UNet16 and AlbuNet share: the input-size rule, their original layout.
+    """What UNet11, UNet16 and AlbuNet share: the input-size rule, encoder freezing, their original layout.
 
     ``ALIASES`` maps each original alias prefix to the encoder's own prefix for the same tensors;
     ``UNUSED_ORIGINAL_KEYS`` are prefixes of original checkpoint tensors this model does not have."""
@@ -160,12 +161,20 @@ class TernausNet(nn.Module):
     ALIASES: dict[str, str] = {}
     UNUSED_ORIGINAL_KEYS: tuple[str, ...] = ()
     encoder: nn.Module
+    encoder_frozen = False
 
     def check_input_size(self, x: torch.Tensor) -> None:
         m = self.SIZE_MULTIPLE
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"{type(self).__name__} needs height and width that are multiples of {m}, got "
                              f"{tuple(x.shape[-2:])}; pad the input (data.input_size: null pads automatically)")
+
+    def train(self, mode: bool = True) -> "TernausNet":
+        super().train(mode)
+        if self.encoder_frozen:
+            # A frozen encoder is frozen whole: BatchNorm keeps its ImageNet statistics too.
+            self.encoder.eval()
+        return self
 
     def decoder_modules(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -558,3 +567,18 @@ def build_model(model_cfg: Any) -> TernausNet:
     else:
         load_weights(model, init)
     return model
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+def set_encoder_frozen(model: TernausNet, frozen: bool) -> bool:
+    """Freeze (or release) the encoder's parameters, and keep its BatchNorm statistics as they are while
+    frozen; returns whether anything changed. The optimizer keeps holding the frozen parameters: they get
+    no gradient, so Adam leaves them (and their state) untouched until they are released."""
+    changed = model.encoder_frozen != frozen
+    model.encoder_frozen = frozen
+    for parameter in model.encoder.parameters():
+        parameter.requires_grad_(not frozen)
+    model.train(model.training)
+    return changed

@@ -29,7 +29,7 @@ from ternaus.distributed import World, close_world, init_world, max_over_world, 
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss
 from ternaus.metrics import dice_per_image, jaccard_per_image
-from ternaus.models import MODELS, build_model, fit_state_dict
+from ternaus.models import MODELS, build_model, fit_state_dict, set_encoder_frozen
 from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
@@ -262,6 +262,8 @@ def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_
 
 def _new_state(cfg: Config, runtime: Runtime, world: World) -> FoldState:
     model = runtime.prepare_model(build_model(cfg.model))
+    # Every parameter, a frozen encoder's too: frozen ones get no gradient, which Adam skips (no update, no
+    # weight decay, no state), and the optimizer's state_dict keeps one layout from the first step to the last.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if cfg.train.schedule == "carvana":
         factor = lambda epoch: carvana_lr_factor(epoch, cfg.train.cycle_len, cfg.train.cycle_step)  # noqa: E731
@@ -354,11 +356,38 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
             _write_log(out / "log.csv", state.log, world)
     elif world.is_main:
         (out / "log.csv").unlink(missing_ok=True)
+    # Before DDP wraps the model: DDP reduces the gradients of the parameters that require one at that moment.
+    if set_encoder_frozen(state.model, encoder_frozen_in(cfg, state.epoch + 1)):
+        say(f"fold {fold}: encoder frozen to the end of epoch {cfg.model.freeze_encoder_epochs} "
+            "(model.freeze_encoder_epochs)")
     if world.distributed:
-        # Gradients are averaged over the ranks; rank 0's weights are broadcast here, once.
-        device_ids = [runtime.device.index] if runtime.is_cuda else None
-        state.model = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=device_ids)
+        state.model = _wrap_ddp(state.model, runtime)
     return state
+
+
+def _wrap_ddp(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """Gradients are averaged over the ranks; rank 0's weights are broadcast here."""
+    device_ids = [runtime.device.index] if runtime.is_cuda else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def encoder_frozen_in(cfg: Config, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (counted from 1) trains the decoder alone."""
+    return epoch <= cfg.model.freeze_encoder_epochs
+
+
+def _apply_encoder_freeze(state: FoldState, cfg: Config, runtime: Runtime, desc: str) -> None:
+    """Freeze or release the encoder for the coming epoch. Under DDP a released encoder needs a new
+    wrapper: the old one was built without the encoder's parameters and would leave their gradients
+    unsynchronised between the ranks."""
+    frozen = encoder_frozen_in(cfg, state.epoch + 1)
+    if not set_encoder_frozen(unwrap(state.model), frozen):
+        return
+    if state.world.distributed:
+        state.model._remove_autograd_hooks()  # the old wrapper's hooks would still fire in backward
+        state.model = _wrap_ddp(unwrap(state.model), runtime)
+    if state.world.is_main:
+        print(f"{desc}: encoder {'frozen' if frozen else 'released'}")
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -395,6 +424,7 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         desc = f"fold {fold} epoch {state.epoch + 1}/{cfg.train.epochs}"
+        _apply_encoder_freeze(state, cfg, runtime, desc)
         train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
                                      lambda: _save_progress(state, cfg, fold))
         # The plain model: each rank validates a different number of batches, with no collective inside.

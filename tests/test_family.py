@@ -1,6 +1,6 @@
 """UNet16 and AlbuNet next to UNet11: the registry, parameter counts worked out by hand, shapes, the input-size
 rule, the original code's checkpoint layout (loaded, and computing what the original computes), ImageNet
-encoders planted offline, FLOPs."""
+encoders planted offline, FLOPs, and encoder freezing."""
 
 import pytest
 import torch
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from bench.bench_models import forward_flops, parameter_count
 from ternaus.config import CHOICES, ConfigError, ModelConfig, load_config
-from ternaus.models import MODELS, AlbuNet, UNet11, UNet16, WeightsError, build_model, fit_state_dict
+from ternaus.models import (MODELS, AlbuNet, UNet11, UNet16, WeightsError, build_model, fit_state_dict,
+                            lecun_uniform_, set_encoder_frozen)
 from ternaus.training import geometry_of
 
 # ---------------------------------------------------------------- the architectures, by hand
@@ -394,3 +395,29 @@ def test_encoders_are_torchvisions():
     stem = meta_model("albunet34").encoder
     assert str(stem.conv1) == "Conv2d(3, 64, kernel_size=(7, 7), stride=(2, 2), padding=(3, 3), bias=False)"
     assert not hasattr(stem, "fc") and not hasattr(stem, "maxpool")
+
+
+# ---------------------------------------------------------------- encoder freezing
+
+
+def test_a_frozen_encoder_gets_no_gradient_keeps_its_batchnorm_statistics_and_is_released():
+    torch.manual_seed(0)
+    model = lecun_uniform_(AlbuNet())
+    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    decoder_before = model.dec0.conv.weight.detach().clone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    assert set_encoder_frozen(model, True) and not set_encoder_frozen(model, True)
+    model.train()
+    assert not model.encoder.training and not model.conv1[1].training and model.dec0.training
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    model(torch.randn(1, 3, 64, 64)).mean().backward()
+    optimizer.step()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    for key, value in model.encoder.state_dict().items():  # weights and running statistics alike
+        assert torch.equal(value, encoder_before[key]), key
+    assert not torch.equal(model.dec0.conv.weight, decoder_before)
+    assert set_encoder_frozen(model, False)  # training then changes it: tests/test_training.py
+    assert model.encoder.training and model.conv1[1].training
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    model.eval()
+    assert not model.dec0.training
