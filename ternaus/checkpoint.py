@@ -38,7 +38,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any = None
         "epoch": epoch,
         "best_score": best_score,
         "config": config,
-        "arch": {"name": type(plain).__name__, "num_classes": getattr(plain, "num_classes", None)},
+        "arch": {"name": type(plain).__name__, "num_classes": getattr(plain, "num_classes", None),
+                 "transposed": getattr(plain, "transposed", None)},
         **extra,
     }
     return atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     root: str = "data/synthetic"
-    # null: full resolution, reflect-padded to a multiple of 32 (the Carvana recipe); [H, W]: resize.
+    # null: full resolution, reflect-padded to a multiple of 32 (64 for albunet34; the Carvana recipe); [H, W]: resize.
     input_size: list[int] | None = None
     train_dir: str = "train"
     masks_dir: str = "train_masks"
@@ -52,12 +52,19 @@ class FoldsConfig:
 
 @dataclass
 class ModelConfig:
+    # "unet11" (VGG11 encoder, the paper's), "unet16" (VGG16) or "albunet34" (ResNet34; sizes multiples of 64).
     name: str = "unet11"
     num_classes: int = 1
     # "lecun", "imagenet", or a path to a whole-network checkpoint to fine-tune from.
     init: str = "imagenet"
-    # Explicit VGG11 ImageNet file for init=imagenet; else torchvision's cache is searched.
+    # Explicit ImageNet file of the encoder (vgg11-8a719046.pth, ...) for init=imagenet; else torchvision's cache.
     encoder_weights: str | None = None
+    # unet16 and albunet34: the decoder upsamples with ConvTranspose2d(k=4, s=2) instead of bilinear
+    # interpolation. (unet11's decoder always uses its own transposed convolutions.)
+    transposed: bool = False
+    # Train the decoder alone for the first N epochs, the encoder's weights (and BatchNorm statistics) frozen,
+    # then the whole network: a fresh decoder's large early gradients then cannot wreck a pre-trained encoder.
+    freeze_encoder_epochs: int = 0
 
 
 @dataclass
@@ -152,7 +159,7 @@ class Config:
 
 CHOICES = {
     "folds.stratify": ("none", "mask_area"),
-    "model.name": ("unet11",),
+    "model.name": ("unet11", "unet16", "albunet34"),  # ternaus.models.MODELS, which a test keeps in step
     "train.loss.name": ("bce_dice", "bce_jaccard"),
     "train.schedule": ("carvana", "constant"),
     "train.amp_dtype": ("bfloat16", "float16"),
@@ -282,12 +289,13 @@ def _validate_values(cfg: Config) -> list[str]:
                 "train.augment.color_p"):
         if isinstance(flat[key], float) and not 0.0 <= flat[key] <= 1.0:
             errors.append(f"{key}: must lie in [0, 1], got {flat[key]}")
-    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes"):
+    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes", "model.freeze_encoder_epochs"):
         if isinstance(flat[key], int) and flat[key] < 0:
             errors.append(f"{key}: must be 0 or more, got {flat[key]}")
     if isinstance(cfg.train.weight_decay, float) and cfg.train.weight_decay < 0:
         errors.append(f"train.weight_decay: must be 0 or more, got {cfg.train.weight_decay}")
-    errors += _validate_input_size(cfg.data.input_size)
+    errors += _validate_input_size(cfg.data.input_size, cfg.model.name)
+    errors += _validate_model_options(cfg.model)
     if isinstance(cfg.model.init, str) and cfg.model.init not in ("lecun", "imagenet") \
             and not Path(cfg.model.init).is_file():
         errors.append(f"model.init: {cfg.model.init!r} is neither 'lecun', 'imagenet' nor an existing checkpoint file")
@@ -295,17 +303,37 @@ def _validate_values(cfg: Config) -> list[str]:
     return errors
 
 
-def _validate_input_size(size: Any) -> list[str]:
+def _validate_input_size(size: Any, model_name: Any) -> list[str]:
     if size is None or not isinstance(size, list):
         return []
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         return [f"data.input_size: expected null or [H, W] with positive integers, got {size}"]
-    bad = [v for v in size if v % 32]
-    if bad:
-        padded = [-(-v // 32) * 32 for v in size]
-        return [f"data.input_size: {size} is not a multiple of 32 (UNet11 halves the size five times); "
-                f"use {padded}"]
+    from ternaus.models import MODELS  # here: importing the config alone does not import torch
+
+    spec = MODELS.get(model_name, MODELS["unet11"])  # an unknown name is reported on its own
+    multiple = spec.size_multiple
+    if any(v % multiple for v in size):
+        padded = [-(-v // multiple) * multiple for v in size]
+        return [f"data.input_size: {size} is not a multiple of {multiple} ({spec.model_class.__name__}, "
+                f"model.name={model_name if model_name in MODELS else 'unet11'}, halves the size "
+                f"{spec.model_class.HALVINGS} times); use {padded}"]
     return []
+
+
+def _validate_model_options(model: ModelConfig) -> list[str]:
+    from ternaus.models import MODELS
+
+    errors = []
+    spec = MODELS.get(model.name)
+    if spec is not None and model.transposed is True and "transposed" not in spec.options:
+        errors.append(f"model.transposed: {model.name}'s decoder always uses its own transposed convolutions; "
+                      f"the option chooses between bilinear and transposed upsampling for "
+                      f"{', '.join(n for n, s in MODELS.items() if 'transposed' in s.options)}: remove it")
+    if isinstance(model.freeze_encoder_epochs, int) and model.freeze_encoder_epochs > 0 and model.init == "lecun":
+        errors.append(f"model.freeze_encoder_epochs: {model.freeze_encoder_epochs} would keep a randomly "
+                      "initialised encoder (model.init=lecun) frozen; use model.init=imagenet or a checkpoint, "
+                      "or set model.freeze_encoder_epochs=0")
+    return errors
 
 
 def _validate_folds_list(folds: Any, n_folds: Any) -> list[str]:

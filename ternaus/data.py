@@ -279,11 +279,11 @@ def train_items(cfg: Config, folds: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns="_merge").astype({"fold": int})
 
 
-# ---------------------------------------------------------------- geometry: pad to /32 or resize
+# ---------------------------------------------------------------- geometry: pad to /32 (/64) or resize
 
 
-def _ceil32(value: int) -> int:
-    return -(-value // 32) * 32
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -291,12 +291,13 @@ class Geometry:
     """How an image becomes network input and how a prediction goes back to the image's size."""
 
     input_size: tuple[int, int] | None = None  # None: pad; (H, W): resize
+    multiple: int = 32  # padding rounds up to this: the model's size multiple (64 for AlbuNet)
 
     def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right): split evenly, as Carvana's 1918 -> 1920 (1 px each side)."""
         if self.input_size is not None:
             return (0, 0, 0, 0)
-        dh, dw = _ceil32(height) - height, _ceil32(width) - width
+        dh, dw = _round_up(height, self.multiple) - height, _round_up(width, self.multiple) - width
         return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
 
     def _to_input(self, array: np.ndarray, interpolation: int) -> np.ndarray:

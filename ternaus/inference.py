@@ -30,7 +30,7 @@ from ternaus.data import Geometry, SegmentationDataset, check_image_files, list_
 from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from ternaus.distributed import world_from_environment
 from ternaus.metrics import dice_per_image, jaccard_per_image
-from ternaus.models import MODELS, load_weights
+from ternaus.models import load_weights, new_model
 from ternaus.runtime import Runtime
 from ternaus.training import build_loader, fold_dir, folds_to_train, geometry_of, read_folds
 
@@ -89,7 +89,7 @@ def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, P
 def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None) -> dict[int, torch.nn.Module]:
     models = {}
     for fold, path in checkpoint_paths(cfg, folds).items():
-        model = load_weights(MODELS[cfg.model.name](num_classes=cfg.model.num_classes), path)
+        model = load_weights(new_model(cfg.model), path)
         models[fold] = runtime.prepare_model(model).eval()
     return models
 

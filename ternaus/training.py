@@ -1,4 +1,4 @@
-"""Training: one UNet11 per fold, Adam with the Carvana cyclic schedule, validation every epoch.
+"""Training: one model per fold (UNet11 by default), Adam with the Carvana cyclic schedule, validation every epoch.
 
 Each fold writes ``fold_K/last.pt`` (every epoch, and every ``train.checkpoint_every`` steps),
 ``fold_K/best.pt`` (best validation Dice) and ``fold_K/log.csv``. The shuffle of an epoch is drawn from
@@ -29,7 +29,7 @@ from ternaus.distributed import World, close_world, init_world, max_over_world, 
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss
 from ternaus.metrics import dice_per_image, jaccard_per_image
-from ternaus.models import build_model, fit_state_dict
+from ternaus.models import MODELS, build_model, fit_state_dict, set_encoder_frozen
 from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
@@ -75,7 +75,7 @@ def folds_to_train(cfg: Config) -> list[int]:
 
 
 def geometry_of(cfg: Config) -> Geometry:
-    return Geometry(tuple(cfg.data.input_size) if cfg.data.input_size else None)
+    return Geometry(tuple(cfg.data.input_size) if cfg.data.input_size else None, MODELS[cfg.model.name].size_multiple)
 
 
 # ---------------------------------------------------------------- data loaders
@@ -269,6 +269,8 @@ def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_
 
 def new_fold_state(cfg: Config, runtime: Runtime, world: World = World()) -> FoldState:
     model = runtime.prepare_model(build_model(cfg.model))
+    # Every parameter, a frozen encoder's too: frozen ones get no gradient, which Adam skips (no update, no
+    # weight decay, no state), and the optimizer's state_dict keeps one layout from the first step to the last.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     if cfg.train.schedule == "carvana":
         factor = lambda epoch: carvana_lr_factor(epoch, cfg.train.cycle_len, cfg.train.cycle_step)  # noqa: E731
@@ -361,14 +363,43 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
             _write_log(out / "log.csv", state.log, world)
     elif world.is_main:
         (out / "log.csv").unlink(missing_ok=True)
-    if world.distributed:
-        # Gradients are averaged over the ranks; rank 0's weights are broadcast here, once.
-        device_ids = [runtime.device.index] if runtime.is_cuda else None
-        state.model = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=device_ids)
-    if cfg.train.compile:
-        # Around DDP, as PyTorch recommends; checkpoints and validation use the plain model (unwrap).
-        state.model = torch.compile(state.model)
+    # Before DDP wraps the model: DDP reduces the gradients of the parameters that require one at that moment.
+    if set_encoder_frozen(state.model, encoder_frozen_in(cfg, state.epoch + 1)):
+        say(f"fold {fold}: encoder frozen to the end of epoch {cfg.model.freeze_encoder_epochs} "
+            "(model.freeze_encoder_epochs)")
+    state.model = _wrap(state.model, cfg, runtime, world)
     return state
+
+
+def _wrap(model: torch.nn.Module, cfg: Config, runtime: Runtime, world: World) -> torch.nn.Module:
+    """The plain model as training runs it: under DDP, gradients averaged over the ranks (rank 0's weights
+    are broadcast here); with train.compile, compiled around DDP, as PyTorch recommends. Checkpoints and
+    validation use the plain model (unwrap)."""
+    if world.distributed:
+        device_ids = [runtime.device.index] if runtime.is_cuda else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(model) if cfg.train.compile else model
+
+
+def encoder_frozen_in(cfg: Config, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (counted from 1) trains the decoder alone."""
+    return epoch <= cfg.model.freeze_encoder_epochs
+
+
+def _apply_encoder_freeze(state: FoldState, cfg: Config, runtime: Runtime, desc: str) -> None:
+    """Freeze or release the encoder for the coming epoch. Under DDP a released encoder needs a new
+    wrapper: the old one was built without the encoder's parameters and would leave their gradients
+    unsynchronised between the ranks. A compiled model is compiled again for the new set of gradients."""
+    frozen = encoder_frozen_in(cfg, state.epoch + 1)
+    if not set_encoder_frozen(unwrap(state.model), frozen):
+        return
+    if state.world.distributed:
+        # The old wrapper's hooks would still fire in backward.
+        getattr(state.model, "_orig_mod", state.model)._remove_autograd_hooks()
+    if state.world.distributed or cfg.train.compile:
+        state.model = _wrap(unwrap(state.model), cfg, runtime, state.world)
+    if state.world.is_main:
+        print(f"{desc}: encoder {'frozen' if frozen else 'released'}")
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -405,6 +436,7 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         desc = f"fold {fold} epoch {state.epoch + 1}/{cfg.train.epochs}"
+        _apply_encoder_freeze(state, cfg, runtime, desc)
         train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
                                      lambda: _save_progress(state, cfg, fold))
         # The plain model: each rank validates a different number of batches, with no collective inside.

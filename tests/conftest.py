@@ -17,3 +17,35 @@ def tiny_dataset(tmp_path_factory) -> Path:
     from ternaus.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("data") / "synthetic", cars=3, test_cars=1, size=(62, 40), seed=1)
+
+
+@pytest.fixture(scope="session")
+def family():
+    """``family(name, transposed=False)``: that model, LeCun-initialised from a fixed seed, in eval mode, built
+    once per session. Shared: tests must not change it (train, freeze or load into a model of their own)."""
+    import torch
+
+    from ternaus.models import MODELS, lecun_uniform_
+
+    built = {}
+
+    def get(name: str, transposed: bool = False):
+        if (name, transposed) not in built:
+            torch.manual_seed(len(built))
+            model = MODELS[name].model_class(**({"transposed": True} if transposed else {}))
+            built[name, transposed] = lecun_uniform_(model).eval()
+        return built[name, transposed]
+
+    return get
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch cache of the test's own; any attempt at a download fails the test."""
+    import torch
+
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    return home

@@ -72,3 +72,17 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "out" / "resolved.yaml")
     assert load_config(path) == cfg
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 2
+
+
+def test_model_options_are_checked_against_the_model():
+    cfg = load_config(None, ["model.name=albunet34", "model.transposed=true", "model.freeze_encoder_epochs=2"])
+    assert (cfg.model.name, cfg.model.transposed, cfg.model.freeze_encoder_epochs) == ("albunet34", True, 2)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.transposed=true", "model.freeze_encoder_epochs=-1"])
+    message = str(err.value)
+    assert "model.transposed: unet11's decoder always uses its own transposed convolutions" in message
+    assert "model.freeze_encoder_epochs: must be 0 or more, got -1" in message
+    with pytest.raises(ConfigError, match="model.name: must be one of unet11, unet16, albunet34, got 'unet12'"):
+        load_config(None, ["model.name=unet12", "model.transposed=true", "data.input_size=[64, 64]"])
+    with pytest.raises(ConfigError, match="model.freeze_encoder_epochs: 3 would keep a randomly initialised encoder"):
+        load_config(None, ["model.init=lecun", "model.freeze_encoder_epochs=3"])

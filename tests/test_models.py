@@ -175,16 +175,6 @@ def plant_vgg11(path, seed: int = 0, bad_shape: bool = False):
     return state
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    # Any attempt at a download fails the test.
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
-    return home
-
-
 @pytest.mark.parametrize("name", ["vgg11-8a719046.pth", "vgg11-bbd30ac9.pth"])
 def test_imagenet_encoder_from_the_torch_cache(torch_home, name):
     planted = plant_vgg11(torch_home / "hub" / "checkpoints" / name)
