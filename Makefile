@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-compile -r requirements.txt
 	touch $@
 
 $(DEMO_DATA)/sample_submission.csv: | venv
@@ -39,7 +39,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
 # One at a time: two benchmarks side by side would share the cores and both would be wrong.
-BENCHES := rle submission loading predict memory train_step
+BENCHES := rle submission loading predict memory models train_step
 bench: venv
 	for name in $(BENCHES); do $(PY) -m bench.$$name || exit 1; done
 

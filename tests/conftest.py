@@ -9,6 +9,9 @@ sys.path.insert(0, str(ROOT))
 
 # Tests never touch the user's torch cache: each test that needs one plants its own.
 os.environ.setdefault("TORCH_HOME", str(ROOT / ".pytest_cache" / "torch_home_unused"))
+# No fsync: about 0.5 s of each 275 MB checkpoint here, minutes over the suite; the stage subprocesses inherit
+# it. Atomic renames, which the kill tests check, are unchanged; tests/test_io.py checks the default flushes.
+os.environ.setdefault("TERNAUS_FSYNC", "0")
 
 
 @pytest.fixture(scope="session")

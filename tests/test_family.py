@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.bench_models import forward_flops, parameter_count
+from bench.models import forward_flops, parameter_count
 from ternaus.config import CHOICES, ConfigError, ModelConfig, load_config
 from ternaus.models import (MODELS, AlbuNet, UNet11, UNet16, WeightsError, build_model, fit_state_dict,
                             lecun_uniform_, set_encoder_frozen)

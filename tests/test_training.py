@@ -14,10 +14,11 @@ def config(root, out, *overrides):
 
 
 def test_resume_false_starts_over(tiny_dataset, tmp_path):
-    prepare_folds(config(tiny_dataset, tmp_path))
-    train(config(tiny_dataset, tmp_path, "train.epochs=2"), fold=1)
+    small = "data.input_size=[32,32]"
+    prepare_folds(config(tiny_dataset, tmp_path, small))
+    train(config(tiny_dataset, tmp_path, "train.epochs=2", small), fold=1)
     # Resuming would find both epochs done and keep the two-row log; starting over leaves one epoch.
-    train(config(tiny_dataset, tmp_path, "train.epochs=1", "train.resume=false"), fold=1)
+    train(config(tiny_dataset, tmp_path, "train.epochs=1", "train.resume=false", small), fold=1)
     assert pd.read_csv(tmp_path / "fold_1" / "log.csv")["epoch"].tolist() == [1]
     assert torch.load(tmp_path / "fold_1" / "last.pt", weights_only=True)["epoch"] == 1
 
