@@ -1,28 +1,23 @@
 """Each model of the family: parameters, GFLOPs of one forward pass and CPU forward time, as a markdown table.
 
-    python bench/bench_models.py [--size 1024] [--repeats 5] [--threads N] [--out FILE]
+    python -m bench.models [--size 1024] [--repeats 5] [--threads N] [--quick]
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device: nothing is computed,
 and a multiply-add counts as 2 FLOPs (convolutions and transposed convolutions; the bilinear upsampling,
 ReLU, pooling and BatchNorm are not counted). The time is the median of ``--repeats`` forward passes of one
-float32 image under ``torch.no_grad`` on the CPU, after one warm-up pass; run it on a quiet machine.
+float32 image under ``torch.no_grad`` on the CPU, after one warm-up pass; run it on a quiet machine. The table
+goes to the "models" section of docs/benchmarks.md, and its numbers to the README's model table by hand.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ternaus.io import atomic_write_text  # noqa: E402
-from ternaus.models import MODELS  # noqa: E402
+from bench.common import median_seconds, parser, write_section
+from ternaus.models import MODELS
 
 # (model.name, model.transposed): the original code's default decoder for each model, and the alternative.
 VARIANTS = (("unet11", False), ("unet16", False), ("unet16", True), ("albunet34", False), ("albunet34", True))
@@ -51,13 +46,7 @@ def forward_flops(name: str, height: int, width: int, transposed: bool = False) 
 def cpu_forward_seconds(name: str, size: int, repeats: int, transposed: bool = False) -> float:
     model = build(name, transposed)
     image = torch.randn(1, 3, size, size)
-    model(image)  # warm-up: allocations and oneDNN's kernel choice
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model(image)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return median_seconds(lambda: model(image), repeats)  # the warm-up: allocations, oneDNN's kernel choice
 
 
 def variant_label(name: str, transposed: bool) -> str:
@@ -80,21 +69,20 @@ def table(size: int, repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=1024, help="image height and width (a multiple of 64)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes per model (0: no timing)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--out", default=None, help="also write the table to this file")
-    args = parser.parse_args(argv)
+    cli = parser(__doc__)
+    cli.add_argument("--size", type=int, default=1024, help="image height and width (a multiple of 64)")
+    cli.add_argument("--repeats", type=int, default=5, help="timed passes per model (0: no timing)")
+    cli.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = cli.parse_args(argv)
+    if args.quick:
+        args.size, args.repeats = 128, 1
     if args.size % 64 or args.size <= 0:
-        parser.error(f"--size {args.size}: must be a positive multiple of 64, the size every model accepts")
+        cli.error(f"--size {args.size}: must be a positive multiple of 64, the size every model accepts")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)", file=sys.stderr)
-    text = table(args.size, args.repeats)
-    print(text, end="")
-    if args.out:
-        atomic_write_text(Path(args.out), text)
+    body = ("One float32 image, batch 1, `torch.no_grad`; FLOPs of one forward pass (a multiply-add counts 2; "
+            "convolutions only), counted on the meta device.\n\n" + table(args.size, args.repeats))
+    write_section("models", "The model family: parameters, FLOPs, CPU forward time", body, write=not args.quick)
     return 0
 
 
