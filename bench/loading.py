@@ -123,7 +123,7 @@ class _Keyed(torch.utils.data.Dataset):
 
 def main() -> None:
     args = parser(__doc__).parse_args()
-    count, repeats = (4, 1) if args.quick else (16, 5)
+    count, repeats = (4, 1) if args.quick else (8, 3)
     cores = os.cpu_count() or 1
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:

@@ -57,10 +57,11 @@ def cases_for(device: str, quick: bool) -> list[Case]:
         grid += [Case(1280, 1920, b, "bfloat16", True, True) for b in (2, 4)]
         grid += [Case(640, 960, b, p, True) for b in (4, 8, 16) for p in ("bfloat16", "float16")]
         return grid + [Case(320, 480, b, "bfloat16", True) for b in (16, 32, 64)]
-    # A CPU does a few hundred GFLOP/s: mid-size inputs for the comparisons, one full-size step.
-    grid = [Case(128, 192, b) for b in (1, 4, 8)]
-    grid += [Case(256, 384, 4, p, cl) for p in PRECISIONS for cl in (False, True)]
-    grid += [Case(256, 384, 4, compile=True, repeats=2)]
+    # A CPU does about a hundred GFLOP/s: the comparisons at a small size, one full-size step.
+    grid = [Case(128, 192, b, steps=3) for b in (1, 4, 8)]
+    grid += [Case(128, 192, 4, p, cl, steps=3) for p, cl in (("float32", True), ("bfloat16", False),
+                                                             ("float16", False))]
+    grid += [Case(128, 192, 4, compile=True, steps=3), Case(256, 384, 2, steps=2)]
     return grid + [Case(1280, 1920, 1, steps=1, repeats=2)]
 
 

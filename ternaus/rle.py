@@ -128,7 +128,7 @@ def rle_decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray
     ends = starts + lengths
     if starts.size and (starts.min() < 0 or lengths.min() < 1 or ends.max() > size):
         raise ValueError(f"RLE runs fall outside a {height}x{width} mask or have non-positive values")
-    if starts.size and (starts[1:] >= ends[:-1]).all():
+    if (starts[1:] >= ends[:-1]).all():  # the empty mask too
         flat = _paint_in_order(starts, ends, size)
     else:
         # Runs out of order or overlapping (not what an encoder writes): +1 at every start and -1 at every
@@ -142,8 +142,7 @@ def _paint_in_order(starts: np.ndarray, ends: np.ndarray, size: int) -> np.ndarr
     """Flat uint8 0/1 from increasing, non-overlapping runs: alternate gaps of 0 and runs of 1, each pixel
     written once."""
     counts = np.empty(2 * starts.size + 1, np.int64)
-    counts[0], counts[-1] = starts[0], size - ends[-1]
-    counts[2:-1:2] = starts[1:] - ends[:-1]
+    counts[0::2] = np.append(starts, size) - np.insert(ends, 0, 0)  # the gaps before, between and after the runs
     counts[1::2] = ends - starts
     values = np.zeros(counts.size, np.uint8)
     values[1::2] = 1
