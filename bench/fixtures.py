@@ -13,7 +13,7 @@ import torch
 
 from ternaus.checkpoint import save_checkpoint
 from ternaus.config import Config, load_config
-from ternaus.models import MODELS
+from ternaus.models import build_model
 from ternaus.synthetic import _jpeg_bytes, make_car, render_view
 
 VIEWS_RENDERED = 8
@@ -57,7 +57,7 @@ def write_checkpoints(cfg: Config, folds: list[int]) -> None:
     """``fold_K/best.pt`` for each fold: a LeCun-initialised model, seeded by its fold."""
     for fold in folds:
         torch.manual_seed(fold)
-        model = MODELS[cfg.model.name](num_classes=cfg.model.num_classes)
+        model = build_model(cfg.model)
         save_checkpoint(Path(cfg.output_dir) / f"fold_{fold}" / cfg.predict.checkpoint, model=model, epoch=1)
 
 

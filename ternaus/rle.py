@@ -19,6 +19,7 @@ __all__ = ["rle_encode", "rle_decode", "run_boundaries", "parse_runs", "format_i
 _WORD_BITS = 64
 # Below this many numbers one ``str.join`` is faster than numpy's fixed cost per call.
 _JOIN_BELOW = 64
+_POWERS_OF_TEN = 10 ** np.arange(19, dtype=np.int64)
 
 
 def _check_order(order: str) -> None:
@@ -46,15 +47,20 @@ def _changes(flat: np.ndarray) -> np.ndarray:
     previous word's last pixel carried in) has a bit set exactly where a run starts or ends.
     """
     size = flat.size
-    words = np.zeros(size // _WORD_BITS + 1, "<u8")  # one word more: room for the end of a run on the last pixel
-    words.view(np.uint8)[: (size + 7) // 8] = np.packbits(flat, bitorder="little")
+    packed = np.packbits(flat, bitorder="little")
+    if packed.size % 8:  # whole words; the padding bits are unset, so a run on the last pixel still ends
+        packed = np.concatenate([packed, np.zeros(8 - packed.size % 8, np.uint8)])
+    words = packed.view("<u8")
     changed = words << np.uint64(1)
     changed[1:] |= words[:-1] >> np.uint64(_WORD_BITS - 1)
     changed ^= words
     hit = np.flatnonzero(changed != 0)  # nonzero is fast on bools only
     bits = np.unpackbits(changed[hit].view(np.uint8), bitorder="little").view(np.bool_)
     index = np.flatnonzero(bits)
-    return hit[index // _WORD_BITS] * _WORD_BITS + index % _WORD_BITS
+    changes = hit[index >> 6] * _WORD_BITS + (index & (_WORD_BITS - 1))
+    if size % _WORD_BITS == 0 and size and flat[-1]:  # a run that ends on the last bit of a full last word
+        changes = np.append(changes, size)
+    return changes
 
 
 def run_boundaries(mask: np.ndarray, order: str = "C") -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +83,15 @@ def format_integers(values: np.ndarray) -> str:
     width = len(str(int(values.max())))
     chars = np.empty((values.size, width + 1), np.uint8)
     chars[:, width] = ord(" ")
-    rest = values.astype(np.int32) if width < 10 else values
+    rest = values.astype(np.int32) if width < 10 else values.copy()
     for column in range(width - 1, -1, -1):
         higher = rest // 10  # division by a constant is vectorised; np.divmod is not
-        digit = (rest - 10 * higher + ord("0")).astype(np.uint8)
-        # A place left of the number's first digit (nothing left to write) becomes NUL; the units never do.
-        chars[:, column] = digit if column == width - 1 else digit * (rest != 0)
+        rest -= higher * 10
+        np.add(rest, ord("0"), out=chars[:, column], casting="unsafe")
         rest = higher
+    # The places left of a number's first digit become NUL (0 keeps its units digit): place k from the left
+    # holds 10^(width-1-k), which a smaller number does not reach.
+    chars[:, : width - 1][values[:, None] < _POWERS_OF_TEN[width - 1: 0: -1]] = 0
     return chars.tobytes()[:-1].translate(None, b"\0").decode("ascii")
 
 

@@ -114,6 +114,11 @@ def test_runs_that_end_on_the_last_pixel_of_a_word_and_of_the_mask():
     assert rle_encode(mask) == "6 3 16 1"
     mask[1, 0] = 1  # now the first run goes on into the second word
     assert rle_encode(mask) == "6 4 16 1"
+    # A mask of whole 64-pixel words: the run on the last pixel has no padding bit after it to end on.
+    assert rle_encode(np.ones((8, 8), np.uint8)) == "1 64"
+    last = np.zeros((2, 64), bool)
+    last[1, 60:] = True
+    assert rle_encode(last) == "125 4"
 
 
 @pytest.mark.parametrize("dtype", [np.bool_, np.uint8, np.int32, np.float32])
