@@ -86,7 +86,7 @@ def predict_peaks(root: Path, count: int, size: tuple[int, int]) -> dict:
 def main() -> None:
     cli = parser(__doc__)
     cli.add_argument("--counts", type=int, nargs="+", default=[100, 1000])
-    cli.add_argument("--size", default="128x96", help="W x H of the test images (default 128x96)")
+    cli.add_argument("--size", default="96x64", help="W x H of the test images (default 96x64)")
     args = cli.parse_args()
     counts = [10, 40] if args.quick else args.counts
     size = tuple(int(v) for v in args.size.lower().split("x"))

@@ -74,24 +74,27 @@ def run_boundaries(mask: np.ndarray, order: str = "C") -> tuple[np.ndarray, np.n
 def format_integers(values: np.ndarray) -> str:
     """Non-negative integers as one space-separated decimal string, identical to ``" ".join(map(str, values))``.
 
-    Every number gets a fixed-width row of bytes, digits written right to left; the leading places are
-    NUL bytes, which one ``bytes.translate`` then drops. No Python object per number is made.
+    Every number gets a fixed-width row of bytes, its digits computed a decimal place at a time for all
+    numbers at once; the leading places are NUL bytes, which one ``bytes.translate`` then drops. No Python
+    object per number is made.
     """
     values = np.asarray(values, dtype=np.int64)
     if values.size < _JOIN_BELOW:
         return " ".join(map(str, values.tolist()))
     width = len(str(int(values.max())))
-    chars = np.empty((values.size, width + 1), np.uint8)
-    chars[:, width] = ord(" ")
+    places = np.empty((width, values.size), np.uint8)  # one contiguous row per decimal place, units last
     rest = values.astype(np.int32) if width < 10 else values.copy()
-    for column in range(width - 1, -1, -1):
+    for place in range(width - 1, -1, -1):
         higher = rest // 10  # division by a constant is vectorised; np.divmod is not
-        rest -= higher * 10
-        np.add(rest, ord("0"), out=chars[:, column], casting="unsafe")
+        places[place] = rest - higher * 10
         rest = higher
-    # The places left of a number's first digit become NUL (0 keeps its units digit): place k from the left
-    # holds 10^(width-1-k), which a smaller number does not reach.
-    chars[:, : width - 1][values[:, None] < _POWERS_OF_TEN[width - 1: 0: -1]] = 0
+    places += ord("0")
+    # The places left of a number's first digit become NUL (0 keeps its units digit): place k holds
+    # 10^(width-1-k), which a smaller number does not reach.
+    places[:-1] *= values >= _POWERS_OF_TEN[width - 1: 0: -1, None]
+    chars = np.empty((values.size, width + 1), np.uint8)
+    chars[:, :width] = places.T
+    chars[:, width] = ord(" ")
     return chars.tobytes()[:-1].translate(None, b"\0").decode("ascii")
 
 
