@@ -176,8 +176,16 @@ class TernausNet(nn.Module):
             self.encoder.eval()
         return self
 
+    def decode(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """UNet11's and UNet16's way back up from the encoder's outputs ``skips`` (conv1 ... conv5): the centre,
+        then each decoder block on the previous output joined with its skip, deepest first; ``final`` last."""
+        x = self.center(self.pool(skips[-1]))
+        for block, skip in zip((self.dec5, self.dec4, self.dec3, self.dec2, self.dec1), reversed(skips)):
+            x = block(torch.cat([x, skip], 1))
+        return self.final(x)
+
     def decoder_modules(self) -> list[nn.Module]:
-        raise NotImplementedError
+        return [self.center, self.dec5, self.dec4, self.dec3, self.dec2, self.dec1, self.final]
 
 
 # Original alias name -> index in vgg11().features.
@@ -215,16 +223,7 @@ class UNet11(TernausNet):
         conv3 = self.relu(self.conv3(self.relu(self.conv3s(self.pool(conv2)))))
         conv4 = self.relu(self.conv4(self.relu(self.conv4s(self.pool(conv3)))))
         conv5 = self.relu(self.conv5(self.relu(self.conv5s(self.pool(conv4)))))
-        center = self.center(self.pool(conv5))
-        dec5 = self.dec5(torch.cat([center, conv5], 1))
-        dec4 = self.dec4(torch.cat([dec5, conv4], 1))
-        dec3 = self.dec3(torch.cat([dec4, conv3], 1))
-        dec2 = self.dec2(torch.cat([dec3, conv2], 1))
-        dec1 = self.dec1(torch.cat([dec2, conv1], 1))
-        return self.final(dec1)
-
-    def decoder_modules(self) -> list[nn.Module]:
-        return [self.center, self.dec5, self.dec4, self.dec3, self.dec2, self.dec1, self.final]
+        return self.decode([conv1, conv2, conv3, conv4, conv5])
 
 
 # Original stage name -> indices in vgg16().features of its convolutions (each followed by the shared ReLU).
@@ -264,16 +263,7 @@ class UNet16(TernausNet):
         conv3 = self.conv3(self.pool(conv2))
         conv4 = self.conv4(self.pool(conv3))
         conv5 = self.conv5(self.pool(conv4))
-        center = self.center(self.pool(conv5))
-        dec5 = self.dec5(torch.cat([center, conv5], 1))
-        dec4 = self.dec4(torch.cat([dec5, conv4], 1))
-        dec3 = self.dec3(torch.cat([dec4, conv3], 1))
-        dec2 = self.dec2(torch.cat([dec3, conv2], 1))
-        dec1 = self.dec1(torch.cat([dec2, conv1], 1))
-        return self.final(dec1)
-
-    def decoder_modules(self) -> list[nn.Module]:
-        return [self.center, self.dec5, self.dec4, self.dec3, self.dec2, self.dec1, self.final]
+        return self.decode([conv1, conv2, conv3, conv4, conv5])
 
 
 class AlbuNet(TernausNet):
