@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.common import fmt, median_seconds, parser, table, write_section
@@ -22,6 +23,7 @@ from bench.fixtures import config, rendered_views, write_checkpoints, write_test
 from ternaus.data import normalise_on_device
 from ternaus.inference import load_fold_models, predict, tta_probabilities
 from ternaus.runtime import Runtime
+from ternaus.training import geometry_of
 
 
 def arguments():
@@ -39,7 +41,8 @@ def model_seconds(cfg, images: int, size: tuple[int, int]) -> float:
     """The forward passes alone: the same batches as the stage, already normalised on the device."""
     runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last)
     models = list(load_fold_models(cfg, runtime).values())
-    height, width = (-(-v // 32) * 32 for v in size[::-1])  # padded as the stage pads them
+    # The network's input size for these images, from the stage's own geometry (padding or resize).
+    height, width = geometry_of(cfg).image_to_input(np.zeros((size[1], size[0], 3), np.uint8)).shape[:2]
     batch = runtime.to_device(torch.randint(0, 256, (cfg.predict.batch_size, 3, height, width), dtype=torch.uint8))
     batches = -(-images // cfg.predict.batch_size)
     one = median_seconds(lambda: tta_probabilities(models, normalise_on_device(batch), runtime, cfg.predict.tta), 3)

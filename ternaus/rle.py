@@ -57,7 +57,7 @@ def _changes(flat: np.ndarray) -> np.ndarray:
     hit = np.flatnonzero(changed != 0)  # nonzero is fast on bools only
     bits = np.unpackbits(changed[hit].view(np.uint8), bitorder="little").view(np.bool_)
     index = np.flatnonzero(bits)
-    changes = hit[index >> 6] * _WORD_BITS + (index & (_WORD_BITS - 1))
+    changes = hit[index // _WORD_BITS] * _WORD_BITS + index % _WORD_BITS
     if size % _WORD_BITS == 0 and size and flat[-1]:  # a run that ends on the last bit of a full last word
         changes = np.append(changes, size)
     return changes
