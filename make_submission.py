@@ -6,10 +6,11 @@ With --check FILE, only check an existing submission file and list what is wrong
 import sys
 
 from ternaus.cli import load_stage_config, run_stage, stage_parser
-from ternaus.submission import check_submission, make_submission
 
 
 def _check(cfg, path: str) -> None:
+    from ternaus.submission import check_submission
+
     problems = check_submission(path, cfg)
     for line in problems:
         print(line)
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             _check(cfg, args.check)
         else:
+            # Imported once the config has loaded: a mistyped key is reported at once, not after torch starts.
+            from ternaus.submission import make_submission
+
             print(f"submission written and checked: {make_submission(cfg, args.threshold)}")
 
     return run_stage(body)

@@ -5,14 +5,21 @@ the shards together write exactly what one process would.
 """
 
 from ternaus.cli import load_stage_config, run_stage, stage_parser
-from ternaus.inference import Shard, predict
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--shard", metavar="I/N", default=None, help="predict part I of N (0 <= I < N)")
     args = parser.parse_args(argv)
-    return run_stage(lambda: predict(load_stage_config(args), Shard.parse(args.shard) if args.shard else None))
+
+    def body() -> None:
+        cfg = load_stage_config(args)
+        # Imported once the config has loaded: a mistyped key is reported at once, not after torch starts.
+        from ternaus.inference import Shard, predict
+
+        predict(cfg, Shard.parse(args.shard) if args.shard else None)
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

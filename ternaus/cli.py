@@ -12,9 +12,7 @@ import sys
 from collections.abc import Callable
 
 from ternaus.config import Config, ConfigError, load_config
-from ternaus.data import DataError
-from ternaus.models import WeightsError
-from ternaus.training import TrainingError
+from ternaus.errors import DataError, TrainingError, WeightsError
 
 __all__ = ["stage_parser", "load_stage_config", "run_stage"]
 

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ternaus.config import Config, resolve
+from ternaus.errors import DataError
 from ternaus.rle import rle_decode
 
 __all__ = [
@@ -30,10 +31,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DataError(RuntimeError):
-    """Input data that cannot be used; the message names the file and what to do."""
 
 
 def car_id_of(image_id: str) -> str:

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ternaus.errors import WeightsError
+
 __all__ = [
     "UNet11",
     "UNet16",
@@ -49,10 +51,6 @@ __all__ = [
     "WeightsError",
     "ENCODER_ALIASES",
 ]
-
-
-class WeightsError(RuntimeError):
-    """A weights file is absent, unreadable or does not fit the model; the message says which and why."""
 
 
 # ---------------------------------------------------------------- building blocks

@@ -26,6 +26,7 @@ from ternaus.config import Config, ConfigError, config_to_dict, save_config
 from ternaus.data import (CSV_ERRORS, DataError, Geometry, SegmentationDataset, check_image_files, duplicates,
                           normalise_on_device, train_items)
 from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
+from ternaus.errors import TrainingError
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss
 from ternaus.metrics import dice_per_image, jaccard_per_image
@@ -34,10 +35,6 @@ from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
            "build_loader", "train_step", "new_fold_state", "FoldState"]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (for example a non-finite loss); the message says where it stopped."""
 
 
 def carvana_lr_factor(epoch: int, cycle_len: int = 5, cycle_step: int = 2) -> float:

@@ -1,6 +1,8 @@
 """All four stages end to end, as a user runs them, on a tiny synthetic dataset."""
 
 import gzip
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,18 +26,33 @@ def run_stage(script: str, *args: str) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-# Full resolution reflect-padded (62 x 40 -> 64 x 64, the Carvana recipe) and resized to 64 x 96 and back.
-@pytest.fixture(scope="module", params=["null", "[64,96]"], ids=["padded", "resized"])
-def pipeline_run(request, tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    overrides = [f"data.root={tiny_dataset}", f"output_dir={out}", "folds.n_folds=2", "train.epochs=2",
-                 "train.batch_size=4", "predict.batch_size=8", "submission.processes=2",
-                 f"data.input_size={request.param}"]
+BASE_OVERRIDES = ["folds.n_folds=2", "train.epochs=2", "train.batch_size=4", "predict.batch_size=8",
+                  "submission.processes=2"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset, tmp_path_factory):
+    """prepare_folds.py and train.py once, at full resolution reflect-padded (62 x 40 -> 64 x 64, the Carvana
+    recipe): one epoch, then the same command asking for two, which resumes from last.pt."""
+    out = tmp_path_factory.mktemp("trained")
+    overrides = [f"data.root={tiny_dataset}", f"output_dir={out}", *BASE_OVERRIDES, "data.input_size=null"]
     results = {"prepare_folds.py": run_stage("prepare_folds.py", *overrides),
-               # One epoch, then the same command asking for two: the second run resumes from last.pt.
                "train.py (1 epoch)": run_stage("train.py", *overrides, "train.epochs=1"),
                "train.py": run_stage("train.py", *overrides)}
-    results.update({script: run_stage(script, *overrides) for script in ("predict.py", "make_submission.py")})
+    return out, results
+
+
+# predict.py and make_submission.py at each geometry, from the same fold models (a fully convolutional network
+# runs at any size): padded like the training, and resized to 64 x 96 and back. Each run has its own folder,
+# the training's files linked into it, so that the two never share an output.
+@pytest.fixture(scope="module", params=["null", "[64,96]"], ids=["padded", "resized"])
+def pipeline_run(request, trained_run, tiny_dataset, tmp_path_factory):
+    trained, results = trained_run
+    out = tmp_path_factory.mktemp("run")
+    shutil.copytree(trained, out, copy_function=os.link, dirs_exist_ok=True)
+    overrides = [f"data.root={tiny_dataset}", f"output_dir={out}", *BASE_OVERRIDES,
+                 f"data.input_size={request.param}"]
+    results = {**results, **{script: run_stage(script, *overrides) for script in ("predict.py", "make_submission.py")}}
     return out, overrides, results
 
 
