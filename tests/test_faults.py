@@ -176,10 +176,14 @@ def test_training_killed_at_four_points_ends_exactly_as_an_uninterrupted_run(tin
 # ---------------------------------------------------------------- predict.py killed
 
 
+# Resized to 32 x 32: what a killed prediction leaves behind does not depend on the size.
+SMALL = ("data.input_size=[32,32]",)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained")
-    cfg = load_config(CONFIG, overrides(tiny_dataset, out, "train.epochs=1"))
+    cfg = load_config(CONFIG, overrides(tiny_dataset, out, "train.epochs=1", *SMALL))
     prepare_folds(cfg)
     train(cfg)
     return out
@@ -191,7 +195,7 @@ def pngs(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_prediction_killed_mid_write_resumes_to_byte_identical_pngs(tiny_dataset, trained, tmp_path):
-    settings = ("predict.batch_size=2", "predict.writer_threads=2", "predict.oof=false")
+    settings = ("predict.batch_size=2", "predict.writer_threads=2", "predict.oof=false", *SMALL)
     run(stage("predict.py", tiny_dataset, trained, *settings, "predict.out_dir=reference"), tmp_path / "ref.log")
     reference = pngs(trained / "reference")
     assert len(reference) == 16
