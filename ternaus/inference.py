@@ -294,7 +294,7 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
                     pred, target = (levels >= cfg.train.threshold * 255)[None], mask.to(runtime.device)[None] > 0
                     records.append({"id": image_id, "fold": fold, "dice": dice_per_image(pred, target).item(),
                                     "jaccard": jaccard_per_image(pred, target).item()})
-                    histograms.append(level_histograms(levels, target).cpu().numpy())
+                    histograms.append(level_histograms(levels[:1], target).cpu().numpy())  # class 0
     finally:
         writer.close()
     return pd.DataFrame(records), np.stack(histograms)
