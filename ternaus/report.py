@@ -126,7 +126,18 @@ def curves_section(logs: dict[int, pd.DataFrame]) -> str:
     return "\n".join(parts)
 
 
-def cv_section(oof: pd.DataFrame | None, post: str) -> str:
+def search_chart(path: Path, metric: str) -> str:
+    """The post-processing search's CV score by threshold, with and without the best minimum area."""
+    if not path.is_file():
+        return ""
+    table = pd.read_csv(path)
+    thresholds = table["threshold"].tolist()
+    return svg_line_chart({"best min_area": (thresholds, table["score"].tolist()),
+                           "no min_area": (thresholds, table["score_no_min_area"].tolist())},
+                          f"CV {metric} by threshold (out-of-fold)", "threshold", metric, 420, 240)
+
+
+def cv_section(oof: pd.DataFrame | None, post: str, chart: str = "") -> str:
     if oof is None:
         return "<p>No oof.csv: run predict.py (with predict.oof=true).</p>"
     table = cv_table(oof)
@@ -137,7 +148,7 @@ def cv_section(oof: pd.DataFrame | None, post: str) -> str:
         body.append(f"<tr><th>{escape(name)}</th>{cells}</tr>")
     return (f'<table class="cv"><tr><th></th>{head}</tr>{"".join(body)}</table>'
             f"<p>Mean per-image scores of each fold's held-out images, predicted by the model that did not train on "
-            f"them. Post-processing: {escape(post)}.</p>")
+            f"them. Post-processing: {escape(post)}.</p>{chart}")
 
 
 def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bool, post: tuple[float, int]) -> str:
@@ -209,7 +220,8 @@ def build_report(cfg: Config) -> Path:
     threshold, min_area, how = resolve_postprocessing(cfg)
     post = (threshold, min_area)
     sections = [("curves", "Training curves", curves_section(read_logs(cfg))),
-                ("cv", "Cross-validation", cv_section(oof, how)),
+                ("cv", "Cross-validation", cv_section(oof, how, search_chart(
+                    Path(cfg.output_dir) / "postprocess_search.csv", cfg.postprocess.metric))),
                 ("worst", "Worst out-of-fold images", examples_section(cfg, out, oof, True, post)),
                 ("best", "Best out-of-fold images", examples_section(cfg, out, oof, False, post)),
                 ("test", "Test predictions", test_section(cfg, out, post))]

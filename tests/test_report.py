@@ -56,6 +56,8 @@ def fake_run(tmp_path):
                         "dice_pp": [0.91, 0.72, 0.5, 0.85, 0.61], "jaccard_pp": [0.83, 0.56, 0.33, 0.74, 0.44]})
     oof.to_csv(run / "oof.csv", index=False)
     (run / "postprocess.json").write_text(json.dumps({"threshold": 0.45, "min_area": 2}))
+    pd.DataFrame({"threshold": [0.4, 0.45], "score_no_min_area": [0.6, 0.65], "min_area": [2, 2],
+                  "score": [0.7, 0.72]}).to_csv(run / "postprocess_search.csv", index=False)
     for fold in (0, 1):
         (run / f"fold_{fold}").mkdir()
         pd.DataFrame({"epoch": [1, 2], "lr": [1e-3, 5e-4], "train_loss": [0.9, 0.5], "val_loss": [0.8, 0.6],
@@ -79,8 +81,9 @@ def test_report_page_holds_every_section_and_matches_the_run(fake_run):
     assert page == run / "report" / "index.html"
     for section in ("curves", "cv", "worst", "best", "test"):
         assert f'<section id="{section}">' in html
-    # Three charts per fold: loss, validation scores, learning rate.
-    assert html.count("<svg") == 6 and "<title>fold 1: learning rate</title>" in html
+    # Three charts per fold (loss, validation scores, learning rate) and the threshold search's.
+    assert html.count("<svg") == 7 and "<title>fold 1: learning rate</title>" in html
+    assert "<title>CV dice by threshold (out-of-fold)</title>" in html
     images = re.findall(r'<img src="([^"]+)"', html)
     assert len(images) == 3 + 2 + 2
     for name in images:
@@ -123,7 +126,7 @@ def test_missing_inputs_say_which_stage_writes_them(fake_run):
     (run / "oof.csv").unlink()
     (run / "fold_1" / "log.csv").unlink()
     html = build_report(load_config(None, overrides)).read_text()
-    assert "No oof.csv: run predict.py" in html and html.count("<svg") == 3
+    assert "No oof.csv: run predict.py" in html and html.count("<svg") == 3  # fold 0's; no CV, so no search chart
 
 
 def test_pure_parts():
