@@ -109,21 +109,25 @@ def thresholded(probs: np.ndarray, threshold: float, min_area: int) -> np.ndarra
 # ---------------------------------------------------------------- HTML sections
 
 
+FOLD_CHARTS = (("loss", "loss", {"train": "train_loss", "validation": "val_loss"}),
+               ("validation", "score", {"Dice": "val_dice", "IoU": "val_jaccard"}),
+               ("learning rate", "lr", {"lr": "lr"}))
+
+
+def fold_charts(fold: int, log: pd.DataFrame) -> str:
+    """Loss, validation scores and learning rate by epoch; a column an older log lacks is left out."""
+    epochs = log["epoch"].tolist()
+    charts = []
+    for title, y_label, columns in FOLD_CHARTS:
+        series = {name: (epochs, log[column].tolist()) for name, column in columns.items() if column in log}
+        charts.append(svg_line_chart(series, f"fold {fold}: {title}", "epoch", y_label, 320, 220))
+    return f'<div class="fold" id="curves-fold-{fold}">' + "".join(charts) + "</div>"
+
+
 def curves_section(logs: dict[int, pd.DataFrame]) -> str:
     if not logs:
         return "<p>No training logs (fold_K/log.csv): run train.py.</p>"
-    parts = []
-    for fold, log in logs.items():
-        epochs = log["epoch"].tolist()
-        charts = [
-            svg_line_chart({"train": (epochs, log["train_loss"].tolist()), "validation": (epochs, log["val_loss"].tolist())},
-                           f"fold {fold}: loss", "epoch", "loss", 320, 220),
-            svg_line_chart({"Dice": (epochs, log["val_dice"].tolist()), "IoU": (epochs, log["val_jaccard"].tolist())},
-                           f"fold {fold}: validation", "epoch", "score", 320, 220),
-            svg_line_chart({"lr": (epochs, log["lr"].tolist())}, f"fold {fold}: learning rate", "epoch", "lr", 320, 220),
-        ]
-        parts.append(f'<div class="fold" id="curves-fold-{fold}">' + "".join(charts) + "</div>")
-    return "\n".join(parts)
+    return "\n".join(fold_charts(fold, log) for fold, log in logs.items())
 
 
 def search_chart(path: Path, metric: str) -> str:
