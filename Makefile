@@ -29,9 +29,11 @@ demo: venv $(DEMO_DATA)/sample_submission.csv
 	$(PY) train.py --config $(CONFIG)
 	$(PY) predict.py --config $(CONFIG)
 	$(PY) make_submission.py --config $(CONFIG)
+	$(PY) report.py --config $(CONFIG)
 	@echo "---- demo results ----"
 	@$(PY) -m ternaus.evaluate $(DEMO_RUN)/submission.csv.gz $(DEMO_DATA)/test_masks --oof $(DEMO_RUN)/oof.csv
 	@echo "submission: $(DEMO_RUN)/submission.csv.gz"
+	@echo "report: $(DEMO_RUN)/report/index.html"
 
 test: venv
 	$(PY) -m pytest -q
