@@ -1,5 +1,6 @@
 # make demo: set up .venv, make the synthetic data, run the four stages on it, score the submission.
 # make test: set up .venv, run the test suite.
+# make experiment: the paper's initialisation experiment on two synthetic sets (see docs/experiments.md).
 # make bench: set up .venv, run every benchmark in bench/ and rewrite docs/benchmarks.md (see that file).
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ DEMO_RUN := runs/synthetic
 # (Carvana's aspect ratio, a tenth of its width) so that the whole pipeline runs on a CPU in minutes.
 DEMO_DATA_ARGS := --cars 16 --test-cars 2 --size 190x128 --seed 0
 
-.PHONY: demo test test-fast bench venv clean-demo
+.PHONY: demo test test-fast bench experiment venv clean-demo
 
 venv: $(VENV)/.installed
 
@@ -28,9 +29,11 @@ demo: venv $(DEMO_DATA)/sample_submission.csv
 	$(PY) train.py --config $(CONFIG)
 	$(PY) predict.py --config $(CONFIG)
 	$(PY) make_submission.py --config $(CONFIG)
+	$(PY) report.py --config $(CONFIG)
 	@echo "---- demo results ----"
 	@$(PY) -m ternaus.evaluate $(DEMO_RUN)/submission.csv.gz $(DEMO_DATA)/test_masks --oof $(DEMO_RUN)/oof.csv
 	@echo "submission: $(DEMO_RUN)/submission.csv.gz"
+	@echo "report: $(DEMO_RUN)/report/index.html"
 
 test: venv
 	$(PY) -m pytest -q
@@ -42,6 +45,13 @@ test-fast: venv
 BENCHES := rle submission loading predict memory models train_step
 bench: venv
 	for name in $(BENCHES); do $(PY) -m bench.$$name || exit 1; done
+
+# Pre-trained on one synthetic set (seed 3), compared on another (seed 7): same renderer, different cars.
+EXP_DATA_ARGS := --cars 8 --test-cars 1 --size 96x64
+experiment: venv
+	test -f data/exp_source/sample_submission.csv || $(PY) -m ternaus.synthetic --out data/exp_source $(EXP_DATA_ARGS) --seed 3
+	test -f data/exp_target/sample_submission.csv || $(PY) -m ternaus.synthetic --out data/exp_target $(EXP_DATA_ARGS) --seed 7
+	$(PY) -m experiments.init_comparison --config experiments/init_comparison.yaml --pretrain-data data/exp_source
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN)

@@ -1,5 +1,8 @@
 """Threshold the test predictions, run-length encode them and write {output_dir}/submission.csv.gz.
 
+The threshold and minimum area: --threshold/--min-area, else submission.threshold/min_area when set, else the
+values predict.py searched on the out-of-fold predictions ({output_dir}/postprocess.json), else 0.5 and 0.
+
 With --check FILE, only check an existing submission file and list what is wrong, line by line.
 """
 
@@ -21,7 +24,10 @@ def _check(cfg, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--threshold", type=float, default=None, help="overrides submission.threshold")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="overrides submission.threshold and the searched postprocess.json")
+    parser.add_argument("--min-area", type=int, default=None,
+                        help="empty masks of fewer pixels; overrides submission.min_area and postprocess.json")
     parser.add_argument("--check", metavar="FILE", default=None, help="check FILE instead of writing one")
     args = parser.parse_args(argv)
 
@@ -33,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             # Imported once the config has loaded: a mistyped key is reported at once, not after torch starts.
             from ternaus.submission import make_submission
 
-            print(f"submission written and checked: {make_submission(cfg, args.threshold)}")
+            print(f"submission written and checked: {make_submission(cfg, args.threshold, args.min_area)}")
 
     return run_stage(body)
 

@@ -141,9 +141,30 @@ class PredictConfig:
 
 @dataclass
 class SubmissionConfig:
-    threshold: float = 0.5
+    # null: the value predict.py searched on the out-of-fold predictions ({output_dir}/postprocess.json),
+    # else 0.5. A value here (or make_submission.py --threshold) overrides the searched one.
+    threshold: float | None = None
+    # Empty a prediction with fewer pixels than this; null: the searched value, else 0 (never).
+    min_area: int | None = None
     filename: str = "submission.csv.gz"
     processes: int = 0  # 0: one per CPU core
+
+
+@dataclass
+class PostprocessConfig:
+    # The competition's per-image metric, averaged over images: the CV score predict.py reports and what the
+    # threshold / minimum-area search maximises. "dice" (Carvana) or "jaccard" (IoU).
+    metric: str = "dice"
+
+
+@dataclass
+class ReportConfig:
+    # report.py writes {output_dir}/{out_dir}/index.html and its PNGs.
+    out_dir: str = "report"
+    worst: int = 8  # out-of-fold images shown, lowest score first
+    best: int = 4
+    test_images: int = 4
+    tile_height: int = 128  # pixels of each picture in the montages
 
 
 @dataclass
@@ -155,6 +176,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 CHOICES = {
@@ -164,6 +187,7 @@ CHOICES = {
     "train.schedule": ("carvana", "constant"),
     "train.amp_dtype": ("bfloat16", "float16"),
     "predict.tta": ("hflip", "none"),
+    "postprocess.metric": ("dice", "jaccard"),
 }
 
 
@@ -277,7 +301,7 @@ def _validate_values(cfg: Config) -> list[str]:
             errors.append(f"{key}: must be one of {', '.join(allowed)}, got {flat.get(key)!r}")
     positive = ["folds.n_folds", "train.epochs", "train.batch_size", "train.val_batch_size", "train.cycle_len",
                 "train.cycle_step", "train.log_every", "predict.batch_size", "predict.writer_threads",
-                "model.num_classes"]
+                "model.num_classes", "report.tile_height"]
     errors += [f"{k}: must be at least 1, got {flat[k]}" for k in positive if isinstance(flat[k], int) and flat[k] < 1]
     if isinstance(cfg.folds.n_folds, int) and cfg.folds.n_folds < 2:
         errors.append(f"folds.n_folds: cross-validation needs at least 2 folds, got {cfg.folds.n_folds}")
@@ -289,7 +313,8 @@ def _validate_values(cfg: Config) -> list[str]:
                 "train.augment.color_p"):
         if isinstance(flat[key], float) and not 0.0 <= flat[key] <= 1.0:
             errors.append(f"{key}: must lie in [0, 1], got {flat[key]}")
-    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes", "model.freeze_encoder_epochs"):
+    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes", "model.freeze_encoder_epochs",
+                "submission.min_area", "report.worst", "report.best", "report.test_images"):
         if isinstance(flat[key], int) and flat[key] < 0:
             errors.append(f"{key}: must be 0 or more, got {flat[key]}")
     if isinstance(cfg.train.weight_decay, float) and cfg.train.weight_decay < 0:

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ternaus.analysis import level_histograms, write_oof_analysis
 from ternaus.config import Config, ConfigError, resolve, save_config
 from ternaus.data import Geometry, SegmentationDataset, check_image_files, list_test, normalise_on_device, train_items
 from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
@@ -97,6 +98,7 @@ def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = No
 # ---------------------------------------------------------------- resuming an interrupted prediction
 
 STATE_FILE = ".predict.json"
+OOF_DIR = "oof_predictions"  # under output_dir: each out-of-fold image's probability PNG
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
 
@@ -272,22 +274,30 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
 
 
 @torch.no_grad()
-def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> pd.DataFrame:
-    """Per-image Dice and Jaccard of each fold's held-out images, predicted by that fold's model."""
+def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per-image Dice and Jaccard of each fold's held-out images, predicted by that fold's model, and each
+    image's (2, 256) level histograms (``analysis.level_histograms``), from which the post-processing search
+    scores any threshold. The probability PNGs go to ``{output_dir}/oof_predictions/`` for the report."""
     items = train_items(cfg, read_folds(cfg))
-    geometry, records = geometry_of(cfg), []
-    for fold, model in models.items():
-        rows = items[items["fold"] == fold].to_dict("records")
-        for batch in tqdm(_loader(rows, geometry, True, cfg, runtime, False), desc=f"out-of-fold {fold}",
-                          dynamic_ncols=True):
-            images = normalise_on_device(runtime.to_device(batch["image"]))
-            probs = tta_probabilities([model], images, runtime, cfg.predict.tta)
-            for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], batch["size"].tolist()):
-                pred = (to_uint8(geometry.restore(maps, tuple(size))) >= cfg.train.threshold * 255)[None]
-                target = mask.to(runtime.device)[None] > 0
-                records.append({"id": image_id, "fold": fold, "dice": dice_per_image(pred, target).item(),
-                                "jaccard": jaccard_per_image(pred, target).item()})
-    return pd.DataFrame(records)
+    geometry, records, histograms = geometry_of(cfg), [], []
+    writer = PngWriter(cfg.predict.writer_threads)
+    try:
+        for fold, model in models.items():
+            rows = items[items["fold"] == fold].to_dict("records")
+            for batch in tqdm(_loader(rows, geometry, True, cfg, runtime, False), desc=f"out-of-fold {fold}",
+                              dynamic_ncols=True):
+                images = normalise_on_device(runtime.to_device(batch["image"]))
+                probs = tta_probabilities([model], images, runtime, cfg.predict.tta)
+                for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], batch["size"].tolist()):
+                    levels = to_uint8(geometry.restore(maps, tuple(size)))
+                    writer.submit(Path(cfg.output_dir) / OOF_DIR / f"{image_id}.png", _png_image(levels))
+                    pred, target = (levels >= cfg.train.threshold * 255)[None], mask.to(runtime.device)[None] > 0
+                    records.append({"id": image_id, "fold": fold, "dice": dice_per_image(pred, target).item(),
+                                    "jaccard": jaccard_per_image(pred, target).item()})
+                    histograms.append(level_histograms(levels[:1], target).cpu().numpy())  # class 0
+    finally:
+        writer.close()
+    return pd.DataFrame(records), np.stack(histograms)
 
 
 def predict(cfg: Config, shard: Shard | None = None) -> dict:
@@ -318,10 +328,22 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
     out_dir = predict_test(cfg, list(models.values()), runtime, ids, fingerprint, shard)
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
-        oof = predict_oof(cfg, models, runtime)
-        oof_path = atomic_write(Path(cfg.output_dir) / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
-        for fold, group in oof.groupby("fold"):
-            print(f"fold {fold}: out-of-fold Dice {group['dice'].mean():.4f} on {len(group)} images")
-        result.update(oof=oof_path, oof_dice=float(oof["dice"].mean()))
-        print(f"out-of-fold Dice (mean per image): {result['oof_dice']:.4f}  ({oof_path})")
+        result.update(_score_oof(cfg, models, runtime))
     return result
+
+
+def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> dict:
+    oof, histograms = predict_oof(cfg, models, runtime)
+    if cfg.model.num_classes == 1:  # the search's histograms hold one class
+        chosen = write_oof_analysis(cfg, oof, histograms)
+        print(f"post-processing searched on the out-of-fold images: threshold {chosen.threshold}, min_area "
+              f"{chosen.min_area}: CV {chosen.metric} {chosen.score:.4f} (at {chosen.default_threshold} without "
+              f"min_area: {chosen.default_score:.4f}) -> {Path(cfg.output_dir) / 'postprocess.json'}")
+    else:
+        atomic_write(Path(cfg.output_dir) / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+    oof_path = Path(cfg.output_dir) / "oof.csv"
+    for fold, group in oof.groupby("fold"):
+        print(f"fold {fold}: out-of-fold Dice {group['dice'].mean():.4f}, IoU {group['jaccard'].mean():.4f} "
+              f"on {len(group)} images")
+    print(f"out-of-fold Dice (mean per image): {oof['dice'].mean():.4f}  ({oof_path})")
+    return {"oof": oof_path, "oof_dice": float(oof["dice"].mean())}

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, resolve, save_config
 from ternaus.data import DataError, image_size, list_test
 from ternaus.io import atomic_write
@@ -25,15 +26,19 @@ __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rl
 HEADER = ["img", "rle_mask"]
 
 
-def encode_prediction(png_path: str, threshold: float) -> str:
-    """RLE of ``png >= threshold * 255`` (0..255 probabilities), row-major as Carvana wants."""
+def encode_prediction(png_path: str, threshold: float, min_area: int = 0) -> str:
+    """RLE of ``png >= threshold * 255`` (0..255 probabilities), row-major as Carvana wants; a mask of fewer
+    than ``min_area`` pixels is submitted empty."""
     probs = cv2.imread(png_path, cv2.IMREAD_UNCHANGED)
     if probs is None:
         raise DataError(f"prediction {png_path} cannot be read; run predict.py again")
-    return rle_encode(probs >= threshold * 255)
+    mask = probs >= threshold * 255
+    if np.count_nonzero(mask) < min_area:
+        mask[:] = False  # encoded by the same encoder, whatever its convention for an empty mask
+    return rle_encode(mask)
 
 
-def _encode_star(args: tuple[str, float]) -> str:
+def _encode_star(args: tuple[str, float, int]) -> str:
     return encode_prediction(*args)
 
 
@@ -106,11 +111,14 @@ def _write_csv(path: Path, table: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, compression=compression))
 
 
-def make_submission(cfg: Config, threshold: float | None = None) -> Path:
-    """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing."""
-    threshold = cfg.submission.threshold if threshold is None else threshold
+def make_submission(cfg: Config, threshold: float | None = None, min_area: int | None = None) -> Path:
+    """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing.
+
+    ``threshold``/``min_area`` (the command line) win over the config, which wins over postprocess.json."""
+    threshold, min_area, sources = resolve_postprocessing(cfg, threshold, min_area)
+    print(f"post-processing: {sources}")
     ids = list_test(cfg)
-    jobs = [(p, threshold) for p in _prediction_paths(cfg, ids)]
+    jobs = [(p, threshold, min_area) for p in _prediction_paths(cfg, ids)]
     save_config(cfg, Path(cfg.output_dir) / "configs" / "make_submission.yaml")
     processes = cfg.submission.processes or os.cpu_count() or 1
     with Pool(processes) as pool:

@@ -79,7 +79,10 @@ def test_all_four_stages_run_and_write_what_the_readme_promises(pipeline_run, ti
     assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (40, 62)  # the image's own size
     oof = pd.read_csv(out / "oof.csv")
     assert len(oof) == 48 and oof["dice"].between(0, 1).all()
+    assert oof[["jaccard", "dice_pp", "jaccard_pp"]].stack().between(0, 1).all()
     assert "out-of-fold Dice" in results["predict.py"].stdout
+    assert len(list((out / "oof_predictions").glob("*.png"))) == 48
+    assert (out / "postprocess.json").is_file() and "post-processing: threshold" in results["make_submission.py"].stdout
     with gzip.open(out / "submission.csv.gz", "rt") as f:
         submission = pd.read_csv(f, dtype=str, keep_default_na=False)
     sample = pd.read_csv(tiny_dataset / "sample_submission.csv", dtype=str)
@@ -91,12 +94,15 @@ def test_all_four_stages_run_and_write_what_the_readme_promises(pipeline_run, ti
 @pytest.mark.slow
 def test_submission_matches_the_prediction_pngs(pipeline_run):
     out, overrides, _ = pipeline_run
+    from ternaus.analysis import resolve_postprocessing
     from ternaus.rle import rle_decode
 
+    threshold, min_area, _ = resolve_postprocessing(load_config(None, overrides))  # searched by predict.py
     submission = pd.read_csv(out / "submission.csv.gz", dtype=str, keep_default_na=False)
     for name, rle in zip(submission["img"][:4], submission["rle_mask"][:4]):
         probs = cv2.imread(str(out / "predictions" / name.replace(".jpg", ".png")), cv2.IMREAD_UNCHANGED)
-        assert np.array_equal(rle_decode(rle, probs.shape), (probs >= 128).astype(np.uint8))
+        mask = probs >= threshold * 255
+        assert np.array_equal(rle_decode(rle, probs.shape), (mask if mask.sum() >= min_area else 0 * mask))
     assert check_submission(out / "submission.csv.gz", load_config(None, overrides)) == []
 
 

@@ -1,0 +1,175 @@
+"""Out-of-fold analysis: per-image scores at any threshold from one pass, and the post-processing search.
+
+Predictions are uint8 probability levels (``inference.to_uint8``), so a threshold t keeps exactly the pixels
+whose level is >= ceil(255 t), the same comparison ``make_submission.py`` makes. For each out-of-fold image
+one pass stores two 256-bin histograms: the levels of all its pixels and of its ground-truth pixels. From
+their reversed cumulative sums come, for every threshold at once, the predicted area and the overlap, hence
+Dice and IoU, without keeping the probability maps in memory or predicting again.
+
+The minimum-area rule is the one Kaggle's empty-mask competitions used: when fewer than ``min_area`` pixels
+pass the threshold, the image's prediction is emptied. Its score depends only on those counts too, so the
+search over (threshold, min_area) is exact: for each threshold every useful minimum area is tried.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ternaus.config import Config
+from ternaus.io import atomic_write, atomic_write_text
+
+__all__ = ["level_histograms", "counts_at_levels", "threshold_level", "score_from_counts", "best_min_area",
+           "search_postprocessing", "PostProcessing", "per_image_scores", "DEFAULT_THRESHOLDS",
+           "write_oof_analysis", "read_postprocessing", "resolve_postprocessing", "POSTPROCESS_FILE"]
+
+LEVELS = 256
+DEFAULT_THRESHOLDS = tuple(round(t / 100, 2) for t in range(1, 100))
+POSTPROCESS_FILE = "postprocess.json"
+TIE = 1e-12  # scores closer than this count as equal: ties are broken by the rules in choose_row
+
+
+# ---------------------------------------------------------------- the functional core
+
+
+def level_histograms(levels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(2, 256) int64 for one image: how many pixels have each uint8 level, overall and inside ``target``."""
+    flat = levels.reshape(-1).long()
+    inside = flat[target.reshape(-1).bool()]
+    return torch.stack([torch.bincount(flat, minlength=LEVELS), torch.bincount(inside, minlength=LEVELS)])
+
+
+def counts_at_levels(histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 2, 256) histograms -> predicted area (N, 256) and overlap (N, 256) at each level k (pixels with
+    level >= k), and the target area (N,)."""
+    at_or_above = np.cumsum(histograms[..., ::-1], axis=-1)[..., ::-1].astype(np.int64)
+    return at_or_above[:, 0], at_or_above[:, 1], histograms[:, 1].sum(-1).astype(np.int64)
+
+
+def threshold_level(threshold: float | np.ndarray) -> np.ndarray:
+    """The first uint8 level a threshold keeps: ``level >= threshold * 255`` as the submission computes it."""
+    return np.ceil(np.asarray(threshold, dtype=np.float64) * 255).astype(np.int64)
+
+
+def score_from_counts(overlap: np.ndarray, predicted: np.ndarray, target: np.ndarray, metric: str) -> np.ndarray:
+    """Per-image Dice or IoU (Jaccard) from counts; an empty prediction of an empty mask scores 1."""
+    overlap, predicted, target = (np.asarray(a, dtype=np.float64) for a in (overlap, predicted, target))
+    denominator = predicted + target if metric == "dice" else predicted + target - overlap
+    numerator = 2 * overlap if metric == "dice" else overlap
+    return np.where(denominator > 0, numerator / np.maximum(denominator, 1), 1.0)
+
+
+def best_min_area(kept: np.ndarray, emptied: np.ndarray, areas: np.ndarray) -> tuple[int, float]:
+    """The minimum area A maximising the mean score when images with area < A are emptied; (A, mean score).
+
+    ``kept``/``emptied``: each image's score with its prediction kept or emptied; ``areas``: its predicted area.
+    Only A = 0 and A = (some image's area) + 1 can change the score, so those are all tried; a tie goes
+    to the smallest A (the least aggressive rule)."""
+    order = np.argsort(areas, kind="stable")
+    sorted_areas = areas[order]
+    totals = kept.sum() + np.cumsum((emptied - kept)[order])
+    last_of_each_area = np.append(sorted_areas[1:] != sorted_areas[:-1], True)
+    candidates = np.concatenate([[0], sorted_areas[last_of_each_area] + 1])
+    means = np.concatenate([[kept.sum()], totals[last_of_each_area]]) / len(kept)
+    best = int(np.flatnonzero(means >= means.max() - TIE)[0])
+    return int(candidates[best]), float(means[best])
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    threshold: float
+    min_area: int
+    metric: str
+    score: float  # mean per-image metric on the out-of-fold images with these values
+    default_score: float  # the same at the training threshold with no minimum area
+    default_threshold: float
+    images: int
+
+
+def search_table(histograms: np.ndarray, thresholds: tuple[float, ...], metric: str) -> pd.DataFrame:
+    """Per threshold: the mean score with no minimum area, the best minimum area and the score with it."""
+    predicted, overlap, target = counts_at_levels(histograms)
+    emptied = score_from_counts(np.zeros_like(target), np.zeros_like(target), target, metric)
+    rows = []
+    for threshold, level in zip(thresholds, threshold_level(np.asarray(thresholds))):
+        kept = score_from_counts(overlap[:, level], predicted[:, level], target, metric)
+        min_area, score = best_min_area(kept, emptied, predicted[:, level])
+        rows.append({"threshold": threshold, "score_no_min_area": float(kept.mean()), "min_area": min_area,
+                     "score": score})
+    return pd.DataFrame(rows)
+
+
+def choose_row(table: pd.DataFrame, prefer: float = 0.5) -> pd.Series:
+    """The best score; among equal scores the threshold nearest ``prefer``, then the smaller minimum area."""
+    best = table[table["score"] >= table["score"].max() - TIE]
+    distance = (best["threshold"] - prefer).abs()
+    return best.assign(distance=distance).sort_values(["distance", "min_area"], kind="stable").iloc[0]
+
+
+def search_postprocessing(histograms: np.ndarray, metric: str = "dice", default_threshold: float = 0.5,
+                          thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS) -> tuple[PostProcessing, pd.DataFrame]:
+    """The (threshold, min_area) with the best mean per-image ``metric`` on out-of-fold histograms."""
+    table = search_table(histograms, tuple(thresholds), metric)
+    row = choose_row(table, default_threshold)
+    default = search_table(histograms, (default_threshold,), metric)["score_no_min_area"].iloc[0]
+    chosen = PostProcessing(float(row["threshold"]), int(row["min_area"]), metric, float(row["score"]),
+                            float(default), default_threshold, len(histograms))
+    return chosen, table
+
+
+def per_image_scores(histograms: np.ndarray, threshold: float, min_area: int = 0) -> pd.DataFrame:
+    """Each image's Dice, IoU and areas at ``threshold`` with the minimum-area rule applied."""
+    predicted, overlap, target = counts_at_levels(histograms)
+    level = int(threshold_level(threshold))
+    keep = predicted[:, level] >= min_area
+    area, inter = predicted[:, level] * keep, overlap[:, level] * keep
+    return pd.DataFrame({"dice": score_from_counts(inter, area, target, "dice"),
+                         "jaccard": score_from_counts(inter, area, target, "jaccard"),
+                         "pred_area": area, "target_area": target})
+
+
+# ---------------------------------------------------------------- files of a run
+
+
+def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray) -> PostProcessing:
+    """``oof.csv`` with scores at the training threshold and after the searched post-processing,
+    ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``."""
+    out = Path(cfg.output_dir)
+    chosen, table = search_postprocessing(histograms, cfg.postprocess.metric, cfg.train.threshold)
+    plain = per_image_scores(histograms, cfg.train.threshold)
+    tuned = per_image_scores(histograms, chosen.threshold, chosen.min_area)
+    oof = oof[["id", "fold"]].reset_index(drop=True).join(plain)
+    oof = oof.assign(dice_pp=tuned["dice"], jaccard_pp=tuned["jaccard"])
+    atomic_write(out / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+    atomic_write(out / "oof_levels.npz",
+                 lambda tmp: np.savez_compressed(tmp, ids=np.asarray(oof["id"], dtype=str), histograms=histograms))
+    atomic_write(out / "postprocess_search.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write_text(out / POSTPROCESS_FILE, json.dumps(asdict(chosen), indent=1) + "\n")
+    return chosen
+
+
+def read_postprocessing(output_dir: str | Path) -> dict | None:
+    path = Path(output_dir) / POSTPROCESS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolve_postprocessing(cfg: Config, threshold: float | None = None,
+                           min_area: int | None = None) -> tuple[float, int, str]:
+    """The submission's threshold and minimum area, and where each came from. First found wins: the
+    command line, then ``submission.threshold``/``submission.min_area`` (set, not null), then the values
+    ``predict.py`` searched (``postprocess.json``), then 0.5 and 0."""
+    searched = read_postprocessing(cfg.output_dir) or {}
+    where = f"{Path(cfg.output_dir) / POSTPROCESS_FILE} (searched on the out-of-fold predictions)"
+    picks = []
+    for cli, configured, key, default in ((threshold, cfg.submission.threshold, "threshold", 0.5),
+                                          (min_area, cfg.submission.min_area, "min_area", 0)):
+        picks.append(next((value, source) for value, source in (
+            (cli, "the command line"), (configured, f"submission.{key} in the config"),
+            (searched.get(key), where), (default, "the default")) if value is not None))
+    (t, t_from), (a, a_from) = picks
+    return float(t), int(a), f"threshold {t} from {t_from}; min_area {a} from {a_from}"

@@ -1,0 +1,232 @@
+"""The run's report: one static HTML page, PNGs beside it, opened in any browser, made from files already written.
+
+Sections: per-fold training curves (from ``fold_K/log.csv``, drawn as inline SVG), the cross-validation table
+(from ``oof.csv``), the worst and the best out-of-fold images (image, ground truth, predicted probability,
+disagreement: green where both say car, red where only the prediction does, blue where only the truth does),
+and a few test predictions. A part whose inputs are missing says which stage writes them.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ternaus.analysis import resolve_postprocessing
+from ternaus.config import Config, resolve
+from ternaus.data import list_test, list_train, load_train_mask, read_image
+from ternaus.inference import OOF_DIR
+from ternaus.io import atomic_write_bytes, atomic_write_text
+from ternaus.plots import svg_line_chart
+from ternaus.training import fold_dir, folds_to_train
+
+__all__ = ["build_report", "cv_table", "pick_examples", "disagreement", "montage_row"]
+
+GAP = 4  # pixels between the tiles of a montage row
+TP, FP, FN = (40, 200, 40), (230, 30, 30), (40, 90, 255)  # RGB
+CV_COLUMNS = {"dice": "Dice", "jaccard": "IoU", "dice_pp": "Dice, post-processed", "jaccard_pp": "IoU, post-processed"}
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def cv_table(oof: pd.DataFrame) -> pd.DataFrame:
+    """Mean per-image scores per fold and over all out-of-fold images (the CV score), with image counts."""
+    columns = [c for c in CV_COLUMNS if c in oof.columns]
+    per_fold = oof.groupby("fold")[columns].mean()
+    per_fold.insert(0, "images", oof.groupby("fold").size())
+    per_fold.index = [f"fold {k}" for k in per_fold.index]
+    overall = pd.DataFrame([[len(oof), *oof[columns].mean()]], columns=["images", *columns], index=["all (CV)"])
+    return pd.concat([per_fold, overall])
+
+
+def pick_examples(oof: pd.DataFrame, column: str, count: int, worst: bool) -> pd.DataFrame:
+    """The ``count`` lowest (or highest) scores; equal scores in id order, so the page is reproducible."""
+    ordered = oof.sort_values([column, "id"], ascending=[worst, True], kind="stable")
+    return ordered.head(count)
+
+
+def disagreement(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The image dimmed, coloured where prediction and truth agree on car (TP), or where only one says car."""
+    out = (image.astype(np.float32) * 0.45).astype(np.uint8)
+    truth, pred = truth.astype(bool), pred.astype(bool)
+    for where, colour in ((truth & pred, TP), (pred & ~truth, FP), (truth & ~pred, FN)):
+        out[where] = colour
+    return out
+
+
+def fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def montage_row(tiles: list[np.ndarray], height: int) -> np.ndarray:
+    """Tiles (RGB or grey) scaled to ``height`` and placed side by side on white, ``GAP`` pixels apart."""
+    scaled = [fit_height(t, height) for t in tiles]
+    width = sum(t.shape[1] for t in scaled) + GAP * (len(scaled) - 1)
+    row = np.full((height, width, 3), 255, np.uint8)
+    x = 0
+    for tile in scaled:
+        row[:, x: x + tile.shape[1]] = tile
+        x += tile.shape[1] + GAP
+    return row
+
+
+# ---------------------------------------------------------------- reading a run
+
+
+def read_logs(cfg: Config) -> dict[int, pd.DataFrame]:
+    logs = {}
+    for fold in folds_to_train(cfg):
+        path = fold_dir(cfg, fold) / "log.csv"
+        if path.is_file():
+            logs[fold] = pd.read_csv(path)
+    return logs
+
+
+def write_png(path: Path, rgb: np.ndarray) -> str:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    atomic_write_bytes(path, encoded.tobytes())
+    return path.name
+
+
+def read_probability(path: Path) -> np.ndarray | None:
+    probs = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return probs if probs is None or probs.ndim == 2 else probs[..., 0]
+
+
+def thresholded(probs: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
+    mask = probs >= threshold * 255
+    return mask if np.count_nonzero(mask) >= min_area else np.zeros_like(mask)
+
+
+# ---------------------------------------------------------------- HTML sections
+
+
+FOLD_CHARTS = (("loss", "loss", {"train": "train_loss", "validation": "val_loss"}),
+               ("validation", "score", {"Dice": "val_dice", "IoU": "val_jaccard"}),
+               ("learning rate", "lr", {"lr": "lr"}))
+
+
+def fold_charts(fold: int, log: pd.DataFrame) -> str:
+    """Loss, validation scores and learning rate by epoch; a column an older log lacks is left out."""
+    epochs = log["epoch"].tolist()
+    charts = []
+    for title, y_label, columns in FOLD_CHARTS:
+        series = {name: (epochs, log[column].tolist()) for name, column in columns.items() if column in log}
+        charts.append(svg_line_chart(series, f"fold {fold}: {title}", "epoch", y_label, 320, 220))
+    return f'<div class="fold" id="curves-fold-{fold}">' + "".join(charts) + "</div>"
+
+
+def curves_section(logs: dict[int, pd.DataFrame]) -> str:
+    if not logs:
+        return "<p>No training logs (fold_K/log.csv): run train.py.</p>"
+    return "\n".join(fold_charts(fold, log) for fold, log in logs.items())
+
+
+def search_chart(path: Path, metric: str) -> str:
+    """The post-processing search's CV score by threshold, with and without the best minimum area."""
+    if not path.is_file():
+        return ""
+    table = pd.read_csv(path)
+    thresholds = table["threshold"].tolist()
+    return svg_line_chart({"best min_area": (thresholds, table["score"].tolist()),
+                           "no min_area": (thresholds, table["score_no_min_area"].tolist())},
+                          f"CV {metric} by threshold (out-of-fold)", "threshold", metric, 420, 240)
+
+
+def cv_section(oof: pd.DataFrame | None, post: str, chart: str = "") -> str:
+    if oof is None:
+        return "<p>No oof.csv: run predict.py (with predict.oof=true).</p>"
+    table = cv_table(oof)
+    head = "".join(f"<th>{escape(CV_COLUMNS.get(c, c))}</th>" for c in table.columns)
+    body = []
+    for name, row in table.iterrows():
+        cells = "".join(f"<td>{int(v)}</td>" if c == "images" else f"<td>{v:.4f}</td>" for c, v in row.items())
+        body.append(f"<tr><th>{escape(name)}</th>{cells}</tr>")
+    return (f'<table class="cv"><tr><th></th>{head}</tr>{"".join(body)}</table>'
+            f"<p>Mean per-image scores of each fold's held-out images, predicted by the model that did not train on "
+            f"them. Post-processing: {escape(post)}.</p>{chart}")
+
+
+def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bool, post: tuple[float, int]) -> str:
+    if oof is None:
+        return "<p>No oof.csv: run predict.py.</p>"
+    column = next(c for c in (f"{cfg.postprocess.metric}_pp", cfg.postprocess.metric, "dice") if c in oof.columns)
+    count = cfg.report.worst if worst else cfg.report.best
+    rows = list_train(cfg).set_index("id")
+    kind = "worst" if worst else "best"
+    items = []
+    for rank, example in enumerate(pick_examples(oof, column, count, worst).itertuples(index=False), 1):
+        tiles = oof_tiles(cfg, rows.loc[example.id].to_dict() | {"id": example.id}, post)
+        if tiles is None:
+            items.append(f"<p>{escape(example.id)}: no {OOF_DIR}/{escape(example.id)}.png; run predict.py again</p>")
+            continue
+        name = write_png(out / f"{kind}_{rank:02d}.png", montage_row(tiles, cfg.report.tile_height))
+        score = getattr(example, column)
+        items.append(f'<figure><img src="{name}" alt="{escape(example.id)}"><figcaption>{escape(example.id)} '
+                     f"(fold {example.fold}): {column} {score:.4f}</figcaption></figure>")
+    legend = ("<p>image | ground truth | predicted probability | disagreement: <span style='color:#28c828'>"
+              "both</span>, <span style='color:#e61e1e'>prediction only</span>, <span style='color:#285aff'>"
+              f"truth only</span>. Sorted by {escape(column)}.</p>")
+    return legend + "\n".join(items)
+
+
+def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarray] | None:
+    probs = read_probability(Path(cfg.output_dir) / OOF_DIR / f"{row['id']}.png")
+    if probs is None:
+        return None
+    image = read_image(row["image"])
+    truth = load_train_mask(row, image.shape[:2]) > 0
+    return [image, truth.astype(np.uint8) * 255, probs, disagreement(image, truth, thresholded(probs, *post))]
+
+
+def test_section(cfg: Config, out: Path, post: tuple[float, int]) -> str:
+    pred_dir = Path(cfg.output_dir) / cfg.predict.out_dir
+    items = []
+    for rank, image_id in enumerate(list_test(cfg)[: cfg.report.test_images], 1):
+        probs = read_probability(pred_dir / f"{image_id}.png")
+        if probs is None:
+            return f"<p>No test predictions in {escape(str(pred_dir))}: run predict.py.</p>"
+        image = read_image(resolve(cfg, cfg.data.test_dir) / f"{image_id}.jpg")
+        mask = thresholded(probs, *post)
+        overlay = disagreement(image, mask, mask)
+        name = write_png(out / f"test_{rank:02d}.png", montage_row([image, probs, overlay], cfg.report.tile_height))
+        items.append(f'<figure><img src="{name}" alt="{escape(image_id)}"><figcaption>{escape(image_id)}: '
+                     f"{int(mask.sum())} car pixels</figcaption></figure>")
+    return "<p>image | predicted probability | submitted mask</p>" + "\n".join(items)
+
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1100px} table.cv td,table.cv th{padding:2px 10px;"
+         "text-align:right;border-bottom:1px solid #ccc} figure{margin:6px 0} figcaption{font-size:12px;color:#444}"
+         " .fold svg{margin-right:8px}")
+
+
+def page(title: str, sections: list[tuple[str, str, str]]) -> str:
+    body = "\n".join(f'<section id="{key}"><h2>{escape(heading)}</h2>\n{html}\n</section>'
+                     for key, heading, html in sections)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>\n{body}\n</body></html>\n")
+
+
+def build_report(cfg: Config) -> Path:
+    """Write ``{output_dir}/{report.out_dir}/index.html`` and its PNGs; returns the page's path."""
+    out = Path(cfg.output_dir) / cfg.report.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    oof_path = Path(cfg.output_dir) / "oof.csv"
+    oof = pd.read_csv(oof_path, dtype={"id": str}) if oof_path.is_file() else None
+    threshold, min_area, how = resolve_postprocessing(cfg)
+    post = (threshold, min_area)
+    sections = [("curves", "Training curves", curves_section(read_logs(cfg))),
+                ("cv", "Cross-validation", cv_section(oof, how, search_chart(
+                    Path(cfg.output_dir) / "postprocess_search.csv", cfg.postprocess.metric))),
+                ("worst", "Worst out-of-fold images", examples_section(cfg, out, oof, True, post)),
+                ("best", "Best out-of-fold images", examples_section(cfg, out, oof, False, post)),
+                ("test", "Test predictions", test_section(cfg, out, post))]
+    return atomic_write_text(out / "index.html", page(f"ternaus report: {cfg.output_dir}", sections))
