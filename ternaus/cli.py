@@ -20,8 +20,15 @@ USER_ERRORS = (ConfigError, DataError, WeightsError, TrainingError, FileNotFound
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+class StageParser(argparse.ArgumentParser):
+    """Options and ``KEY=VALUE`` overrides in any order: plain argparse refuses an option after the overrides."""
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    parser = StageParser(description=description)
     parser.add_argument("--config", required=True, help="YAML file, e.g. configs/synthetic.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="override a config value, e.g. train.epochs=3 data.input_size=[128,192]")

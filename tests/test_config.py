@@ -86,3 +86,12 @@ def test_model_options_are_checked_against_the_model():
         load_config(None, ["model.name=unet12", "model.transposed=true", "data.input_size=[64, 64]"])
     with pytest.raises(ConfigError, match="model.freeze_encoder_epochs: 3 would keep a randomly initialised encoder"):
         load_config(None, ["model.init=lecun", "model.freeze_encoder_epochs=3"])
+
+
+def test_stage_options_may_follow_the_overrides():
+    from ternaus.cli import stage_parser
+
+    parser = stage_parser("a stage")
+    parser.add_argument("--threshold", type=float, default=None)
+    args = parser.parse_args(["--config", "c.yaml", "a.b=1", "--threshold", "0.6", "c.d=2"])
+    assert (args.config, args.threshold, args.overrides) == ("c.yaml", 0.6, ["a.b=1", "c.d=2"])
