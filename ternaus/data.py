@@ -262,8 +262,9 @@ def check_train_row(row: dict, spec: Any = None) -> list[str]:
     if problem:
         return [problem]
     if not row["mask"] and not row["rle"] and not isinstance(row.get("runs"), tuple):
-        return [f"{row['image']}: no mask (neither {row['id']}_mask.gif nor a row in the masks CSV); "
-                "add it or remove the image"]
+        where = f"{row['id']}_mask.gif nor a row in the masks CSV" if spec is None else \
+            f"{row['id']}.png nor {row['id']}.gif in data.masks_dir"
+        return [f"{row['image']}: no mask (neither {where}); add it or remove the image"]
     try:
         height, width = image_size(row["image"])
         if spec is not None:

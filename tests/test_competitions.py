@@ -120,3 +120,24 @@ def test_severstal_four_classes_one_row_per_image_and_class(runs):
         assert probs.shape == (4, 32, 96)  # stored per class
         plane = probs[int(class_id) - 1]
         assert np.array_equal(decode_rle(rle, plane.shape, COLUMN_MAJOR), (plane >= 128).astype(np.uint8))
+
+
+def test_severstal_as_exclusive_classes_with_softmax(runs, tmp_path):
+    """The fixture's defects never overlap, so they can also be trained as exclusive classes: the network then
+    has a background channel, and the stored predictions still hold one plane per class."""
+    run = runs("severstal")
+    args = [*run.args, f"output_dir={tmp_path}", "model.activation=softmax"]
+    for stage in (prepare_folds, train, predict, make_submission):
+        assert stage.main(args) == 0, f"{stage.__name__} failed with model.activation=softmax"
+    import torch
+
+    weights = torch.load(tmp_path / "fold_0" / "best.pt", weights_only=True)["model"]
+    assert weights["final.weight"].shape[0] == 5  # background + 4 classes
+    stacked = cv2.imread(str(next((tmp_path / "predictions").glob("*.png"))), cv2.IMREAD_UNCHANGED)
+    planes = stacked.reshape(4, 32, 96).astype(int)
+    assert (planes.sum(0) <= 255 + 4).all()  # softmax probabilities of exclusive classes sum to at most 1
+    oof = pd.read_csv(tmp_path / "oof.csv")
+    FIGURES["severstal softmax"] = {"oof_dice": round(float(oof["dice"].mean()), 4)}
+    print(f"severstal softmax: {FIGURES['severstal softmax']}")
+    submission = pd.read_csv(tmp_path / run.cfg.submission.filename, dtype=str, keep_default_na=False)
+    assert len(submission) == 4 * 2

@@ -179,3 +179,11 @@ def test_stratifying_by_empty_masks_spreads_the_empty_images_evenly():
 def test_competition_settings_are_checked_with_the_key_named(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         load_config(None, overrides)
+
+
+def test_an_image_without_its_mask_is_named_by_prepare_folds(mixed_folder, tmp_path):
+    from ternaus.prepare import prepare_folds
+
+    (mixed_folder / "masks" / "b.png").unlink()
+    with pytest.raises(DataError, match=r"b.jpg: no mask \(neither b.png nor b.gif in data.masks_dir\)"):
+        prepare_folds(folders_config(mixed_folder, f"output_dir={tmp_path / 'run'}", "folds.group_by=none"))
