@@ -383,6 +383,14 @@ def _template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
 
+def submission_rows_problem(sub: SubmissionConfig, num_classes: int) -> str | None:
+    """Checked by make_submission.py rather than at loading: training needs no submission format."""
+    if sub.rows in ("image", "instance") and num_classes > 1:
+        return (f"submission.rows={sub.rows} writes one class, model.num_classes={num_classes}: "
+                "use submission.rows=image_class")
+    return None
+
+
 def _validate_submission_format(sub: SubmissionConfig, num_classes: int) -> list[str]:
     if not isinstance(sub.columns, list) or not isinstance(sub.values, list):
         return []
@@ -399,9 +407,6 @@ def _validate_submission_format(sub: SubmissionConfig, num_classes: int) -> list
         errors.append(f"submission.values: exactly one column must be '{{rle}}' alone, got {sub.values}")
     if sub.rows == "image_class" and not any("class" in f for f in fields):
         errors.append("submission.rows=image_class: a column must name the class ({class}), or rows repeat")
-    if sub.rows in ("image", "instance") and num_classes > 1:
-        errors.append(f"submission.rows={sub.rows} writes one class, model.num_classes={num_classes}: "
-                      "use submission.rows=image_class")
     if sub.encode_size is not None and (len(sub.encode_size) != 2 or min(sub.encode_size) < 1):
         errors.append(f"submission.encode_size: expected null or [H, W], got {sub.encode_size}")
     return errors
@@ -413,8 +418,6 @@ def _validate_competition(cfg: Config) -> list[str]:
     classes = cfg.model.num_classes if isinstance(cfg.model.num_classes, int) else 1
     if cfg.data.class_names is not None and len(cfg.data.class_names) != classes:
         errors.append(f"data.class_names: {len(cfg.data.class_names)} name(s) for model.num_classes={classes}")
-    if cfg.data.layout == "carvana" and classes > 1:
-        errors.append("data.layout=carvana holds one class (car); use data.layout folders or rle_csv for several")
     if cfg.data.layout == "rle_csv" and cfg.data.csv.rows == "image_class" and not cfg.data.csv.class_column:
         errors.append("data.csv.class_column: rows=image_class needs the column that names the class (ClassId)")
     if cfg.data.layout == "rle_csv" and cfg.data.csv.rows != "image_class" and classes > 1:

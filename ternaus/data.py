@@ -419,6 +419,10 @@ class SegmentationDataset(Dataset):
             from ternaus.sources import load_masks
 
             masks = load_masks(row, size, self.masks)
+            if masks.shape[0] != self.masks.num_classes:
+                raise DataError(f"{row['id']} has {masks.shape[0]} mask plane(s), model.num_classes="
+                                f"{self.masks.num_classes}: Carvana's layout holds one class; for several use "
+                                "data.layout folders (class-index PNGs) or rle_csv")
         if masks.shape[1:] != size:
             raise DataError(f"mask of {row['id']} is {masks.shape[:0:-1]}, its image {size[::-1]} (W x H)")
         return self.geometry.masks_to_input(masks) if self.mask_at_input_size else masks

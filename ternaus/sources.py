@@ -33,11 +33,13 @@ class MaskSpec:
 
     num_classes: int = 1
     rle: RleFormat = CARVANA_RLE
+    class_index_files: bool = False  # the folders layout: with several classes a mask file holds class indices
 
 
 def mask_spec(cfg: Config) -> MaskSpec:
     rle = cfg.data.rle
-    return MaskSpec(cfg.model.num_classes, RleFormat(rle.order, rle.start, rle.relative, rle.empty))
+    return MaskSpec(cfg.model.num_classes, RleFormat(rle.order, rle.start, rle.relative, rle.empty),
+                    cfg.data.layout == "folders")
 
 
 # ---------------------------------------------------------------- reading masks
@@ -73,7 +75,7 @@ def load_masks(row: dict, shape: tuple[int, int], spec: MaskSpec = MaskSpec()) -
     """The (C, H, W) uint8 0/1 masks of a training row, from whichever source the layout gave it."""
     if isinstance(row.get("runs"), tuple):
         return _decode_runs(row, shape, spec)
-    if row.get("mask") and spec.num_classes > 1:
+    if row.get("mask") and spec.class_index_files and spec.num_classes > 1:
         return read_class_mask(row["mask"], spec.num_classes)
     return load_train_mask(row, shape)[None]
 

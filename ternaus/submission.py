@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ternaus.config import Config, class_names, resolve, save_config, thresholds
+from ternaus.config import Config, ConfigError, class_names, resolve, save_config, submission_rows_problem, thresholds
 from ternaus.data import CSV_ERRORS, DataError, image_size, test_rows
 from ternaus.inference import read_prediction
 from ternaus.io import atomic_write
@@ -59,6 +59,9 @@ class SubmissionFormat:
 
 def submission_format(cfg: Config) -> SubmissionFormat:
     sub, rle = cfg.submission, cfg.submission.rle
+    problem = submission_rows_problem(sub, cfg.model.num_classes)
+    if problem:
+        raise ConfigError(problem)
     return SubmissionFormat(tuple(sub.columns), tuple(sub.values), sub.rows, tuple(class_names(cfg)),
                             tuple(sub.encode_size) if sub.encode_size else None,
                             RleFormat(rle.order, rle.start, rle.relative, rle.empty))

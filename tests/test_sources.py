@@ -76,10 +76,10 @@ def test_class_index_masks_become_one_plane_per_class(tmp_path):
     index = np.array([[0, 1, 2], [2, 2, 0]], np.uint8)
     cv2.imwrite(str(tmp_path / "m.png"), index)
     row = {"id": "m", "mask": str(tmp_path / "m.png"), "rle": ""}
-    assert load_masks(row, (2, 3), MaskSpec(2)).tolist() == [[[0, 1, 0], [0, 0, 0]], [[0, 0, 1], [1, 1, 0]]]
+    assert load_masks(row, (2, 3), MaskSpec(2, class_index_files=True)).tolist() == [[[0, 1, 0], [0, 0, 0]], [[0, 0, 1], [1, 1, 0]]]
     with pytest.raises(DataError, match="class index 3"):
         cv2.imwrite(str(tmp_path / "m.png"), index + 1)
-        load_masks(row, (2, 3), MaskSpec(2))
+        load_masks(row, (2, 3), MaskSpec(2, class_index_files=True))
 
 
 def write_images(folder, names, shape=(4, 5)):
@@ -166,8 +166,6 @@ def test_stratifying_by_empty_masks_spreads_the_empty_images_evenly():
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.num_classes=4", "data.layout=rle_csv", "data.csv.rows=image_class"], "class_column"),
-    (["model.num_classes=2"], "data.layout=carvana holds one class"),
-    (["model.num_classes=2", "data.layout=folders", "submission.rows=image"], "use submission.rows=image_class"),
     (["submission.values=[\"{image}\"]"], "1 value(s) for 2 submission.columns"),
     (["submission.values=[\"{img}\", \"{rle}\"]"], "unknown field {img}"),
     (["submission.rows=image_class"], "must name the class"),
@@ -187,3 +185,14 @@ def test_an_image_without_its_mask_is_named_by_prepare_folds(mixed_folder, tmp_p
     (mixed_folder / "masks" / "b.png").unlink()
     with pytest.raises(DataError, match=r"b.jpg: no mask \(neither b.png nor b.gif in data.masks_dir\)"):
         prepare_folds(folders_config(mixed_folder, f"output_dir={tmp_path / 'run'}", "folds.group_by=none"))
+
+
+def test_one_class_layouts_and_formats_are_refused_for_several_classes_when_used(tiny_dataset, tmp_path):
+    from ternaus.submission import submission_format
+
+    cfg = load_config(None, [f"data.root={tiny_dataset}", "model.num_classes=2"])  # training needs no format
+    with pytest.raises(ConfigError, match="submission.rows=image writes one class, model.num_classes=2"):
+        submission_format(cfg)
+    rows = list_train(cfg).head(1).to_dict("records")
+    with pytest.raises(DataError, match="1 mask plane.*model.num_classes=2: Carvana's layout holds one class"):
+        SegmentationDataset(rows, Geometry(None, 32), True, masks=mask_spec(cfg))[0]
