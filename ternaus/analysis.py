@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ternaus.config import Config
+from ternaus.config import Config, thresholds
 from ternaus.io import atomic_write, atomic_write_text
 
 __all__ = ["level_histograms", "counts_at_levels", "threshold_level", "score_from_counts", "best_min_area",
@@ -140,8 +140,9 @@ def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray) -
     """``oof.csv`` with scores at the training threshold and after the searched post-processing,
     ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``."""
     out = Path(cfg.output_dir)
-    chosen, table = search_postprocessing(histograms, cfg.postprocess.metric, cfg.train.threshold)
-    plain = per_image_scores(histograms, cfg.train.threshold)
+    trained_at = thresholds(cfg.train.threshold, 1)[0]  # one class: a number, or a list of one
+    chosen, table = search_postprocessing(histograms, cfg.postprocess.metric, trained_at)
+    plain = per_image_scores(histograms, trained_at)
     tuned = per_image_scores(histograms, chosen.threshold, chosen.min_area)
     oof = oof[["id", "fold"]].reset_index(drop=True).join(plain)
     oof = oof.assign(dice_pp=tuned["dice"], jaccard_pp=tuned["jaccard"])
@@ -158,8 +159,8 @@ def read_postprocessing(output_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def resolve_postprocessing(cfg: Config, threshold: float | None = None,
-                           min_area: int | None = None) -> tuple[float, int, str]:
+def resolve_postprocessing(cfg: Config, threshold: float | list[float] | None = None,
+                           min_area: int | None = None) -> tuple[float | list[float], int, str]:
     """The submission's threshold and minimum area, and where each came from. First found wins: the
     command line, then ``submission.threshold``/``submission.min_area`` (set, not null), then the values
     ``predict.py`` searched (``postprocess.json``), then 0.5 and 0."""
@@ -172,4 +173,5 @@ def resolve_postprocessing(cfg: Config, threshold: float | None = None,
             (cli, "the command line"), (configured, f"submission.{key} in the config"),
             (searched.get(key), where), (default, "the default")) if value is not None))
     (t, t_from), (a, a_from) = picks
-    return float(t), int(a), f"threshold {t} from {t_from}; min_area {a} from {a_from}"
+    t = [float(v) for v in t] if isinstance(t, list) else float(t)  # one per class, from the config
+    return t, int(a), f"threshold {t} from {t_from}; min_area {a} from {a_from}"

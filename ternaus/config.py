@@ -21,7 +21,8 @@ import yaml
 
 from ternaus.io import atomic_write_text
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_to_dict", "parse_overrides"]
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_to_dict", "parse_overrides", "class_names",
+           "thresholds", "RleConfig"]
 
 
 class ConfigError(ValueError):
@@ -29,8 +30,35 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class RleConfig:
+    """An RLE convention (``ternaus.rle.RleFormat``); the defaults are Carvana's."""
+
+    order: str = "C"  # "C": row-major (Carvana); "F": column-major (TGS, Airbus, Severstal, Clouds, SIIM)
+    start: int = 1  # the number of the first pixel: 1, or 0 (SIIM)
+    relative: bool = False  # SIIM: each start counts from the end of the previous run
+    empty: str = ""  # the empty mask: "" or "-1" (SIIM)
+
+
+@dataclass
+class MasksCsvConfig:
+    """The columns of ``data.masks_csv`` for ``data.layout: rle_csv``."""
+
+    image_column: str = "img"
+    rle_column: str = "rle_mask"
+    # "image": one row per image; "instance": one row per object, unioned (Airbus: ImageId, EncodedPixels);
+    # "image_class": one row per (image, class) (Severstal: ImageId, ClassId, EncodedPixels).
+    rows: str = "image"
+    class_column: str | None = None  # rows=image_class: the column whose values are data.class_names
+
+
+@dataclass
 class DataConfig:
     root: str = "data/synthetic"
+    # "carvana": train/*.jpg, train_masks/*_mask.gif (or train_masks.csv), test/*.jpg listed by the sample;
+    # "folders": images in train_dir, masks in masks_dir paired by file stem (PNG/JPEG/TIFF images, PNG/GIF
+    # masks: 0/1 or 0/255, or class indices 0..num_classes for several classes), test images in test_dir;
+    # "rle_csv": images in train_dir, masks as RLE rows of masks_csv (data.csv, data.rle), test images in test_dir.
+    layout: str = "carvana"
     # null: full resolution, reflect-padded to a multiple of 32 (64 for albunet34; the Carvana recipe); [H, W]: resize.
     input_size: list[int] | None = None
     train_dir: str = "train"
@@ -40,14 +68,23 @@ class DataConfig:
     test_dir: str = "test"
     sample_submission: str = "sample_submission.csv"
     num_workers: int = 2
+    csv: MasksCsvConfig = field(default_factory=MasksCsvConfig)
+    rle: RleConfig = field(default_factory=RleConfig)  # the convention of masks_csv
+    # The classes' names as the CSVs and the submission write them; null: "1", "2", ... up to model.num_classes.
+    class_names: list[str] | None = None
 
 
 @dataclass
 class FoldsConfig:
     n_folds: int = 5
-    # "none": group by car only; "mask_area": also balance the cars' mean mask area across folds.
+    # "none"; "mask_area": balance the groups' mean mask area across folds; "empty": balance the share of
+    # images with an empty mask (all classes empty).
     stratify: str = "none"
     seed: int = 42
+    # Images of one group share a fold. "car": the id up to its last "_" (Carvana's 16 views of a car);
+    # "none": every image its own group; "pattern": the first group of the regex group_pattern on the id.
+    group_by: str = "car"
+    group_pattern: str | None = None
 
 
 @dataclass
@@ -55,6 +92,9 @@ class ModelConfig:
     # "unet11" (VGG11 encoder, the paper's), "unet16" (VGG16) or "albunet34" (ResNet34; sizes multiples of 64).
     name: str = "unet11"
     num_classes: int = 1
+    # "sigmoid": one independent probability per class (multi-label, Severstal); "softmax": exclusive classes,
+    # the network then has num_classes + 1 outputs, the first for the background.
+    activation: str = "sigmoid"
     # "lecun", "imagenet", or a path to a whole-network checkpoint to fine-tune from.
     init: str = "imagenet"
     # Explicit ImageNet file of the encoder (vgg11-8a719046.pth, ...) for init=imagenet; else torchvision's cache.
@@ -121,7 +161,7 @@ class TrainConfig:
     # torch.compile the model for training (the first steps of each fold then wait for the compiler).
     # Off by default: see docs/benchmarks.md for what it gains on each device.
     compile: bool = False
-    threshold: float = 0.5
+    threshold: float | list[float] = 0.5  # or one per class
     # How often the progress bar's loss is refreshed: each refresh synchronises with the GPU.
     log_every: int = 10
 
@@ -142,12 +182,23 @@ class PredictConfig:
 @dataclass
 class SubmissionConfig:
     # null: the value predict.py searched on the out-of-fold predictions ({output_dir}/postprocess.json),
-    # else 0.5. A value here (or make_submission.py --threshold) overrides the searched one.
-    threshold: float | None = None
+    # else 0.5. A value here (or make_submission.py --threshold) overrides the searched one. One number, or
+    # one per class (the search covers one class).
+    threshold: float | list[float] | None = None
     # Empty a prediction with fewer pixels than this; null: the searched value, else 0 (never).
     min_area: int | None = None
     filename: str = "submission.csv.gz"
     processes: int = 0  # 0: one per CPU core
+    # The header, and each column's value: {image} the test image's file name, {stem} without its extension,
+    # {class} the class name (data.class_names), {rle} the mask. Severstal's: [ImageId, EncodedPixels, ClassId]
+    # with ["{image}", "{rle}", "{class}"]; Clouds': [Image_Label, EncodedPixels] with ["{image}_{class}", "{rle}"].
+    columns: list[str] = field(default_factory=lambda: ["img", "rle_mask"])
+    values: list[str] = field(default_factory=lambda: ["{image}", "{rle}"])
+    # "image": one row per image; "image_class": one per (image, class); "instance": one per connected
+    # component (Airbus; an image without one gets a single empty row).
+    rows: str = "image"
+    encode_size: list[int] | None = None  # [H, W] the masks are resized to before encoding (Clouds: [350, 525])
+    rle: RleConfig = field(default_factory=RleConfig)
 
 
 @dataclass
@@ -181,7 +232,16 @@ class Config:
 
 
 CHOICES = {
-    "folds.stratify": ("none", "mask_area"),
+    "data.layout": ("carvana", "folders", "rle_csv"),
+    "data.csv.rows": ("image", "instance", "image_class"),
+    "data.rle.order": ("C", "F"),
+    "data.rle.start": (0, 1),
+    "folds.stratify": ("none", "mask_area", "empty"),
+    "folds.group_by": ("car", "none", "pattern"),
+    "model.activation": ("sigmoid", "softmax"),
+    "submission.rows": ("image", "image_class", "instance"),
+    "submission.rle.order": ("C", "F"),
+    "submission.rle.start": (0, 1),
     "model.name": ("unet11", "unet16", "albunet34"),  # ternaus.models.MODELS, which a test keeps in step
     "train.loss.name": ("bce_dice", "bce_jaccard"),
     "train.schedule": ("carvana", "constant"),
@@ -309,10 +369,11 @@ def _validate_values(cfg: Config) -> list[str]:
                if isinstance(v, float) and not math.isfinite(v)]
     if isinstance(cfg.train.lr, float) and cfg.train.lr <= 0:
         errors.append(f"train.lr: must be positive, got {cfg.train.lr}")
-    for key in ("train.threshold", "submission.threshold", "train.augment.hflip", "train.augment.ssr_p",
-                "train.augment.color_p"):
+    for key in ("train.augment.hflip", "train.augment.ssr_p", "train.augment.color_p"):
         if isinstance(flat[key], float) and not 0.0 <= flat[key] <= 1.0:
             errors.append(f"{key}: must lie in [0, 1], got {flat[key]}")
+    for key in ("train.threshold", "submission.threshold"):
+        errors += _validate_threshold(key, flat[key], cfg.model.num_classes)
     for key in ("data.num_workers", "train.checkpoint_every", "submission.processes", "model.freeze_encoder_epochs",
                 "submission.min_area", "report.worst", "report.best", "report.test_images"):
         if isinstance(flat[key], int) and flat[key] < 0:
@@ -325,7 +386,97 @@ def _validate_values(cfg: Config) -> list[str]:
             and not Path(cfg.model.init).is_file():
         errors.append(f"model.init: {cfg.model.init!r} is neither 'lecun', 'imagenet' nor an existing checkpoint file")
     errors += _validate_folds_list(cfg.train.folds, cfg.folds.n_folds)
+    errors += _validate_competition(cfg)
     return errors
+
+
+def _validate_threshold(key: str, value: Any, num_classes: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not 0.0 <= v <= 1.0 for v in values):
+        return [f"{key}: must lie in [0, 1], got {value}"]
+    if isinstance(value, list) and isinstance(num_classes, int) and len(value) != num_classes:
+        return [f"{key}: {len(value)} threshold(s) for model.num_classes={num_classes}; give one per class or "
+                "a single number"]
+    return []
+
+
+TEMPLATE_FIELDS = ("image", "stem", "class", "rle")
+
+
+def _template_fields(template: str) -> list[str]:
+    import string
+
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def submission_rows_problem(sub: SubmissionConfig, num_classes: int) -> str | None:
+    """Checked by make_submission.py rather than at loading: training needs no submission format."""
+    if sub.rows in ("image", "instance") and num_classes > 1:
+        return (f"submission.rows={sub.rows} writes one class, model.num_classes={num_classes}: "
+                "use submission.rows=image_class")
+    return None
+
+
+def _validate_submission_format(sub: SubmissionConfig, num_classes: int) -> list[str]:
+    if not isinstance(sub.columns, list) or not isinstance(sub.values, list):
+        return []
+    if len(sub.columns) != len(sub.values):
+        return [f"submission.values: {len(sub.values)} value(s) for {len(sub.columns)} submission.columns; "
+                "give one template per column"]
+    try:
+        fields = [_template_fields(v) for v in sub.values]
+    except ValueError as err:
+        return [f"submission.values: {sub.values} is not a list of templates like '{{image}}_{{class}}' ({err})"]
+    errors = [f"submission.values: unknown field {{{name}}}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
+              for names in fields for name in names if name not in TEMPLATE_FIELDS]
+    if sum(f == ["rle"] for f in fields) != 1:
+        errors.append(f"submission.values: exactly one column must be '{{rle}}' alone, got {sub.values}")
+    if sub.rows == "image_class" and not any("class" in f for f in fields):
+        errors.append("submission.rows=image_class: a column must name the class ({class}), or rows repeat")
+    if sub.encode_size is not None and (len(sub.encode_size) != 2 or min(sub.encode_size) < 1):
+        errors.append(f"submission.encode_size: expected null or [H, W], got {sub.encode_size}")
+    return errors
+
+
+def _validate_competition(cfg: Config) -> list[str]:
+    """The settings that describe a competition's data and submission (docs/new-competition.md)."""
+    errors = []
+    classes = cfg.model.num_classes if isinstance(cfg.model.num_classes, int) else 1
+    if cfg.data.class_names is not None and len(cfg.data.class_names) != classes:
+        errors.append(f"data.class_names: {len(cfg.data.class_names)} name(s) for model.num_classes={classes}")
+    if cfg.data.layout == "rle_csv" and cfg.data.csv.rows == "image_class" and not cfg.data.csv.class_column:
+        errors.append("data.csv.class_column: rows=image_class needs the column that names the class (ClassId)")
+    if cfg.data.layout == "rle_csv" and cfg.data.csv.rows != "image_class" and classes > 1:
+        errors.append(f"data.csv.rows={cfg.data.csv.rows} gives one class, model.num_classes={classes}: "
+                      "use rows=image_class")
+    if cfg.folds.group_by == "pattern":
+        errors += _validate_pattern(cfg.folds.group_pattern)
+    errors += _validate_submission_format(cfg.submission, classes)
+    return errors
+
+
+def _validate_pattern(pattern: Any) -> list[str]:
+    import re
+
+    try:
+        groups = re.compile(pattern).groups if isinstance(pattern, str) else 0
+    except re.error as err:
+        return [f"folds.group_pattern: {pattern!r} is not a regular expression ({err})"]
+    if groups < 1:
+        return [f"folds.group_pattern: {pattern!r} needs a group, e.g. '^([^_]+)_' (folds.group_by=pattern)"]
+    return []
+
+
+# ---------------------------------------------------------------- derived settings
+
+
+def class_names(cfg: Config) -> list[str]:
+    return list(cfg.data.class_names or [str(k + 1) for k in range(cfg.model.num_classes)])
+
+
+def thresholds(value: float | list[float], num_classes: int) -> list[float]:
+    """One threshold per class from a single number or a list."""
+    return list(value) if isinstance(value, list) else [value] * num_classes
 
 
 def _validate_input_size(size: Any, model_name: Any) -> list[str]:

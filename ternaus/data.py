@@ -8,6 +8,7 @@ Images travel to the device as uint8 and are normalised there: a quarter of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from ternaus.config import Config, resolve
 from ternaus.errors import DataError
@@ -26,7 +27,7 @@ from ternaus.rle import rle_decode
 __all__ = [
     "DataError", "Geometry", "SegmentationDataset", "car_id_of", "read_image", "read_mask",
     "list_train", "list_test", "check_train", "check_train_row", "train_items", "image_size", "image_file_problem",
-    "check_image_files", "listing", "duplicates", "CSV_ERRORS",
+    "check_image_files", "listing", "duplicates", "CSV_ERRORS", "test_rows", "pad_collate",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -185,7 +186,12 @@ def _read_rle_csv(path: Path) -> dict[str, str]:
 
 
 def list_train(cfg: Config) -> pd.DataFrame:
-    """One row per training image: id, car_id, image path, mask path ('' if none) and RLE ('' if none)."""
+    """One row per training image: id, image path, mask path ('' if none), RLE ('' if none); Carvana's layout
+    adds car_id, the RLE CSV layout ``runs`` (see ternaus.sources)."""
+    if cfg.data.layout != "carvana":
+        from ternaus import sources  # it builds on this module
+
+        return (sources.list_folders_layout if cfg.data.layout == "folders" else sources.list_rle_csv_layout)(cfg)
     image_dir, mask_dir = resolve(cfg, cfg.data.train_dir), resolve(cfg, cfg.data.masks_dir)
     ids = _ids_in(image_dir, ".jpg")
     if not ids:
@@ -226,6 +232,16 @@ def list_test(cfg: Config) -> list[str]:
     return ids
 
 
+def test_rows(cfg: Config) -> list[dict[str, str]]:
+    """The test images as rows (id, image path): Carvana's in sample order, other layouts' sorted by id."""
+    if cfg.data.layout != "carvana":
+        from ternaus.sources import list_test_images
+
+        return list_test_images(cfg)
+    test_dir = resolve(cfg, cfg.data.test_dir)
+    return [{"id": i, "image": str(test_dir / f"{i}.jpg")} for i in list_test(cfg)]
+
+
 def load_train_mask(row: Any, shape: tuple[int, int]) -> np.ndarray:
     if row["mask"]:
         return read_mask(row["mask"])
@@ -235,17 +251,25 @@ def load_train_mask(row: Any, shape: tuple[int, int]) -> np.ndarray:
         raise DataError(f"RLE mask of {row['id']} in the masks CSV is invalid: {err}") from None
 
 
-def check_train_row(row: dict) -> list[str]:
-    """Every problem with one training image and its mask; the mask is decoded to check its values."""
+def check_train_row(row: dict, spec: Any = None) -> list[str]:
+    """Every problem with one training image and its mask; the mask is decoded to check its values.
+
+    ``spec`` (a ternaus.sources.MaskSpec) reads the other layouts' masks; None: Carvana's."""
     problem = image_file_problem(row["image"])
     if problem:
         return [problem]
-    if not row["mask"] and not row["rle"]:
-        return [f"{row['image']}: no mask (neither {row['id']}_mask.gif nor a row in the masks CSV); "
-                "add it or remove the image"]
+    if not row["mask"] and not row["rle"] and not isinstance(row.get("runs"), tuple):
+        where = f"{row['id']}_mask.gif nor a row in the masks CSV" if spec is None else \
+            f"{row['id']}.png nor {row['id']}.gif in data.masks_dir"
+        return [f"{row['image']}: no mask (neither {where}); add it or remove the image"]
     try:
         height, width = image_size(row["image"])
-        mask = load_train_mask(row, (height, width))
+        if spec is not None:
+            from ternaus.sources import load_masks
+
+            mask = load_masks(row, (height, width), spec)[0]
+        else:
+            mask = load_train_mask(row, (height, width))
     except DataError as err:
         return [str(err)]
     if mask.shape != (height, width):
@@ -254,14 +278,15 @@ def check_train_row(row: dict) -> list[str]:
     return []
 
 
-def check_train(table: pd.DataFrame, processes: int = 1) -> list[str]:
+def check_train(table: pd.DataFrame, processes: int = 1, spec: Any = None) -> list[str]:
     """Every problem with the training data, one line each; an empty list means ready to train."""
     rows = table.to_dict("records")
+    check = partial(check_train_row, spec=spec)
     if processes > 1 and len(rows) > 64:
         with Pool(processes) as pool:
-            found = pool.map(check_train_row, rows, chunksize=16)
+            found = pool.map(check, rows, chunksize=16)
     else:
-        found = [check_train_row(row) for row in rows]
+        found = [check(row) for row in rows]
     return [problem for problems in found for problem in problems]
 
 
@@ -310,6 +335,12 @@ class Geometry:
         # Nearest neighbour keeps a resized mask binary.
         return self._to_input(mask, cv2.INTER_NEAREST)
 
+    def masks_to_input(self, masks: np.ndarray) -> np.ndarray:
+        """(C, H, W) -> (C, h, w): OpenCV works on (H, W, C) and drops a single channel."""
+        if masks.shape[0] == 1:
+            return self.mask_to_input(masks[0])[None]
+        return np.ascontiguousarray(self.mask_to_input(np.ascontiguousarray(masks.transpose(1, 2, 0))).transpose(2, 0, 1))
+
     def restore(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(C, h, w) network-sized maps -> (C, H, W) at the image's own size: crop padding or resize back."""
         height, width = size
@@ -327,11 +358,26 @@ def normalise_on_device(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0 - mean) / std
 
 
+def _pad_to_largest(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    height, width = max(t.shape[-2] for t in tensors), max(t.shape[-1] for t in tensors)
+    return [torch.nn.functional.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2])) for t in tensors]
+
+
+def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, except that images (and masks) of different sizes in one batch are padded with zeros
+    at the bottom and right to the largest: each item's ``size`` and its own padding are kept, so the
+    predictions are restored exactly (``Geometry.restore`` crops from the top left)."""
+    for key in ("image", "mask"):
+        if key in items[0] and len({tuple(item[key].shape) for item in items}) > 1:
+            items = [{**item, key: padded} for item, padded in zip(items, _pad_to_largest([i[key] for i in items]))]
+    return default_collate(items)
+
+
 # ---------------------------------------------------------------- the Dataset
 
 
 class SegmentationDataset(Dataset):
-    """Items are dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (1, H, W) when known, ``id``, ``size``.
+    """Items are dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (C, H, W) when known, ``id``, ``size``.
 
     ``rows`` hold ``id``, ``image`` and optionally ``mask``/``rle``; ``transform`` is a joint
     transforms.v2 pipeline applied to the network-sized image and mask. With ``mask_at_input_size``
@@ -339,9 +385,10 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, rows: list[dict], geometry: Geometry, with_masks: bool, transform: Any = None,
-                 mask_at_input_size: bool = True):
+                 mask_at_input_size: bool = True, masks: Any = None):
         self.rows, self.geometry, self.with_masks, self.transform = rows, geometry, with_masks, transform
         self.mask_at_input_size = mask_at_input_size
+        self.masks = masks  # a ternaus.sources.MaskSpec: masks are (C, H, W), one plane per class
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -357,15 +404,25 @@ class SegmentationDataset(Dataset):
                 # is, and collating copies it once anyway.
                 "image": torch.from_numpy(self.geometry.image_to_input(image)).permute(2, 0, 1)}
         if self.with_masks:
-            mask = load_train_mask(row, size)
-            if mask.shape != size:
-                raise DataError(f"mask of {row['id']} is {mask.shape[::-1]}, its image {size[::-1]} (W x H)")
-            if self.mask_at_input_size:
-                mask = self.geometry.mask_to_input(mask)
-            item["mask"] = torch.from_numpy(mask)[None]
+            item["mask"] = torch.from_numpy(self._masks(row, size))
         if self.transform is not None:
             item = self._augment(item, seed)
         return item
+
+    def _masks(self, row: dict, size: tuple[int, int]) -> np.ndarray:
+        if self.masks is None:
+            masks = load_train_mask(row, size)[None]
+        else:
+            from ternaus.sources import load_masks
+
+            masks = load_masks(row, size, self.masks)
+            if masks.shape[0] != self.masks.num_classes:
+                raise DataError(f"{row['id']} has {masks.shape[0]} mask plane(s), model.num_classes="
+                                f"{self.masks.num_classes}: Carvana's layout holds one class; for several use "
+                                "data.layout folders (class-index PNGs) or rle_csv")
+        if masks.shape[1:] != size:
+            raise DataError(f"mask of {row['id']} is {masks.shape[:0:-1]}, its image {size[::-1]} (W x H)")
+        return self.geometry.masks_to_input(masks) if self.mask_at_input_size else masks
 
     def _augment(self, item: dict[str, Any], seed: int | None) -> dict[str, Any]:
         if seed is None:

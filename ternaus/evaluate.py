@@ -16,7 +16,7 @@ from ternaus.data import read_mask
 from ternaus.metrics import dice_score
 from ternaus.rle import rle_decode
 
-__all__ = ["score_submission", "main"]
+__all__ = ["score_submission", "score_against_truth", "main"]
 
 
 def score_submission(submission: str | Path, masks_dir: str | Path, order: str = "C") -> float:
@@ -26,6 +26,40 @@ def score_submission(submission: str | Path, masks_dir: str | Path, order: str =
         truth = read_mask(Path(masks_dir) / f"{Path(name).stem}_mask.gif")
         scores.append(dice_score(rle_decode(rle, truth.shape, order), truth))
     return float(np.mean(scores))
+
+
+def _union_by_key(table: pd.DataFrame, fmt, shapes: dict) -> dict:
+    """Each row key's mask, the rows of one key (instances) unioned."""
+    from ternaus.rle import decode_rle
+
+    masks = {}
+    rle_column = fmt.columns[fmt.rle_column]
+    for _, row in table.iterrows():
+        key = tuple(row[c] for c in fmt.key_columns)
+        mask = decode_rle(row[rle_column], shapes[key], fmt.rle)
+        masks[key] = masks[key] | mask if key in masks else mask
+    return masks
+
+
+def score_against_truth(cfg, submission: str | Path, truth_cfg) -> float:
+    """Mean Dice over the submission's row keys (images, or (image, class) pairs; an empty pair predicted
+    empty scores 1) against the true masks that ``truth_cfg`` reads as if they were training data (the
+    synthetic competitions' hidden test masks: ternaus.competitions.TRUTH)."""
+    from ternaus.data import image_size, list_train
+    from ternaus.sources import load_masks, mask_spec
+    from ternaus.submission import image_rows, masks_to_encode, submission_format
+
+    fmt = submission_format(cfg)
+    truth_rows, shapes = [], {}
+    for row in list_train(truth_cfg).to_dict("records"):
+        name, shape = Path(row["image"]).name, image_size(row["image"])
+        masks = masks_to_encode(load_masks(row, shape, mask_spec(truth_cfg)) * 255, [0.5] * cfg.model.num_classes,
+                                fmt.encode_size)
+        truth_rows += image_rows(name, masks, fmt)
+        shapes.update({key: fmt.encode_size or shape for key in fmt.keys_of(name)})
+    truth = _union_by_key(pd.DataFrame(truth_rows, columns=list(fmt.columns)), fmt, shapes)
+    predicted = _union_by_key(pd.read_csv(submission, dtype=str, keep_default_na=False), fmt, shapes)
+    return float(np.mean([dice_score(predicted[key], mask) for key, mask in truth.items()]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,13 +26,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ternaus.analysis import level_histograms, write_oof_analysis
-from ternaus.config import Config, ConfigError, resolve, save_config
-from ternaus.data import Geometry, SegmentationDataset, check_image_files, list_test, normalise_on_device, train_items
+from ternaus.config import Config, ConfigError, class_names, save_config, thresholds
+from ternaus.data import Geometry, SegmentationDataset, check_image_files, normalise_on_device, test_rows, train_items
 from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from ternaus.distributed import world_from_environment
-from ternaus.metrics import dice_per_image, jaccard_per_image
+from ternaus.losses import probabilities
+from ternaus.metrics import dice_per_image, jaccard_per_image, per_image_class
 from ternaus.models import load_weights, new_model
 from ternaus.runtime import Runtime
+from ternaus.sources import mask_spec
 from ternaus.training import build_loader, fold_dir, folds_to_train, geometry_of, read_folds
 
 __all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard"]
@@ -56,14 +58,15 @@ def merge_tta(probs: torch.Tensor, tta: str) -> torch.Tensor:
 
 @torch.no_grad()
 def tta_probabilities(models: list[torch.nn.Module], images: torch.Tensor, runtime: Runtime,
-                      tta: str = "hflip") -> torch.Tensor:
-    """Mean sigmoid probability over TTA and ``models`` for normalised ``images`` (B, 3, H, W), float32."""
+                      tta: str = "hflip", activation: str = "sigmoid") -> torch.Tensor:
+    """Mean class probabilities (B, C, H, W) over TTA and ``models`` for normalised ``images`` (B, 3, H, W),
+    float32: sigmoids, or softmax without the background channel."""
     inputs = tta_inputs(images, tta)
     total = None
     for model in models:
         with runtime.autocast():
             logits = model(inputs)
-        probs = merge_tta(torch.sigmoid(logits.float()), tta)
+        probs = merge_tta(probabilities(logits, activation), tta)
         total = probs if total is None else total + probs
     return total / len(models)
 
@@ -220,9 +223,18 @@ class PngWriter:
 
 
 def _png_image(maps: torch.Tensor) -> np.ndarray:
-    """(C, H, W) uint8 -> what cv2 writes: (H, W) for one class, (H, W, C) for up to 4."""
+    """(C, H, W) uint8 -> one greyscale (C * H, W) image: the classes stacked top to bottom, any number of them
+    (read_prediction takes them apart); one class is the plain (H, W) probability map."""
     array = maps.cpu().numpy()
-    return array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
+    return array.reshape(-1, array.shape[-1])
+
+
+def read_prediction(path: str | Path, num_classes: int) -> np.ndarray | None:
+    """(C, H, W) uint8 probabilities from a prediction PNG, or None when it cannot be read."""
+    stacked = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if stacked is None or stacked.ndim != 2 or stacked.shape[0] % num_classes:
+        return None
+    return stacked.reshape(num_classes, -1, stacked.shape[1])
 
 
 # ---------------------------------------------------------------- stages
@@ -230,13 +242,17 @@ def _png_image(maps: torch.Tensor) -> np.ndarray:
 
 def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config, runtime: Runtime,
             mask_at_input_size: bool = True) -> DataLoader:
-    dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size)
+    dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size,
+                                  masks=mask_spec(cfg))
     return build_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
 
 
-def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, ids: list[str],
+def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, rows: list[dict],
                  fingerprint: dict, shard: Shard | None = None) -> Path:
+    """``rows``: the test images (id, image path), as data.test_rows lists them."""
     shard = shard or Shard()
+    images = {row["id"]: row["image"] for row in rows}
+    ids = list(images)
     out_dir = Path(cfg.output_dir) / cfg.predict.out_dir
     mine = shard.take(fixed_batches(ids, cfg.predict.batch_size))
     ids = [i for batch in mine for i in batch]
@@ -247,14 +263,13 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, i
         print(f"resuming: {len(done)} of {len(ids)} predictions were already written by the same models and "
               f"settings; {rest}")
     if batches:
-        _predict_batches(cfg, models, runtime, batches, out_dir, done)
+        _predict_batches(cfg, models, runtime, batches, out_dir, done, images)
     return out_dir
 
 
 def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, batches: list[list[str]],
-                     out_dir: Path, done: set[str]) -> None:
-    test_dir = resolve(cfg, cfg.data.test_dir)
-    rows = [{"id": i, "image": str(test_dir / f"{i}.jpg")} for batch in batches for i in batch]
+                     out_dir: Path, done: set[str], images: dict[str, str]) -> None:
+    rows = [{"id": i, "image": images[i]} for batch in batches for i in batch]
     starts = np.cumsum([0] + [len(b) for b in batches])
     batch_sampler = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
     geometry = geometry_of(cfg)
@@ -264,7 +279,7 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
     try:
         for batch in tqdm(loader, desc="predict test", dynamic_ncols=True):
             images = normalise_on_device(runtime.to_device(batch["image"]))
-            probs = tta_probabilities(models, images, runtime, cfg.predict.tta)
+            probs = tta_probabilities(models, images, runtime, cfg.predict.tta, cfg.model.activation)
             for image_id, maps, size in zip(batch["id"], probs, batch["size"].tolist()):
                 if image_id not in done:
                     writer.submit(out_dir / f"{image_id}.png",
@@ -273,13 +288,24 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
         writer.close()
 
 
+def oof_record(pred: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict[str, float]:
+    """Dice and Jaccard of one image's (C, H, W) masks, means over the classes; with several classes also each
+    class's Dice (``dice_<class>``)."""
+    dice = per_image_class(dice_per_image, pred[None], target[None])[0]
+    record = {"dice": dice.mean().item(), "jaccard": per_image_class(jaccard_per_image, pred[None], target[None]).mean().item()}
+    if len(classes) > 1:
+        record.update({f"dice_{name}": value for name, value in zip(classes, dice.tolist())})
+    return record
+
+
 @torch.no_grad()
 def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> tuple[pd.DataFrame, np.ndarray]:
     """Per-image Dice and Jaccard of each fold's held-out images, predicted by that fold's model, and each
     image's (2, 256) level histograms (``analysis.level_histograms``), from which the post-processing search
     scores any threshold. The probability PNGs go to ``{output_dir}/oof_predictions/`` for the report."""
     items = train_items(cfg, read_folds(cfg))
-    geometry, records, histograms = geometry_of(cfg), [], []
+    geometry, records, histograms, classes = geometry_of(cfg), [], [], class_names(cfg)
+    cut = torch.tensor(thresholds(cfg.train.threshold, len(classes)), device=runtime.device).view(-1, 1, 1) * 255
     writer = PngWriter(cfg.predict.writer_threads)
     try:
         for fold, model in models.items():
@@ -287,14 +313,13 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
             for batch in tqdm(_loader(rows, geometry, True, cfg, runtime, False), desc=f"out-of-fold {fold}",
                               dynamic_ncols=True):
                 images = normalise_on_device(runtime.to_device(batch["image"]))
-                probs = tta_probabilities([model], images, runtime, cfg.predict.tta)
+                probs = tta_probabilities([model], images, runtime, cfg.predict.tta, cfg.model.activation)
                 for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], batch["size"].tolist()):
                     levels = to_uint8(geometry.restore(maps, tuple(size)))
                     writer.submit(Path(cfg.output_dir) / OOF_DIR / f"{image_id}.png", _png_image(levels))
-                    pred, target = (levels >= cfg.train.threshold * 255)[None], mask.to(runtime.device)[None] > 0
-                    records.append({"id": image_id, "fold": fold, "dice": dice_per_image(pred, target).item(),
-                                    "jaccard": jaccard_per_image(pred, target).item()})
-                    histograms.append(level_histograms(levels[:1], target).cpu().numpy())  # class 0
+                    target = mask[:, : size[0], : size[1]].to(runtime.device) > 0  # (batch padding cropped)
+                    records.append({"id": image_id, "fold": fold, **oof_record(levels >= cut, target, classes)})
+                    histograms.append(level_histograms(levels[:1], target[:1]).cpu().numpy())  # class 0
     finally:
         writer.close()
     return pd.DataFrame(records), np.stack(histograms)
@@ -306,16 +331,13 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
     With ``shard`` (``--shard i/n``), or under ``torchrun`` (shard RANK of WORLD_SIZE, on GPU LOCAL_RANK),
     this process predicts its share of the test set only; the shards together write what one process would.
     Shard 0 also scores the out-of-fold images."""
-    if cfg.model.num_classes > 4:
-        raise ConfigError("model.num_classes: predictions are written as one PNG per image, which holds at most 4 "
-                          f"classes, got {cfg.model.num_classes}")
     world = world_from_environment()
     shard = shard or Shard(world.rank, world.size)
     runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last,
                              device_index=world.local_rank)
     # Everything that can be refused is checked before the first file is written.
-    ids = list_test(cfg)
-    check_image_files([resolve(cfg, cfg.data.test_dir) / f"{i}.jpg" for i in ids])
+    rows = test_rows(cfg)
+    check_image_files([Path(row["image"]) for row in rows])
     score_oof = cfg.predict.oof and shard.index == 0
     if score_oof:
         train_items(cfg, read_folds(cfg))
@@ -325,7 +347,7 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
         save_config(cfg, Path(cfg.output_dir) / "configs" / "predict.yaml")
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")
-    out_dir = predict_test(cfg, list(models.values()), runtime, ids, fingerprint, shard)
+    out_dir = predict_test(cfg, list(models.values()), runtime, rows, fingerprint, shard)
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
         result.update(_score_oof(cfg, models, runtime))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["dice_per_image", "jaccard_per_image", "dice_score", "overlap_counts"]
+__all__ = ["dice_per_image", "jaccard_per_image", "dice_score", "overlap_counts", "per_image_class"]
 
 
 def overlap_counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -35,3 +35,11 @@ def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
     """Dice of one pair of 2-D numpy masks (non-zero = foreground)."""
     tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a) != 0)[None]  # noqa: E731
     return float(dice_per_image(tensor(pred), tensor(target))[0])
+
+
+def per_image_class(metric, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``metric`` (dice_per_image or jaccard_per_image) of each (image, class) of (B, C, H, W) masks: (B, C).
+
+    Severstal and Clouds score the mean over (image, class) pairs, an empty pair predicted empty counting 1."""
+    batch, classes = pred.shape[:2]
+    return metric(pred.reshape(batch * classes, -1), target.reshape(batch * classes, -1)).view(batch, classes)

@@ -515,7 +515,9 @@ class ModelSpec:
     def new(self, model_cfg: Any) -> TernausNet:
         """The architecture alone, with PyTorch's default initialisation."""
         options = {name: getattr(model_cfg, name) for name in self.options}
-        return self.model_class(num_classes=model_cfg.num_classes, **options)
+        # Softmax over exclusive classes has a background channel besides them.
+        extra = 1 if getattr(model_cfg, "activation", "sigmoid") == "softmax" else 0
+        return self.model_class(num_classes=model_cfg.num_classes + extra, **options)
 
 
 VGG_UNUSED = ("classifier.",)

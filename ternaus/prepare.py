@@ -5,37 +5,48 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from ternaus.config import Config, save_config
-from ternaus.data import DataError, check_train, image_size, list_train, listing, load_train_mask
-from ternaus.folds import assign_folds, mask_area
+from ternaus.data import DataError, check_train, image_size, list_train, listing
+from ternaus.folds import assign_folds, group_column, group_ids, mask_area
 from ternaus.io import atomic_write
+from ternaus.sources import load_masks, mask_spec
 
 __all__ = ["prepare_folds"]
 
 
-def _mask_areas(table) -> list[int]:
-    """From the RLE when the CSV has it (no decoding), else from the mask file."""
-    return [mask_area(row["rle"]) if row["rle"] else int(load_train_mask(row, image_size(row["image"])).sum())
+def _mask_areas(table: pd.DataFrame, cfg: Config) -> list[int]:
+    """Foreground pixels of every class: from Carvana's RLE when the CSV has it (no decoding), else decoded."""
+    spec = mask_spec(cfg)
+    return [mask_area(row["rle"]) if row["rle"] else int(load_masks(row, image_size(row["image"]), spec).sum())
             for row in table.to_dict("records")]
 
 
 def prepare_folds(cfg: Config) -> Path:
-    """Write ``{output_dir}/folds.csv`` (id, car_id, fold[, mask_area]); raises DataError listing every problem."""
+    """Write ``{output_dir}/folds.csv`` (id, group, fold[, mask_area]); raises DataError listing every problem.
+
+    The group column is ``car_id`` for folds.group_by=car (Carvana), ``group`` otherwise."""
     table = list_train(cfg)
     # Every image's first and last bytes and every mask in full: a bad file found now costs seconds,
     # found by train.py it costs a stopped run.
-    problems = check_train(table, processes=os.cpu_count() or 1)
+    spec = mask_spec(cfg) if cfg.data.layout != "carvana" else None
+    problems = check_train(table, processes=os.cpu_count() or 1, spec=spec)
     if problems:
         raise DataError(listing(f"{len(problems)} problem(s) in the training data under {cfg.data.root}", problems))
-    columns = ["id", "car_id"]
-    if cfg.folds.stratify == "mask_area":
-        table["mask_area"] = _mask_areas(table)
+    group = group_column(cfg.folds.group_by)
+    table[group] = group_ids(table["id"], cfg.folds.group_by, cfg.folds.group_pattern)
+    columns = ["id", group]
+    if cfg.folds.stratify != "none":
+        table["mask_area"] = _mask_areas(table, cfg)
         columns.append("mask_area")
-    folds = assign_folds(table[columns], cfg.folds.n_folds, cfg.folds.stratify, cfg.folds.seed)
+    folds = assign_folds(table[columns], cfg.folds.n_folds, cfg.folds.stratify, cfg.folds.seed, group)
     out = Path(cfg.output_dir)
     save_config(cfg, out / "configs" / "prepare_folds.yaml")
     path = atomic_write(out / "folds.csv", lambda tmp: folds.to_csv(tmp, index=False))
-    sizes = folds.groupby("fold")["car_id"].nunique().tolist()
-    print(f"{len(folds)} images of {folds['car_id'].nunique()} cars in {cfg.folds.n_folds} folds "
-          f"(cars per fold: {sizes}) -> {path}")
+    sizes = folds.groupby("fold")[group].nunique().tolist()
+    what = "cars" if group == "car_id" else "groups"
+    empty = f", {int((folds['mask_area'] == 0).sum())} with empty masks" if "mask_area" in folds else ""
+    print(f"{len(folds)} images of {folds[group].nunique()} {what} in {cfg.folds.n_folds} folds "
+          f"({what} per fold: {sizes}{empty}) -> {path}")
     return path

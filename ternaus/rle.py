@@ -7,14 +7,22 @@ Encoding reads each pixel once, to pack the mask into bits (``np.packbits``); ru
 64 pixels at a time, in an eighth of the mask's bytes, and the numbers are written as ASCII digits by numpy
 rather than one Python ``str`` per number (which dominates for masks with many runs). Decoding writes each
 pixel once with ``np.repeat``. ``bench/rle.py`` measures both against the textbook version.
+
+Other competitions differ in four settings (``../shared/reference/rle-conventions.md``), held by ``RleFormat``:
+the pixel order, the index of the first pixel (1, or 0 for SIIM), absolute starts or starts relative to the end
+of the previous run (SIIM), and the token of the empty mask (``""``, or ``-1`` for SIIM). ``encode_rle`` and
+``decode_rle`` take one; ``rle_encode``/``rle_decode`` are Carvana's (1-indexed, absolute, empty ``""``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-__all__ = ["rle_encode", "rle_decode", "run_boundaries", "parse_runs", "format_integers"]
+__all__ = ["rle_encode", "rle_decode", "run_boundaries", "parse_runs", "format_integers", "RleFormat", "encode_rle",
+           "decode_rle", "absolute_runs", "is_empty_rle", "CARVANA_RLE"]
 
 _WORD_BITS = 64
 # Below this many numbers one ``str.join`` is faster than numpy's fixed cost per call.
@@ -131,11 +139,15 @@ def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
 
 def rle_decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
     """Decode ``"start length ..."`` (1-indexed starts) into a uint8 0/1 mask of ``shape`` (H, W)."""
+    starts, lengths = parse_runs(rle if isinstance(rle, str) else "")
+    return decode_runs(starts - 1, lengths, shape, order)
+
+
+def decode_runs(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int], order: str = "C") -> np.ndarray:
+    """uint8 0/1 mask of ``shape`` from 0-indexed absolute ``starts`` and ``lengths`` of runs in ``order``."""
     _check_order(order)
     height, width = shape
     size = height * width
-    starts, lengths = parse_runs(rle if isinstance(rle, str) else "")
-    starts = starts - 1
     ends = starts + lengths
     if starts.size and (starts.min() < 0 or lengths.min() < 1 or ends.max() > size):
         raise ValueError(f"RLE runs fall outside a {height}x{width} mask or have non-positive values")
@@ -158,3 +170,65 @@ def _paint_in_order(starts: np.ndarray, ends: np.ndarray, size: int) -> np.ndarr
     values = np.zeros(counts.size, np.uint8)
     values[1::2] = 1
     return np.repeat(values, counts)
+
+
+# ---------------------------------------------------------------- conventions as settings
+
+
+@dataclass(frozen=True)
+class RleFormat:
+    """One competition's RLE convention (the rows of ``rle-conventions.md``)."""
+
+    order: str = "C"  # "C": row-major (Carvana); "F": column-major (TGS, Airbus, Severstal, Clouds, SIIM)
+    start: int = 1  # the number of the first pixel: 1, or 0 (SIIM)
+    relative: bool = False  # SIIM: each start counts from the end of the previous run (the first from pixel 0)
+    empty: str = ""  # what an empty mask is written as: "" or "-1" (SIIM)
+
+    def __post_init__(self):
+        _check_order(self.order)
+        if self.start not in (0, 1):
+            raise ValueError(f"RLE start index must be 0 or 1, got {self.start!r}")
+
+
+CARVANA_RLE = RleFormat()
+
+
+def encode_rle(mask: np.ndarray, fmt: RleFormat = CARVANA_RLE) -> str:
+    """A 2-D mask (non-zero = foreground) as ``fmt`` writes it; the empty mask is ``fmt.empty``."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"encode_rle expects a 2-D mask, got shape {mask.shape}")
+    starts, lengths = run_boundaries(mask, fmt.order)
+    if not starts.size:
+        return fmt.empty
+    if fmt.relative:  # the gap before each run: its start minus the previous run's end (0 before the first)
+        starts = starts - np.concatenate([[0], starts[:-1] + lengths[:-1]])
+    pairs = np.empty(2 * starts.size, dtype=np.int64)
+    pairs[0::2] = starts + fmt.start
+    pairs[1::2] = lengths
+    return format_integers(pairs)
+
+
+def is_empty_rle(rle: object, fmt: RleFormat = CARVANA_RLE) -> bool:
+    """Whether ``rle`` is an empty mask as ``fmt`` writes it; pandas' NaN (an empty CSV cell) is empty too."""
+    if not isinstance(rle, str):
+        return True
+    text = rle.strip()
+    return text == "" or text == fmt.empty.strip()
+
+
+def absolute_runs(rle: object, fmt: RleFormat = CARVANA_RLE) -> tuple[np.ndarray, np.ndarray]:
+    """0-indexed absolute starts and lengths of the runs ``rle`` writes in ``fmt``; ValueError if not pairs."""
+    if is_empty_rle(rle, fmt):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts, lengths = parse_runs(rle)
+    starts = starts - fmt.start
+    if fmt.relative:
+        starts = np.cumsum(starts + np.concatenate([[0], lengths[:-1]]))
+    return starts, lengths
+
+
+def decode_rle(rle: object, shape: tuple[int, int], fmt: RleFormat = CARVANA_RLE) -> np.ndarray:
+    """uint8 0/1 mask of ``shape`` (H, W) from ``rle`` written in ``fmt``; ValueError for runs outside it."""
+    starts, lengths = absolute_runs(rle, fmt)
+    return decode_runs(starts, lengths, shape, fmt.order)

@@ -1,5 +1,8 @@
-"""The submission: threshold each probability PNG, run-length encode it at the image's own size, write
-``img,rle_mask`` rows in ``sample_submission.csv`` order to a gzip CSV, then check the written file.
+"""The submission: threshold each probability PNG (per class), resize it to ``submission.encode_size`` when set,
+run-length encode it in the competition's convention (``submission.rle``), write one row per image, per
+(image, class) or per connected component (``submission.rows``) with the columns ``submission.columns`` /
+``submission.values`` say, in the sample submission's row order, to a CSV (gzip for ``.gz``); then check the
+written file. The defaults are Carvana's: ``img,rle_mask``, one row per image, row-major, 1-indexed.
 
 Encoding runs in a process pool: PNG decoding and RLE are CPU-bound and independent per image.
 """
@@ -7,6 +10,7 @@ Encoding runs in a process pool: PNG decoding and RLE are CPU-bound and independ
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -16,14 +20,101 @@ import pandas as pd
 from tqdm import tqdm
 
 from ternaus.analysis import resolve_postprocessing
-from ternaus.config import Config, resolve, save_config
-from ternaus.data import DataError, image_size, list_test
+from ternaus.config import Config, ConfigError, class_names, resolve, save_config, submission_rows_problem, thresholds
+from ternaus.data import CSV_ERRORS, DataError, image_size, test_rows
+from ternaus.inference import read_prediction
 from ternaus.io import atomic_write
-from ternaus.rle import parse_runs, rle_encode
+from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle, rle_encode
 
-__all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle"]
+__all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "SubmissionFormat",
+           "submission_format", "masks_to_encode", "image_rows", "instances", "order_like_sample"]
 
-HEADER = ["img", "rle_mask"]
+
+@dataclass(frozen=True)
+class SubmissionFormat:
+    columns: tuple[str, ...] = ("img", "rle_mask")
+    values: tuple[str, ...] = ("{image}", "{rle}")
+    rows: str = "image"
+    classes: tuple[str, ...] = ("1",)
+    encode_size: tuple[int, int] | None = None
+    rle: RleFormat = CARVANA_RLE
+
+    @property
+    def rle_column(self) -> int:
+        return self.values.index("{rle}")
+
+    @property
+    def key_columns(self) -> list[str]:
+        """The columns that name a row: all but the RLE's."""
+        return [c for i, c in enumerate(self.columns) if i != self.rle_column]
+
+    def row(self, image: str, class_index: int, rle: str) -> tuple[str, ...]:
+        fields = {"image": image, "stem": Path(image).stem, "class": self.classes[class_index], "rle": rle}
+        return tuple(template.format(**fields) for template in self.values)
+
+    def keys_of(self, image: str) -> list[tuple[str, ...]]:
+        """The keys (values of the key columns) this image's rows carry."""
+        classes = range(len(self.classes)) if self.rows == "image_class" else [0]
+        return [tuple(v for i, v in enumerate(self.row(image, c, "")) if i != self.rle_column) for c in classes]
+
+
+def submission_format(cfg: Config) -> SubmissionFormat:
+    sub, rle = cfg.submission, cfg.submission.rle
+    problem = submission_rows_problem(sub, cfg.model.num_classes)
+    if problem:
+        raise ConfigError(problem)
+    return SubmissionFormat(tuple(sub.columns), tuple(sub.values), sub.rows, tuple(class_names(cfg)),
+                            tuple(sub.encode_size) if sub.encode_size else None,
+                            RleFormat(rle.order, rle.start, rle.relative, rle.empty))
+
+
+# ---------------------------------------------------------------- the functional core
+
+
+def masks_to_encode(probs: np.ndarray, cuts: list[float], encode_size: tuple[int, int] | None = None,
+                    min_area: int = 0) -> np.ndarray:
+    """(C, H, W) uint8 probabilities -> (C, h, w) bool masks: each class at its threshold, after resizing the
+    probabilities (bilinear) to ``encode_size`` (H, W) when given, so the smaller mask is not blockier. A class
+    with fewer than ``min_area`` pixels at the prediction's own size (where the search counted them) is empty."""
+    # level >= t * 255, unrounded: the comparison training, the out-of-fold scores and the search make.
+    cut = np.asarray(cuts, np.float64)[:, None, None] * 255
+    small = (probs >= cut).sum(axis=(1, 2)) < min_area if min_area else np.zeros(len(probs), bool)
+    if encode_size is not None:
+        probs = np.stack([cv2.resize(p, encode_size[::-1], interpolation=cv2.INTER_LINEAR) for p in probs])
+    masks = probs >= cut
+    masks[small] = False
+    return masks
+
+
+def instances(mask: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected components of a 2-D mask, one mask each, in the order OpenCV labels them."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return [labels == label for label in range(1, count)]
+
+
+def image_rows(image: str, masks: np.ndarray, fmt: SubmissionFormat) -> list[tuple[str, ...]]:
+    """The submission rows of one test image from its (C, h, w) masks."""
+    if fmt.rows == "image_class":
+        return [fmt.row(image, c, encode_rle(mask, fmt.rle)) for c, mask in enumerate(masks)]
+    if fmt.rows == "instance":
+        parts = instances(masks[0])
+        return [fmt.row(image, 0, encode_rle(part, fmt.rle)) for part in parts] or [fmt.row(image, 0, fmt.rle.empty)]
+    return [fmt.row(image, 0, encode_rle(masks[0], fmt.rle))]
+
+
+def order_like_sample(table: pd.DataFrame, sample: pd.DataFrame, keys: list[str], where: str) -> pd.DataFrame:
+    """``table``'s rows in the order the sample submission lists their keys; rows of one key (instances) keep
+    their own order. Keys on one side only are refused: the sample belongs to another test set or format."""
+    position = {key: i for i, key in reversed(list(enumerate(zip(*(sample[c] for c in keys)))))}
+    ours = list(zip(*(table[c] for c in keys)))
+    missing = sorted(set(position) - set(ours))
+    extra = sorted(set(ours) - set(position))
+    if missing or extra:
+        raise DataError(f"{where} and the test images disagree: {len(missing)} row(s) of the sample have no "
+                        f"prediction (e.g. {missing[:2]}), {len(extra)} prediction row(s) are not in the sample "
+                        f"(e.g. {extra[:2]}); check data.test_dir, submission.values and data.class_names")
+    order = np.argsort([position[key] for key in ours], kind="stable")
+    return table.iloc[order].reset_index(drop=True)
 
 
 def encode_prediction(png_path: str, threshold: float, min_area: int = 0) -> str:
@@ -38,8 +129,12 @@ def encode_prediction(png_path: str, threshold: float, min_area: int = 0) -> str
     return rle_encode(mask)
 
 
-def _encode_star(args: tuple[str, float, int]) -> str:
-    return encode_prediction(*args)
+def _encode_image(job: tuple[str, str, list[float], int, SubmissionFormat]) -> list[tuple[str, ...]]:
+    png_path, image, cuts, min_area, fmt = job
+    probs = read_prediction(png_path, len(cuts))
+    if probs is None:
+        raise DataError(f"prediction {png_path} cannot be read as {len(cuts)} class(es); run predict.py again")
+    return image_rows(image, masks_to_encode(probs, cuts, fmt.encode_size, min_area), fmt)
 
 
 def _prediction_paths(cfg: Config, ids: list[str]) -> list[str]:
@@ -52,46 +147,63 @@ def _prediction_paths(cfg: Config, ids: list[str]) -> list[str]:
     return paths
 
 
-def check_rle(rle: str, size: int) -> str | None:
-    """What is wrong with one RLE string for an image of ``size`` pixels, or None."""
+# ---------------------------------------------------------------- checking a written file
+
+
+def check_rle(rle: str, size: int, fmt: RleFormat = CARVANA_RLE) -> str | None:
+    """What is wrong with one RLE string (written in ``fmt``) for an image of ``size`` pixels, or None."""
     try:
-        starts, lengths = parse_runs(rle)
+        starts, lengths = absolute_runs(rle, fmt)
     except ValueError as err:
         return str(err)
-    if (starts <= 0).any() or (lengths <= 0).any():
+    if (starts < 0).any() or (lengths <= 0).any():
         return "has a start or length that is not a positive integer"
     if (np.diff(starts) <= 0).any():
         return "has starts that do not increase"
     if (starts[1:] < starts[:-1] + lengths[:-1]).any():
         return "has overlapping runs"
-    if starts.size and starts[-1] + lengths[-1] - 1 > size:
+    if starts.size and starts[-1] + lengths[-1] > size:
         return f"runs past the end of the image ({size} pixels)"
     return None
 
 
+def _expected_keys(cfg: Config, fmt: SubmissionFormat) -> dict[tuple[str, ...], int]:
+    """Every row key the test set calls for, with the pixel count its RLE is checked against."""
+    expected = {}
+    for row in test_rows(cfg):
+        image = Path(row["image"])
+        height, width = fmt.encode_size or image_size(image)
+        expected.update({key: height * width for key in fmt.keys_of(image.name)})
+    return expected
+
+
+def _name(key: tuple[str, ...]) -> str:
+    return ",".join(key)
+
+
 def check_submission(path: str | Path, cfg: Config) -> list[str]:
     """Every problem with a written submission, one line each: header, rows, each RLE string."""
-    ids = list_test(cfg)
-    table, problem = _read_submission(Path(path))
+    fmt = submission_format(cfg)
+    expected = _expected_keys(cfg, fmt)
+    table, problem = _read_submission(Path(path), list(fmt.columns))
     if problem:
         return [problem]
     # Names are compared exactly as the sample spells them ("<id>.jpg"): Kaggle matches them as strings.
-    expected = {f"{i}.jpg": i for i in ids}
-    counts = table["img"].value_counts()
-    problems = [f"{path}: {name} appears {n} times" for name, n in counts[counts > 1].items()]
-    problems += [f"{path}: {name} is missing" for name in expected if name not in counts.index]
-    problems += [f"{path}: {name!r} is not a test image" for name in counts.index if name not in expected]
-    test_dir = resolve(cfg, cfg.data.test_dir)
-    for line, name, rle in zip(table.index, table["img"], table["rle_mask"]):
-        if name in expected:
-            height, width = image_size(test_dir / name)
-            problem = check_rle(rle, height * width)
+    keys = pd.Series(list(zip(*(table[c] for c in fmt.key_columns))), index=table.index, dtype=object)
+    counts = keys.value_counts(sort=False)
+    problems = [] if fmt.rows == "instance" else [f"{path}: {_name(k)} appears {n} times"
+                                                  for k, n in counts[counts > 1].items()]
+    problems += [f"{path}: {_name(k)} is missing" for k in expected if k not in counts.index]
+    problems += [f"{path}: {_name(k)!r} is not a test image" for k in counts.index if k not in expected]
+    for line, key, rle in zip(table.index, keys, table[fmt.columns[fmt.rle_column]]):
+        if key in expected:
+            problem = check_rle(rle, expected[key], fmt.rle)
             if problem:
-                problems.append(f"{path} line {line} ({name}): the RLE {problem}")
+                problems.append(f"{path} line {line} ({_name(key)}): the RLE {problem}")
     return problems
 
 
-def _read_submission(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+def _read_submission(path: Path, header: list[str]) -> tuple[pd.DataFrame | None, str | None]:
     if not path.is_file():
         return None, f"{path} does not exist"
     try:
@@ -99,10 +211,13 @@ def _read_submission(path: Path) -> tuple[pd.DataFrame | None, str | None]:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except Exception as err:  # noqa: BLE001 - pandas, gzip and the codecs each raise their own kind
         return None, f"{path} is not a readable CSV ({type(err).__name__}: {str(err).strip()[:200]})"
-    if list(table.columns) != HEADER:
-        return None, f"{path}: header is {list(table.columns)}, expected {HEADER}"
+    if list(table.columns) != header:
+        return None, f"{path}: header is {list(table.columns)}, expected {header}"
     table.index = table.index + 2
-    return table[(table["img"] != "") | (table["rle_mask"] != "")], None
+    return table[(table != "").any(axis=1)], None
+
+
+# ---------------------------------------------------------------- the stage
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> Path:
@@ -111,21 +226,48 @@ def _write_csv(path: Path, table: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, compression=compression))
 
 
-def make_submission(cfg: Config, threshold: float | None = None, min_area: int | None = None) -> Path:
+def _encode_all(jobs: list, processes: int) -> list[list[tuple[str, ...]]]:
+    if processes == 1:  # no pool to start for a handful of images
+        return [_encode_image(job) for job in tqdm(jobs, desc="encode", dynamic_ncols=True)]
+    with Pool(processes) as pool:
+        return list(tqdm(pool.imap(_encode_image, jobs, chunksize=16), total=len(jobs), desc="encode",
+                         dynamic_ncols=True))
+
+
+def _sample(cfg: Config, fmt: SubmissionFormat) -> pd.DataFrame | None:
+    """The sample submission when there is one (Carvana's layout requires it: it lists the test images)."""
+    path = resolve(cfg, cfg.data.sample_submission)
+    if not path.is_file():
+        return None
+    try:
+        sample = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except CSV_ERRORS as err:
+        raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); replace it") from None
+    absent = [c for c in fmt.key_columns if c not in sample.columns]
+    if absent:
+        raise DataError(f"{path} has no column(s) {absent} (it has {list(sample.columns)}); set submission.columns "
+                        "to the sample's header")
+    return sample
+
+
+def make_submission(cfg: Config, threshold: float | list[float] | None = None, min_area: int | None = None) -> Path:
     """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing.
 
     ``threshold``/``min_area`` (the command line) win over the config, which wins over postprocess.json."""
+    fmt = submission_format(cfg)
     threshold, min_area, sources = resolve_postprocessing(cfg, threshold, min_area)
     print(f"post-processing: {sources}")
-    ids = list_test(cfg)
-    jobs = [(p, threshold, min_area) for p in _prediction_paths(cfg, ids)]
+    cuts = thresholds(threshold, len(fmt.classes))
+    rows = test_rows(cfg)
+    paths = _prediction_paths(cfg, [r["id"] for r in rows])
+    jobs = [(p, Path(row["image"]).name, cuts, min_area, fmt) for p, row in zip(paths, rows)]
+    sample = _sample(cfg, fmt)
     save_config(cfg, Path(cfg.output_dir) / "configs" / "make_submission.yaml")
-    processes = cfg.submission.processes or os.cpu_count() or 1
-    with Pool(processes) as pool:
-        rles = list(tqdm(pool.imap(_encode_star, jobs, chunksize=16), total=len(jobs), desc="encode",
-                         dynamic_ncols=True))
-    path = _write_csv(Path(cfg.output_dir) / cfg.submission.filename,
-                      pd.DataFrame({"img": [f"{i}.jpg" for i in ids], "rle_mask": rles}))
+    encoded = _encode_all(jobs, cfg.submission.processes or os.cpu_count() or 1)
+    table = pd.DataFrame([row for image in encoded for row in image], columns=list(fmt.columns))
+    if sample is not None:
+        table = order_like_sample(table, sample, fmt.key_columns, str(resolve(cfg, cfg.data.sample_submission)))
+    path = _write_csv(Path(cfg.output_dir) / cfg.submission.filename, table)
     problems = check_submission(path, cfg)
     if problems:
         raise DataError("the written submission has problems:\n  " + "\n  ".join(problems[:50]))

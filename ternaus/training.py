@@ -22,16 +22,17 @@ from tqdm import tqdm
 
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import read_checkpoint, save_checkpoint, unwrap
-from ternaus.config import Config, ConfigError, config_to_dict, save_config
+from ternaus.config import Config, ConfigError, class_names, config_to_dict, save_config, thresholds
 from ternaus.data import (CSV_ERRORS, DataError, Geometry, SegmentationDataset, check_image_files, duplicates,
-                          normalise_on_device, train_items)
+                          normalise_on_device, pad_collate, train_items)
 from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
 from ternaus.errors import TrainingError
 from ternaus.io import atomic_write, remove_stale_temporaries
-from ternaus.losses import SegmentationLoss
-from ternaus.metrics import dice_per_image, jaccard_per_image
+from ternaus.losses import SegmentationLoss, probabilities
+from ternaus.metrics import dice_per_image, jaccard_per_image, per_image_class
 from ternaus.models import MODELS, build_model, fit_state_dict, set_encoder_frozen
 from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
+from ternaus.sources import mask_spec
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
            "build_loader", "train_step", "new_fold_state", "FoldState"]
@@ -51,7 +52,7 @@ def read_folds(cfg: Config) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run prepare_folds.py with the same config first")
     try:
-        folds = pd.read_csv(path, dtype={"id": str, "car_id": str})
+        folds = pd.read_csv(path, dtype={"id": str, "car_id": str, "group": str})
     except CSV_ERRORS as err:
         raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); run prepare_folds.py again") from None
     if not {"id", "fold"} <= set(folds.columns) or not pd.api.types.is_integer_dtype(folds["fold"]):
@@ -110,10 +111,11 @@ class EpochSampler(Sampler):
 def build_loader(dataset: Dataset, batch_size: int, runtime: Runtime, num_workers: int,
                  sampler: Sampler | None = None, drop_last: bool = False,
                  batch_sampler: list[list[int]] | None = None) -> DataLoader:
-    """In order unless a sampler is given; pinned host memory when the batches go to a GPU."""
+    """In order unless a sampler is given; pinned host memory when the batches go to a GPU; images of different
+    sizes in one batch are padded to the largest (pad_collate)."""
     # No cv2.setNumThreads(1) in the workers: called in a worker forked after this process used OpenCV's
     # thread pool, it hangs for ever (tried).
-    common = {"num_workers": num_workers, "pin_memory": runtime.is_cuda}
+    common = {"num_workers": num_workers, "pin_memory": runtime.is_cuda, "collate_fn": pad_collate}
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **common)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last, **common)
@@ -140,9 +142,10 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
     if not train_rows or not val_rows:
         raise DataError(f"fold {fold} has {len(train_rows)} training and {len(val_rows)} validation images; "
                         "run prepare_folds.py again with this config")
-    train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment))
+    masks = mask_spec(cfg)
+    train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment), masks=masks)
     # Each rank validates its own share, without padding, so that every image is counted exactly once.
-    val_set = SegmentationDataset(val_rows[world.rank::world.size], geometry, True)
+    val_set = SegmentationDataset(val_rows[world.rank::world.size], geometry, True, masks=masks)
     # Drop a last batch of one: a single image gives a noisy Adam step at full resolution.
     per_rank = -(-len(train_rows) // world.size)
     drop_last = per_rank % cfg.train.batch_size == 1 and per_rank > 1
@@ -236,29 +239,46 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
     return total / max(state.step * state.world.size, 1)
 
 
+def _image_scores(logit: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], geometry: Geometry,
+                  cut: torch.Tensor, activation: str) -> torch.Tensor:
+    """[Dice, Jaccard, Dice of each class] of one image at its own size; Dice and Jaccard are class means."""
+    pred = probabilities(geometry.restore(logit, size)[None], activation) >= cut
+    target = (geometry.restore(mask, size) > 0.5)[None]
+    dice = per_image_class(dice_per_image, pred, target)[0]
+    jaccard = per_image_class(jaccard_per_image, pred, target)[0]
+    return torch.cat([dice.mean()[None], jaccard.mean()[None], dice]).cpu()
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_fn: SegmentationLoss,
-             geometry: Geometry, threshold: float, world: World = World()) -> dict[str, float]:
-    """Mean per-image Dice and Jaccard at ``threshold``, on each image's own area (padding cropped).
+             geometry: Geometry, threshold: float | list[float], world: World = World(),
+             classes: list[str] | None = None) -> dict[str, float]:
+    """Mean per-image Dice and Jaccard at ``threshold`` (one, or one per class), on each image's own area
+    (padding cropped); with several classes the mean over (image, class) pairs, and each class's Dice.
 
     The loss is each batch's loss weighted by its image count. Under DDP the sums of every rank's share
     are added up, so each validation image counts exactly once whatever the number of ranks."""
     model.eval()
-    # [images, Dice sum, Jaccard sum, loss sum], in float64 so that the mean does not depend on the order.
-    sums = torch.zeros(4, dtype=torch.float64)
+    activation = getattr(loss_fn, "activation", "sigmoid")
+    n_classes = len(classes) if classes else 1
+    # [images, loss sum, Dice sum, Jaccard sum, each class's Dice sum], in float64 so that the mean does not
+    # depend on the order; the same length on every rank, even one with no image to validate.
+    sums = torch.zeros(4 + n_classes, dtype=torch.float64)
+    cut = torch.tensor(thresholds(threshold, n_classes), device=runtime.device).view(1, -1, 1, 1)
     for batch in loader:
         images = normalise_on_device(runtime.to_device(batch["image"]))
         masks = batch["mask"].to(runtime.device).float()
         with runtime.autocast():
             logits = model(images)
-        sums[3] += loss_fn(logits, masks).item() * len(images)
+        sums[:2] += torch.tensor([len(images), loss_fn(logits, masks).item() * len(images)], dtype=torch.float64)
         for logit, mask, size in zip(logits.float(), masks, batch["size"].tolist()):
-            pred = (torch.sigmoid(geometry.restore(logit, tuple(size))) >= threshold)[None]
-            target = (geometry.restore(mask, tuple(size)) > 0.5)[None]
-            sums[:3] += torch.tensor([1.0, dice_per_image(pred, target).item(), jaccard_per_image(pred, target).item()],
-                                     dtype=torch.float64)
-    count, dice, jaccard, loss = sum_over_world(sums, world).tolist()
-    return {"val_loss": loss / count, "val_dice": dice / count, "val_jaccard": jaccard / count}
+            sums[2:] += _image_scores(logit, mask, tuple(size), geometry, cut, activation).double()
+    count, loss, dice, jaccard, *per_class = sum_over_world(sums, world).tolist()
+    scores = {"val_loss": loss / count, "val_dice": dice / count, "val_jaccard": jaccard / count}
+    if len(per_class) > 1:
+        names = classes or [str(k + 1) for k in range(len(per_class))]
+        scores.update({f"val_dice_{name}": value / count for name, value in zip(names, per_class)})
+    return scores
 
 
 # ---------------------------------------------------------------- a fold
@@ -275,8 +295,8 @@ def new_fold_state(cfg: Config, runtime: Runtime, world: World = World()) -> Fol
         factor = lambda epoch: 1.0  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
-    return FoldState(model, optimizer, scheduler, scaler, SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight),
-                     world=world)
+    loss_fn = SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight, cfg.model.activation)
+    return FoldState(model, optimizer, scheduler, scaler, loss_fn, world=world)
 
 
 def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int) -> None:
@@ -438,7 +458,7 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
                                      lambda: _save_progress(state, cfg, fold))
         # The plain model: each rank validates a different number of batches, with no collective inside.
         scores = validate(unwrap(state.model), data.val_loader, runtime, state.loss_fn, geometry,
-                          cfg.train.threshold, world)
+                          cfg.train.threshold, world, class_names(cfg))
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
                "time_s": round(time.perf_counter() - started, 2)}
         _end_epoch(state, cfg, fold, row, desc)
