@@ -17,10 +17,12 @@ import make_submission
 import predict
 import prepare_folds
 import train
+from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.competitions import GENERATORS, TRUTH
 from ternaus.config import load_config
 from ternaus.evaluate import score_against_truth
 from ternaus.rle import RleFormat, decode_rle
+from ternaus.submission import masks_to_encode
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMN_MAJOR = RleFormat(order="F")
@@ -36,6 +38,12 @@ class Run:
 
     def submission(self) -> pd.DataFrame:
         return pd.read_csv(self.out / self.cfg.submission.filename, dtype=str, keep_default_na=False)
+
+    def submitted(self, probs: np.ndarray) -> np.ndarray:
+        """The uint8 0/1 mask make_submission.py encodes from one class's probabilities: at the threshold and
+        minimum area it resolved (for TGS and Airbus, those predict.py searched on the out-of-fold images)."""
+        threshold, min_area, _ = resolve_postprocessing(self.cfg)
+        return masks_to_encode(probs[None], [threshold], None, min_area)[0].astype(np.uint8)
 
     def prediction(self, stem: str) -> np.ndarray:
         stacked = cv2.imread(str(self.out / "predictions" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
@@ -73,6 +81,7 @@ def runs(tmp_path_factory):
 
 def test_tgs_greyscale_101_like_images_pad_crop_and_submit_column_major(runs):
     run = runs("tgs")
+    assert read_postprocessing(run.out) is not None  # one class: predict.py searched the threshold and min_area
     folds = pd.read_csv(run.out / "folds.csv", dtype={"id": str, "group": str})
     assert (folds["group"] == folds["id"]).all() and "mask_area" in folds  # one image per group, stratified
     sample = pd.read_csv(run.root / "sample_submission.csv", dtype=str)
@@ -82,7 +91,7 @@ def test_tgs_greyscale_101_like_images_pad_crop_and_submit_column_major(runs):
     for stem, rle in zip(submission["id"], submission["rle_mask"]):
         probs = run.prediction(stem)[0]
         assert probs.shape == (29, 29)  # padded to 32 x 32 for the network, cropped back
-        assert np.array_equal(decode_rle(rle, probs.shape, COLUMN_MAJOR), (probs >= 128).astype(np.uint8))
+        assert np.array_equal(decode_rle(rle, probs.shape, COLUMN_MAJOR), run.submitted(probs))
     assert 0.0 <= FIGURES["tgs"]["test_dice"] <= 1.0
 
 
@@ -96,10 +105,10 @@ def test_airbus_instances_are_unioned_for_training_and_split_into_rows_for_the_s
         probs = run.prediction(Path(name).stem)[0]
         ships = [decode_rle(rle, probs.shape, COLUMN_MAJOR) for rle in rows["EncodedPixels"]]
         if rows["EncodedPixels"].tolist() == [""]:
-            assert not (probs >= 128).any()
+            assert not run.submitted(probs).any()
             continue
         assert all(ship.any() for ship in ships)
-        assert np.array_equal(np.sum(ships, axis=0), (probs >= 128).astype(np.int64))  # disjoint, whole mask
+        assert np.array_equal(np.sum(ships, axis=0), run.submitted(probs))  # disjoint, the whole mask
         for ship in ships:
             assert cv2.connectedComponents(ship, connectivity=8)[0] == 2  # one component per row
 
