@@ -24,7 +24,7 @@ from ternaus.config import Config, ConfigError, class_names, resolve, save_confi
 from ternaus.data import CSV_ERRORS, DataError, image_size, test_rows
 from ternaus.inference import read_prediction
 from ternaus.io import atomic_write
-from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle, rle_encode
+from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
 
 __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "SubmissionFormat",
            "submission_format", "masks_to_encode", "image_rows", "instances", "order_like_sample"]
@@ -118,15 +118,10 @@ def order_like_sample(table: pd.DataFrame, sample: pd.DataFrame, keys: list[str]
 
 
 def encode_prediction(png_path: str, threshold: float, min_area: int = 0) -> str:
-    """RLE of ``png >= threshold * 255`` (0..255 probabilities), row-major as Carvana wants; a mask of fewer
-    than ``min_area`` pixels is submitted empty."""
-    probs = cv2.imread(png_path, cv2.IMREAD_UNCHANGED)
-    if probs is None:
-        raise DataError(f"prediction {png_path} cannot be read; run predict.py again")
-    mask = probs >= threshold * 255
-    if np.count_nonzero(mask) < min_area:
-        mask[:] = False  # encoded by the same encoder, whatever its convention for an empty mask
-    return rle_encode(mask)
+    """RLE of one single-class prediction PNG in Carvana's format, as ``make_submission`` encodes it: pixels
+    ``>= threshold * 255``, and empty when fewer than ``min_area`` are."""
+    fmt = SubmissionFormat()
+    return _encode_image((png_path, Path(png_path).name, [threshold], min_area, fmt))[0][fmt.rle_column]
 
 
 def _encode_image(job: tuple[str, str, list[float], int, SubmissionFormat]) -> list[tuple[str, ...]]:
