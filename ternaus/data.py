@@ -28,6 +28,7 @@ __all__ = [
     "DataError", "Geometry", "SegmentationDataset", "car_id_of", "read_image", "read_mask",
     "list_train", "list_test", "check_train", "check_train_row", "train_items", "image_size", "image_file_problem",
     "check_image_files", "listing", "duplicates", "CSV_ERRORS", "test_rows", "pad_collate",
+    "prediction_image", "read_prediction",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,6 +114,20 @@ def normalise_mask_values(mask: np.ndarray, source: str) -> np.ndarray:
         return (mask == 255).astype(np.uint8)
     raise DataError(f"mask {source} holds values {values[:8].tolist()}; expected 0/1 or 0/255 "
                     "(a binary mask: save it with exactly two values)")
+
+
+def prediction_image(levels: np.ndarray) -> np.ndarray:
+    """(C, H, W) uint8 probabilities -> the prediction PNG's one greyscale (C * H, W) image: the classes stacked
+    top to bottom, any number of them (read_prediction takes them apart); one class is the plain (H, W) map."""
+    return levels.reshape(-1, levels.shape[-1])
+
+
+def read_prediction(path: str | Path, num_classes: int) -> np.ndarray | None:
+    """(C, H, W) uint8 probabilities from a prediction PNG, or None when it cannot be read."""
+    stacked = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if stacked is None or stacked.ndim != 2 or stacked.shape[0] % num_classes:
+        return None
+    return stacked.reshape(num_classes, -1, stacked.shape[1])
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from ternaus.analysis import level_histograms, write_oof_analysis
 from ternaus.config import Config, ConfigError, class_names, save_config, thresholds
-from ternaus.data import Geometry, SegmentationDataset, check_image_files, normalise_on_device, test_rows, train_items
+from ternaus.data import (Geometry, SegmentationDataset, check_image_files, normalise_on_device, prediction_image,
+                          test_rows, train_items)
 from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from ternaus.distributed import world_from_environment
 from ternaus.losses import probabilities
@@ -222,21 +223,6 @@ class PngWriter:
         self.pool.shutdown()
 
 
-def _png_image(maps: torch.Tensor) -> np.ndarray:
-    """(C, H, W) uint8 -> one greyscale (C * H, W) image: the classes stacked top to bottom, any number of them
-    (read_prediction takes them apart); one class is the plain (H, W) probability map."""
-    array = maps.cpu().numpy()
-    return array.reshape(-1, array.shape[-1])
-
-
-def read_prediction(path: str | Path, num_classes: int) -> np.ndarray | None:
-    """(C, H, W) uint8 probabilities from a prediction PNG, or None when it cannot be read."""
-    stacked = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if stacked is None or stacked.ndim != 2 or stacked.shape[0] % num_classes:
-        return None
-    return stacked.reshape(num_classes, -1, stacked.shape[1])
-
-
 # ---------------------------------------------------------------- stages
 
 
@@ -283,7 +269,7 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
             for image_id, maps, size in zip(batch["id"], probs, batch["size"].tolist()):
                 if image_id not in done:
                     writer.submit(out_dir / f"{image_id}.png",
-                                  _png_image(to_uint8(geometry.restore(maps, tuple(size)))))
+                                  prediction_image(to_uint8(geometry.restore(maps, tuple(size))).cpu().numpy()))
     finally:
         writer.close()
 
@@ -316,7 +302,8 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
                 probs = tta_probabilities([model], images, runtime, cfg.predict.tta, cfg.model.activation)
                 for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], batch["size"].tolist()):
                     levels = to_uint8(geometry.restore(maps, tuple(size)))
-                    writer.submit(Path(cfg.output_dir) / OOF_DIR / f"{image_id}.png", _png_image(levels))
+                    writer.submit(Path(cfg.output_dir) / OOF_DIR / f"{image_id}.png",
+                                  prediction_image(levels.cpu().numpy()))
                     target = mask[:, : size[0], : size[1]].to(runtime.device) > 0  # (batch padding cropped)
                     records.append({"id": image_id, "fold": fold, **oof_record(levels >= cut, target, classes)})
                     histograms.append(level_histograms(levels[:1], target[:1]).cpu().numpy())  # class 0

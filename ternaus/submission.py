@@ -21,8 +21,7 @@ from tqdm import tqdm
 
 from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, ConfigError, class_names, resolve, save_config, submission_rows_problem, thresholds
-from ternaus.data import CSV_ERRORS, DataError, image_size, test_rows
-from ternaus.inference import read_prediction
+from ternaus.data import CSV_ERRORS, DataError, image_size, read_prediction, test_rows
 from ternaus.io import atomic_write
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
 
