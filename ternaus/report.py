@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from ternaus.analysis import resolve_postprocessing
-from ternaus.config import Config, resolve
-from ternaus.data import list_test, list_train, load_train_mask, read_image
+from ternaus.config import Config, thresholds
+from ternaus.data import list_train, load_train_mask, read_image, read_prediction, test_rows
 from ternaus.inference import OOF_DIR
 from ternaus.io import atomic_write_bytes, atomic_write_text
 from ternaus.plots import svg_line_chart
+from ternaus.submission import masks_to_encode
 from ternaus.training import fold_dir, folds_to_train
 
 __all__ = ["build_report", "cv_table", "pick_examples", "disagreement", "montage_row"]
@@ -96,14 +97,15 @@ def write_png(path: Path, rgb: np.ndarray) -> str:
     return path.name
 
 
-def read_probability(path: Path) -> np.ndarray | None:
-    probs = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    return probs if probs is None or probs.ndim == 2 else probs[..., 0]
+def read_probability(path: Path, num_classes: int) -> np.ndarray | None:
+    """Class 0's (H, W) probabilities from a prediction PNG (the report shows the first class)."""
+    probs = read_prediction(path, num_classes)
+    return None if probs is None else probs[0]
 
 
-def thresholded(probs: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
-    mask = probs >= threshold * 255
-    return mask if np.count_nonzero(mask) >= min_area else np.zeros_like(mask)
+def thresholded(probs: np.ndarray, threshold: float | list[float], min_area: int) -> np.ndarray:
+    """The mask make_submission.py encodes from class 0's probabilities."""
+    return masks_to_encode(probs[None], thresholds(threshold, 1)[:1], None, min_area)[0]
 
 
 # ---------------------------------------------------------------- HTML sections
@@ -179,7 +181,7 @@ def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bo
 
 
 def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarray] | None:
-    probs = read_probability(Path(cfg.output_dir) / OOF_DIR / f"{row['id']}.png")
+    probs = read_probability(Path(cfg.output_dir) / OOF_DIR / f"{row['id']}.png", cfg.model.num_classes)
     if probs is None:
         return None
     image = read_image(row["image"])
@@ -190,11 +192,12 @@ def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarra
 def test_section(cfg: Config, out: Path, post: tuple[float, int]) -> str:
     pred_dir = Path(cfg.output_dir) / cfg.predict.out_dir
     items = []
-    for rank, image_id in enumerate(list_test(cfg)[: cfg.report.test_images], 1):
-        probs = read_probability(pred_dir / f"{image_id}.png")
+    for rank, row in enumerate(test_rows(cfg)[: cfg.report.test_images], 1):
+        image_id = row["id"]
+        probs = read_probability(pred_dir / f"{image_id}.png", cfg.model.num_classes)
         if probs is None:
             return f"<p>No test predictions in {escape(str(pred_dir))}: run predict.py.</p>"
-        image = read_image(resolve(cfg, cfg.data.test_dir) / f"{image_id}.jpg")
+        image = read_image(row["image"])
         mask = thresholded(probs, *post)
         overlay = disagreement(image, mask, mask)
         name = write_png(out / f"test_{rank:02d}.png", montage_row([image, probs, overlay], cfg.report.tile_height))
