@@ -237,8 +237,8 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, r
                  fingerprint: dict, shard: Shard | None = None) -> Path:
     """``rows``: the test images (id, image path), as data.test_rows lists them."""
     shard = shard or Shard()
-    images = {row["id"]: row["image"] for row in rows}
-    ids = list(images)
+    image_paths = {row["id"]: row["image"] for row in rows}
+    ids = list(image_paths)
     out_dir = Path(cfg.output_dir) / cfg.predict.out_dir
     mine = shard.take(fixed_batches(ids, cfg.predict.batch_size))
     ids = [i for batch in mine for i in batch]
@@ -249,13 +249,13 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, r
         print(f"resuming: {len(done)} of {len(ids)} predictions were already written by the same models and "
               f"settings; {rest}")
     if batches:
-        _predict_batches(cfg, models, runtime, batches, out_dir, done, images)
+        _predict_batches(cfg, models, runtime, batches, out_dir, done, image_paths)
     return out_dir
 
 
 def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, batches: list[list[str]],
-                     out_dir: Path, done: set[str], images: dict[str, str]) -> None:
-    rows = [{"id": i, "image": images[i]} for batch in batches for i in batch]
+                     out_dir: Path, done: set[str], image_paths: dict[str, str]) -> None:
+    rows = [{"id": i, "image": image_paths[i]} for batch in batches for i in batch]
     starts = np.cumsum([0] + [len(b) for b in batches])
     batch_sampler = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
     geometry = geometry_of(cfg)
@@ -278,7 +278,8 @@ def oof_record(pred: torch.Tensor, target: torch.Tensor, classes: list[str]) -> 
     """Dice and Jaccard of one image's (C, H, W) masks, means over the classes; with several classes also each
     class's Dice (``dice_<class>``)."""
     dice = per_image_class(dice_per_image, pred[None], target[None])[0]
-    record = {"dice": dice.mean().item(), "jaccard": per_image_class(jaccard_per_image, pred[None], target[None]).mean().item()}
+    jaccard = per_image_class(jaccard_per_image, pred[None], target[None])[0]
+    record = {"dice": dice.mean().item(), "jaccard": jaccard.mean().item()}
     if len(classes) > 1:
         record.update({f"dice_{name}": value for name, value in zip(classes, dice.tolist())})
     return record
