@@ -137,8 +137,12 @@ def test_a_car_sized_mask_with_many_runs_matches_the_definition():
     assert rle_encode(mask) == plain_rle(mask)
 
 
+# Every power of ten and its neighbours (each digit count, each limb boundary of the table lookup), zeros in
+# every limb, and counts on both sides of the int32 switch (4096).
 @pytest.mark.parametrize("values", [[0], [7], [0, 9, 10, 99, 100, 1_000_000, 2_455_040], list(range(3000)),
-                                    [10 ** 12, 5] * 1500])
+                                    [10 ** 12, 5] * 1500, [10 ** k + d for k in range(19) for d in (-1, 0, 1)] * 2,
+                                    [0, 9_999, 10_000, 10_001, 100_000_000, 2 ** 31 - 1] * 1000,
+                                    [0, 10_000, 2 ** 31, 10 ** 15] * 1200])
 def test_format_integers_writes_what_str_join_writes(values):
     from ternaus.rle import format_integers
     assert format_integers(np.array(values)) == " ".join(map(str, values))
