@@ -17,10 +17,11 @@ import pandas as pd
 
 from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, thresholds
-from ternaus.data import list_train, load_train_mask, read_image, read_prediction, test_rows
+from ternaus.data import list_train, read_image, read_prediction, test_rows
 from ternaus.inference import OOF_DIR
 from ternaus.io import atomic_write_bytes, atomic_write_text
 from ternaus.plots import svg_line_chart
+from ternaus.sources import load_masks, mask_spec
 from ternaus.submission import masks_to_encode
 from ternaus.training import fold_dir, folds_to_train
 
@@ -185,7 +186,7 @@ def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarra
     if probs is None:
         return None
     image = read_image(row["image"])
-    truth = load_train_mask(row, image.shape[:2]) > 0
+    truth = load_masks(row, image.shape[:2], mask_spec(cfg))[0] > 0  # class 0, from whichever layout
     return [image, truth.astype(np.uint8) * 255, probs, disagreement(image, truth, thresholded(probs, *post))]
 
 

@@ -146,3 +146,36 @@ def test_pure_parts():
     assert nice_ticks(1, 10) == [0, 2.5, 5, 7.5, 10] and nice_ticks(0.3, 0.3) == [0.28, 0.29, 0.3, 0.31, 0.32]
     svg = svg_line_chart({"a": ([1, 2], [0.5, float("nan")])}, "t", "x", "y")
     assert svg.startswith("<svg") and svg.count("<circle") == 1 and "nan" not in svg
+
+
+def test_montage_truth_comes_from_the_layouts_masks_csv_in_its_rle_order(tmp_path):
+    """An Airbus-style run (rle_csv layout, one row per ship, column-major): the montage's truth tile is the
+    CSV's mask, not Carvana's (which this layout does not have)."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    truth = box(2, 3, 5, 7) | box(12, 20, 4, 6)  # two ships
+    ships = []
+    for ship in (box(2, 3, 5, 7), box(12, 20, 4, 6)):
+        flat = ship.flatten(order="F").astype(int)
+        starts = np.flatnonzero(np.diff(np.r_[0, flat]) == 1)
+        ends = np.flatnonzero(np.diff(np.r_[flat, 0]) == -1) + 1
+        ships.append(" ".join(f"{s + 1} {e - s}" for s, e in zip(starts, ends)))
+    write_image(data / "train_v2" / "ship1.jpg", 1)
+    write_image(data / "test_v2" / "sea1.jpg", 2)
+    pd.DataFrame({"ImageId": ["ship1.jpg"] * 2, "EncodedPixels": ships}).to_csv(
+        data / "train_ship_segmentations_v2.csv", index=False)
+    pd.DataFrame({"ImageId": ["sea1.jpg"], "EncodedPixels": [""]}).to_csv(data / "sample_submission_v2.csv",
+                                                                           index=False)
+    write_png(run / "oof_predictions" / "ship1.png", truth * 255)  # a perfect prediction
+    write_png(run / "predictions" / "sea1.png", np.zeros((H, W), np.uint8))
+    pd.DataFrame({"id": ["ship1"], "fold": [0], "dice": [1.0], "jaccard": [1.0]}).to_csv(run / "oof.csv", index=False)
+    cfg = load_config(ROOT / "configs/airbus.yaml", [f"data.root={data}", f"output_dir={run}", "folds.n_folds=2",
+                                                     "report.worst=1", "report.best=1", "report.tile_height=20",
+                                                     "submission.threshold=0.5", "submission.min_area=0"])
+    build_report(cfg)
+    montage = cv2.cvtColor(cv2.imread(str(run / "report" / "worst_01.png")), cv2.COLOR_BGR2RGB)
+    gap = (montage.shape[1] - 4 * W) // 3  # four tiles of 30 x 20 at height 20
+    truth_tile = montage[:, W + gap: 2 * W + gap, 0]
+    assert np.array_equal(truth_tile > 127, truth.astype(bool))
+    last = montage[:, -W:].astype(int)
+    agree = (np.abs(last - TP).sum(-1) < 30)
+    assert np.array_equal(agree, truth.astype(bool))  # prediction and truth agree everywhere: no red, no blue
