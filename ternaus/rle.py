@@ -6,8 +6,8 @@ A mask is written as space-separated ``start length`` pairs. Carvana numbers pix
 Encoding reads each pixel once, to pack the mask into bits (``np.packbits``); run boundaries are then found
 64 pixels at a time, in an eighth of the mask's bytes, and the numbers' characters are looked up four digits
 at a time in a table rather than made by one Python ``str`` per number (which dominates for masks with many
-runs). Decoding writes each
-pixel once with ``np.repeat``. ``bench/rle.py`` measures both against the textbook version.
+runs). Decoding writes each pixel once with ``np.repeat``. ``bench/rle.py`` measures both against the textbook
+version.
 
 Other competitions differ in four settings (``../shared/reference/rle-conventions.md``), held by ``RleFormat``:
 the pixel order, the index of the first pixel (1, or 0 for SIIM), absolute starts or starts relative to the end

@@ -13,6 +13,7 @@ from PIL import Image
 from ternaus.config import load_config
 from ternaus.plots import nice_ticks, svg_line_chart
 from ternaus.report import FN, FP, TP, build_report, cv_table, disagreement, montage_row, pick_examples
+from test_rle import plain_rle  # the RLE definition, one pixel at a time
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["car1_01", "car1_02", "car2_01", "car2_02", "car3_01"]
@@ -153,12 +154,7 @@ def test_montage_truth_comes_from_the_layouts_masks_csv_in_its_rle_order(tmp_pat
     CSV's mask, not Carvana's (which this layout does not have)."""
     data, run = tmp_path / "data", tmp_path / "run"
     truth = box(2, 3, 5, 7) | box(12, 20, 4, 6)  # two ships
-    ships = []
-    for ship in (box(2, 3, 5, 7), box(12, 20, 4, 6)):
-        flat = ship.flatten(order="F").astype(int)
-        starts = np.flatnonzero(np.diff(np.r_[0, flat]) == 1)
-        ends = np.flatnonzero(np.diff(np.r_[flat, 0]) == -1) + 1
-        ships.append(" ".join(f"{s + 1} {e - s}" for s, e in zip(starts, ends)))
+    ships = [plain_rle(ship, "F") for ship in (box(2, 3, 5, 7), box(12, 20, 4, 6))]  # one row per ship
     write_image(data / "train_v2" / "ship1.jpg", 1)
     write_image(data / "test_v2" / "sea1.jpg", 2)
     pd.DataFrame({"ImageId": ["ship1.jpg"] * 2, "EncodedPixels": ships}).to_csv(
