@@ -91,7 +91,7 @@ def in_cache(fns: dict[str, Callable], cases: list, encoded: list[str], repeats:
 
 
 def speedup(slow: list[float], fast: list[float]) -> str:
-    return f"**{statistics.median(a / b for a, b in zip(slow, fast)):.1f}x**"
+    return f"{statistics.median(a / b for a, b in zip(slow, fast)):.1f}x"
 
 
 def check(cases: list[np.ndarray]) -> list[str]:
@@ -119,9 +119,9 @@ def measure(kind: str, count: int, repeats: int) -> list[list[object]]:
         t = timer(ENCODERS, cases, encoded, repeats)
         med = {name: statistics.median(values) for name, values in t.items()}
         rows.append([f"{kind}, {state}", runs, fmt(med["copy"], 3), fmt(med["textbook"]), fmt(med["ours"], 3),
-                     speedup(t["textbook"], t["ours"])])
+                     f"**{speedup(t['textbook'], t['ours'])}**"])
     decode_cells = [fmt(statistics.median(decode["textbook_dec"])), fmt(statistics.median(decode["dec"])),
-                    speedup(decode["textbook_dec"], decode["dec"]).strip("*")]
+                    speedup(decode["textbook_dec"], decode["dec"])]
     return [row + decode_cells for row in rows]
 
 
