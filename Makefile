@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 $(DEMO_DATA)/sample_submission.csv: | venv
-	$(PY) -m ternaus.synthetic --out $(DEMO_DATA) $(DEMO_DATA_ARGS)
+	$(PY) -m ternaus.fixtures.carvana --out $(DEMO_DATA) $(DEMO_DATA_ARGS)
 
 demo: venv $(DEMO_DATA)/sample_submission.csv
 	$(PY) prepare_folds.py --config $(CONFIG)
@@ -49,8 +49,8 @@ bench: venv
 # Pre-trained on one synthetic set (seed 3), compared on another (seed 7): same renderer, different cars.
 EXP_DATA_ARGS := --cars 8 --test-cars 1 --size 96x64
 experiment: venv
-	test -f data/exp_source/sample_submission.csv || $(PY) -m ternaus.synthetic --out data/exp_source $(EXP_DATA_ARGS) --seed 3
-	test -f data/exp_target/sample_submission.csv || $(PY) -m ternaus.synthetic --out data/exp_target $(EXP_DATA_ARGS) --seed 7
+	test -f data/exp_source/sample_submission.csv || $(PY) -m ternaus.fixtures.carvana --out data/exp_source $(EXP_DATA_ARGS) --seed 3
+	test -f data/exp_target/sample_submission.csv || $(PY) -m ternaus.fixtures.carvana --out data/exp_target $(EXP_DATA_ARGS) --seed 7
 	$(PY) -m experiments.init_comparison --config experiments/init_comparison.yaml --pretrain-data data/exp_source
 
 clean-demo:

@@ -13,8 +13,8 @@ import torch
 
 from ternaus.checkpoint import save_checkpoint
 from ternaus.config import Config, load_config
+from ternaus.fixtures.carvana import jpeg_bytes, make_car, render_view
 from ternaus.models import build_model
-from ternaus.synthetic import _jpeg_bytes, make_car, render_view
 
 VIEWS_RENDERED = 8
 
@@ -32,7 +32,7 @@ def test_ids(count: int) -> list[str]:
 def write_test_set(root: Path, count: int, views: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """``root/test/<id>.jpg`` and ``root/sample_submission.csv`` for ``count`` images; returns the ids."""
     (root / "test").mkdir(parents=True, exist_ok=True)
-    jpegs = [_jpeg_bytes(image, 90) for image, _ in views]
+    jpegs = [jpeg_bytes(image, 90) for image, _ in views]
     ids = test_ids(count)
     for k, image_id in enumerate(ids):
         (root / "test" / f"{image_id}.jpg").write_bytes(jpegs[k % len(jpegs)])

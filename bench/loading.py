@@ -24,9 +24,10 @@ from bench.common import fmt, median_seconds, parser, table, write_section
 from bench.fixtures import rendered_views
 from ternaus.augment import JointTransform, build_train_transform
 from ternaus.config import AugmentConfig, load_config
-from ternaus.data import Geometry, SegmentationDataset
+from ternaus.data.dataset import SegmentationDataset
+from ternaus.data.geometry import Geometry
+from ternaus.fixtures.carvana import gif_bytes, jpeg_bytes
 from ternaus.runtime import Runtime
-from ternaus.synthetic import _gif_bytes, _jpeg_bytes
 from ternaus.training import build_loader
 
 SIZE = (1918, 1280)
@@ -40,8 +41,8 @@ def write_files(folder: Path, count: int) -> list[dict]:
         image, mask = views[k % len(views)]
         rows.append({"id": f"img{k:04d}", "image": str(folder / f"img{k:04d}.jpg"),
                      "mask": str(folder / f"img{k:04d}_mask.gif"), "rle": ""})
-        Path(rows[-1]["image"]).write_bytes(_jpeg_bytes(image, 90))
-        Path(rows[-1]["mask"]).write_bytes(_gif_bytes(mask))
+        Path(rows[-1]["image"]).write_bytes(jpeg_bytes(image, 90))
+        Path(rows[-1]["mask"]).write_bytes(gif_bytes(mask))
     return rows
 
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import median_seconds, parser, write_section
-from ternaus.models import MODELS
+from ternaus.registry import MODELS
 
 # (model.name, model.transposed): the original code's default decoder for each model, and the alternative.
 VARIANTS = (("unet11", False), ("unet16", False), ("unet16", True), ("albunet34", False), ("albunet34", True))

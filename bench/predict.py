@@ -20,10 +20,10 @@ import torch
 
 from bench.common import fmt, median_seconds, parser, table, write_section
 from bench.fixtures import config, rendered_views, write_checkpoints, write_test_set
-from ternaus.data import normalise_on_device
+from ternaus.data.dataset import normalise_on_device
+from ternaus.data.geometry import geometry_of
 from ternaus.inference import load_fold_models, predict, tta_probabilities
 from ternaus.runtime import Runtime
-from ternaus.training import geometry_of
 
 
 def arguments():

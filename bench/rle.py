@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 
 from bench.common import fmt, parser, table, write_section
+from ternaus.fixtures.carvana import make_car, render_view
 from ternaus.rle import rle_decode, rle_encode
-from ternaus.synthetic import make_car, render_view
 
 SIZE = (1918, 1280)  # (W, H)
 

@@ -11,9 +11,9 @@ ImageNet row is reported as not run and the other two are trained. Running the c
 
 from pathlib import Path
 
+from experiments.initialisation import pretrain, run_experiment
 from ternaus.cli import load_stage_config, run_stage, stage_parser
-from ternaus.config import ConfigError
-from ternaus.experiment import pretrain, run_experiment
+from ternaus.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

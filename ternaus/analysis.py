@@ -23,14 +23,16 @@ import torch
 
 from ternaus.config import Config, thresholds
 from ternaus.io import atomic_write, atomic_write_text
+from ternaus.registry import METRICS
+from ternaus.run_files import RunFiles
 
 __all__ = ["level_histograms", "counts_at_levels", "threshold_level", "score_from_counts", "best_min_area",
-           "search_postprocessing", "PostProcessing", "per_image_scores", "DEFAULT_THRESHOLDS",
-           "write_oof_analysis", "read_postprocessing", "resolve_postprocessing", "POSTPROCESS_FILE"]
+           "search_table", "choose_row", "search_postprocessing", "PostProcessing", "per_image_scores",
+           "DEFAULT_THRESHOLDS",
+           "write_oof_analysis", "read_postprocessing", "resolve_postprocessing"]
 
 LEVELS = 256
 DEFAULT_THRESHOLDS = tuple(round(t / 100, 2) for t in range(1, 100))
-POSTPROCESS_FILE = "postprocess.json"
 TIE = 1e-12  # scores closer than this count as equal: ties are broken by the rules in choose_row
 
 
@@ -57,11 +59,9 @@ def threshold_level(threshold: float | np.ndarray) -> np.ndarray:
 
 
 def score_from_counts(overlap: np.ndarray, predicted: np.ndarray, target: np.ndarray, metric: str) -> np.ndarray:
-    """Per-image Dice or IoU (Jaccard) from counts; an empty prediction of an empty mask scores 1."""
-    overlap, predicted, target = (np.asarray(a, dtype=np.float64) for a in (overlap, predicted, target))
-    denominator = predicted + target if metric == "dice" else predicted + target - overlap
-    numerator = 2 * overlap if metric == "dice" else overlap
-    return np.where(denominator > 0, numerator / np.maximum(denominator, 1), 1.0)
+    """Per-image ``metric`` (``ternaus.registry.METRICS``: Dice or IoU) from counts; an empty prediction of an
+    empty mask scores 1."""
+    return METRICS[metric].load()(overlap, predicted, target)
 
 
 def best_min_area(kept: np.ndarray, emptied: np.ndarray, areas: np.ndarray) -> tuple[int, float]:
@@ -139,23 +139,23 @@ def per_image_scores(histograms: np.ndarray, threshold: float, min_area: int = 0
 def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray) -> PostProcessing:
     """``oof.csv`` with scores at the training threshold and after the searched post-processing,
     ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``."""
-    out = Path(cfg.output_dir)
+    files = RunFiles.of(cfg)
     trained_at = thresholds(cfg.train.threshold, 1)[0]  # one class: a number, or a list of one
     chosen, table = search_postprocessing(histograms, cfg.postprocess.metric, trained_at)
     plain = per_image_scores(histograms, trained_at)
     tuned = per_image_scores(histograms, chosen.threshold, chosen.min_area)
     oof = oof[["id", "fold"]].reset_index(drop=True).join(plain)
     oof = oof.assign(dice_pp=tuned["dice"], jaccard_pp=tuned["jaccard"])
-    atomic_write(out / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
-    atomic_write(out / "oof_levels.npz",
+    atomic_write(files.oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
+    atomic_write(files.oof_levels,
                  lambda tmp: np.savez_compressed(tmp, ids=np.asarray(oof["id"], dtype=str), histograms=histograms))
-    atomic_write(out / "postprocess_search.csv", lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write_text(out / POSTPROCESS_FILE, json.dumps(asdict(chosen), indent=1) + "\n")
+    atomic_write(files.postprocess_search, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write_text(files.postprocess, json.dumps(asdict(chosen), indent=1) + "\n")
     return chosen
 
 
 def read_postprocessing(output_dir: str | Path) -> dict | None:
-    path = Path(output_dir) / POSTPROCESS_FILE
+    path = RunFiles(Path(output_dir)).postprocess
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -165,7 +165,7 @@ def resolve_postprocessing(cfg: Config, threshold: float | list[float] | None = 
     command line, then ``submission.threshold``/``submission.min_area`` (set, not null), then the values
     ``predict.py`` searched (``postprocess.json``), then 0.5 and 0."""
     searched = read_postprocessing(cfg.output_dir) or {}
-    where = f"{Path(cfg.output_dir) / POSTPROCESS_FILE} (searched on the out-of-fold predictions)"
+    where = f"{RunFiles.of(cfg).postprocess} (searched on the out-of-fold predictions)"
     picks = []
     for cli, configured, key, default in ((threshold, cfg.submission.threshold, "threshold", 0.5),
                                           (min_area, cfg.submission.min_area, "min_area", 0)):

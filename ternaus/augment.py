@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from ternaus.config import AugmentConfig
 
-__all__ = ["build_train_transform", "JointTransform", "HSVShift", "ShiftScaleRotate"]
+__all__ = ["build_train_transform", "JointTransform", "HSVShift", "ShiftScaleRotate", "hsv_shift", "shift_scale_rotate"]
 
 
 class JointTransform:

@@ -1,20 +1,30 @@
-"""Training checkpoints: model (unwrapped, no ``module.`` prefix), optimizer, scaler, scheduler, epoch,
-step, best score, RNG states, the log and the config, written atomically. Read back with
-``weights_only=True``.
+"""Training checkpoints, and resuming a fold from one.
+
+A checkpoint holds the model (unwrapped: no ``module.`` prefix), optimizer, scaler, scheduler, epoch, step,
+best score, the random generators' states, the log and the config, written atomically; it is read back with
+``weights_only=True``. ``FoldState`` is everything a fold's training carries from step to step:
+``save_fold_state`` writes it, ``resume_fold_state`` restores it, so that a run killed at any moment and
+started again ends with the same weights and log as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ternaus.config import Config, config_to_dict
+from ternaus.distributed import World
+from ternaus.errors import TrainingError, WeightsError
 from ternaus.io import atomic_write
-from ternaus.models import WeightsError
+from ternaus.runtime import Runtime, rng_states, set_rng_states
+from ternaus.weights import fit_state_dict
 
-__all__ = ["save_checkpoint", "read_checkpoint", "unwrap"]
+__all__ = ["save_checkpoint", "read_checkpoint", "unwrap", "FoldState", "save_fold_state", "resume_fold_state"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -55,3 +65,66 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise WeightsError(f"{path} is not a checkpoint written by train.py (no 'model' entry)")
     return ckpt
+
+
+# ---------------------------------------------------------------- a fold's training state
+
+
+@dataclass
+class FoldState:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches done in epoch ``epoch + 1``: non-zero only in a mid-epoch checkpoint
+    loss_sum: torch.Tensor | None = None  # their summed loss, on the device
+    best_score: float = -math.inf
+    log: list[dict] = field(default_factory=list)
+    world: World = World()
+
+
+def save_fold_state(state: FoldState, path: Path, cfg: Config, fold: int,
+                    partial_loss: torch.Tensor | None = None) -> None:
+    """Rank 0 writes the state; ``partial_loss``: the loss summed over every rank so far in the epoch."""
+    if not state.world.is_main:
+        return
+    save_checkpoint(path, model=state.model, optimizer=state.optimizer, scaler=state.scaler,
+                    scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
+                    config=config_to_dict(cfg), fold=fold, step=state.step,
+                    loss_sum=partial_loss.detach().cpu() if partial_loss is not None else None,
+                    log=state.log, rng=rng_states(), world_size=state.world.size)
+
+
+def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int) -> None:
+    """A checkpoint taken inside an epoch continues that epoch's batches: they must be cut the same way."""
+    saved = (ckpt.get("config") or {}).get("train", {})
+    for key in ("batch_size", "seed"):
+        if saved.get(key) != getattr(cfg.train, key):
+            raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with train.{key}={saved.get(key)}; "
+                                f"resume with train.{key}={saved.get(key)}, or start over with train.resume=false")
+    if ckpt.get("world_size", 1) != world_size:
+        raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with {ckpt.get('world_size', 1)} "
+                            f"process(es); resume with as many (torchrun --nproc_per_node), or start over with "
+                            "train.resume=false")
+
+
+def resume_fold_state(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None:
+    """Load ``path`` into ``state``: weights, optimizer, schedule, position in the epoch, log, generators."""
+    ckpt = read_checkpoint(path)
+    fit_state_dict(unwrap(state.model), ckpt, path)
+    if ckpt.get("step"):
+        _check_mid_epoch_resume(ckpt, cfg, path, state.world.size)
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.epoch, state.step = ckpt["epoch"], ckpt.get("step", 0)
+    if ckpt.get("loss_sum") is not None:  # summed over the ranks that wrote it: rank 0 carries it on
+        partial = ckpt["loss_sum"].to(runtime.device)
+        state.loss_sum = partial if state.world.is_main else torch.zeros_like(partial)
+    state.best_score = ckpt["best_score"] if ckpt["best_score"] is not None else -math.inf
+    state.log = list(ckpt.get("log") or [])
+    if ckpt.get("rng"):
+        set_rng_states(ckpt["rng"])

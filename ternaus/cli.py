@@ -11,12 +11,11 @@ import errno
 import sys
 from collections.abc import Callable
 
-from ternaus.config import Config, ConfigError, load_config
-from ternaus.errors import DataError, TrainingError, WeightsError
+from ternaus.config import Config, load_config
+from ternaus.errors import USER_ERRORS
 
 __all__ = ["stage_parser", "load_stage_config", "run_stage"]
 
-USER_ERRORS = (ConfigError, DataError, WeightsError, TrainingError, FileNotFoundError)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

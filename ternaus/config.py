@@ -15,28 +15,19 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from ternaus.errors import ConfigError
 from ternaus.io import atomic_write_text
+from ternaus.registry import MODELS, REGISTRIES
+from ternaus.rle import RleFormat
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_to_dict", "parse_overrides", "class_names",
-           "thresholds", "RleConfig"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user must fix; the message lists every problem found."""
-
-
-@dataclass
-class RleConfig:
-    """An RLE convention (``ternaus.rle.RleFormat``); the defaults are Carvana's."""
-
-    order: str = "C"  # "C": row-major (Carvana); "F": column-major (TGS, Airbus, Severstal, Clouds, SIIM)
-    start: int = 1  # the number of the first pixel: 1, or 0 (SIIM)
-    relative: bool = False  # SIIM: each start counts from the end of the previous run
-    empty: str = ""  # the empty mask: "" or "-1" (SIIM)
+__all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "LossConfig", "AugmentConfig",
+           "TrainConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "load_config",
+           "save_config", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices", "resolve",
+           "submission_rows_problem"]
 
 
 @dataclass
@@ -47,13 +38,14 @@ class MasksCsvConfig:
     rle_column: str = "rle_mask"
     # "image": one row per image; "instance": one row per object, unioned (Airbus: ImageId, EncodedPixels);
     # "image_class": one row per (image, class) (Severstal: ImageId, ClassId, EncodedPixels).
-    rows: str = "image"
+    rows: Literal["image", "instance", "image_class"] = "image"
     class_column: str | None = None  # rows=image_class: the column whose values are data.class_names
 
 
 @dataclass
 class DataConfig:
     root: str = "data/synthetic"
+    # A key of ternaus.registry.LAYOUTS.
     # "carvana": train/*.jpg, train_masks/*_mask.gif (or train_masks.csv), test/*.jpg listed by the sample;
     # "folders": images in train_dir, masks in masks_dir paired by file stem (PNG/JPEG/TIFF images, PNG/GIF
     # masks: 0/1 or 0/255, or class indices 0..num_classes for several classes), test images in test_dir;
@@ -69,7 +61,7 @@ class DataConfig:
     sample_submission: str = "sample_submission.csv"
     num_workers: int = 2
     csv: MasksCsvConfig = field(default_factory=MasksCsvConfig)
-    rle: RleConfig = field(default_factory=RleConfig)  # the convention of masks_csv
+    rle: RleFormat = field(default_factory=RleFormat)  # the convention of masks_csv
     # The classes' names as the CSVs and the submission write them; null: "1", "2", ... up to model.num_classes.
     class_names: list[str] | None = None
 
@@ -79,22 +71,23 @@ class FoldsConfig:
     n_folds: int = 5
     # "none"; "mask_area": balance the groups' mean mask area across folds; "empty": balance the share of
     # images with an empty mask (all classes empty).
-    stratify: str = "none"
+    stratify: Literal["none", "mask_area", "empty"] = "none"
     seed: int = 42
     # Images of one group share a fold. "car": the id up to its last "_" (Carvana's 16 views of a car);
     # "none": every image its own group; "pattern": the first group of the regex group_pattern on the id.
-    group_by: str = "car"
+    group_by: Literal["car", "none", "pattern"] = "car"
     group_pattern: str | None = None
 
 
 @dataclass
 class ModelConfig:
-    # "unet11" (VGG11 encoder, the paper's), "unet16" (VGG16) or "albunet34" (ResNet34; sizes multiples of 64).
+    # A key of ternaus.registry.MODELS: "unet11" (VGG11 encoder, the paper's), "unet16" (VGG16) or "albunet34"
+    # (ResNet34; sizes multiples of 64).
     name: str = "unet11"
     num_classes: int = 1
     # "sigmoid": one independent probability per class (multi-label, Severstal); "softmax": exclusive classes,
     # the network then has num_classes + 1 outputs, the first for the background.
-    activation: str = "sigmoid"
+    activation: Literal["sigmoid", "softmax"] = "sigmoid"
     # "lecun", "imagenet", or a path to a whole-network checkpoint to fine-tune from.
     init: str = "imagenet"
     # Explicit ImageNet file of the encoder (vgg11-8a719046.pth, ...) for init=imagenet; else torchvision's cache.
@@ -109,7 +102,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    # "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard": BCE - w*log(soft Jaccard), the paper.
+    # A key of ternaus.registry.LOSSES: "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard":
+    # BCE - w*log(soft Jaccard), the paper.
     name: str = "bce_dice"
     weight: float = 1.0
 
@@ -138,7 +132,7 @@ class TrainConfig:
     # Not scaled with the number of processes: for N GPUs, N * lr (the linear scaling rule) is a start.
     lr: float = 1e-4
     # "carvana": lr halved every `cycle_step` epochs inside cycles of `cycle_len` epochs; "constant".
-    schedule: str = "carvana"
+    schedule: Literal["carvana", "constant"] = "carvana"
     cycle_len: int = 5
     cycle_step: int = 2
     weight_decay: float = 0.0
@@ -148,7 +142,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Mixed precision on CUDA only ("bfloat16" falls back to "float16" where unsupported).
     amp: bool = True
-    amp_dtype: str = "bfloat16"
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
     channels_last: bool = True
     seed: int = 0
     # Continue from fold_K/last.pt when it exists; false starts the fold over.
@@ -168,7 +162,7 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    # "hflip": average the image and its mirror (one batched forward pass); "none".
+    # A key of ternaus.registry.TTAS: "hflip": average the image and its mirror (one batched forward pass); "none".
     tta: str = "hflip"
     batch_size: int = 4
     checkpoint: str = "best.pt"
@@ -196,15 +190,16 @@ class SubmissionConfig:
     values: list[str] = field(default_factory=lambda: ["{image}", "{rle}"])
     # "image": one row per image; "image_class": one per (image, class); "instance": one per connected
     # component (Airbus; an image without one gets a single empty row).
-    rows: str = "image"
+    rows: Literal["image", "image_class", "instance"] = "image"
     encode_size: list[int] | None = None  # [H, W] the masks are resized to before encoding (Clouds: [350, 525])
-    rle: RleConfig = field(default_factory=RleConfig)
+    rle: RleFormat = field(default_factory=RleFormat)
 
 
 @dataclass
 class PostprocessConfig:
     # The competition's per-image metric, averaged over images: the CV score predict.py reports and what the
-    # threshold / minimum-area search maximises. "dice" (Carvana) or "jaccard" (IoU).
+    # threshold / minimum-area search maximises. A key of ternaus.registry.METRICS: "dice" (Carvana) or
+    # "jaccard" (IoU).
     metric: str = "dice"
 
 
@@ -229,26 +224,6 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-
-
-CHOICES = {
-    "data.layout": ("carvana", "folders", "rle_csv"),
-    "data.csv.rows": ("image", "instance", "image_class"),
-    "data.rle.order": ("C", "F"),
-    "data.rle.start": (0, 1),
-    "folds.stratify": ("none", "mask_area", "empty"),
-    "folds.group_by": ("car", "none", "pattern"),
-    "model.activation": ("sigmoid", "softmax"),
-    "submission.rows": ("image", "image_class", "instance"),
-    "submission.rle.order": ("C", "F"),
-    "submission.rle.start": (0, 1),
-    "model.name": ("unet11", "unet16", "albunet34"),  # ternaus.models.MODELS, which a test keeps in step
-    "train.loss.name": ("bce_dice", "bce_jaccard"),
-    "train.schedule": ("carvana", "constant"),
-    "train.amp_dtype": ("bfloat16", "float16"),
-    "predict.tta": ("hflip", "none"),
-    "postprocess.metric": ("dice", "jaccard"),
-}
 
 
 # ---------------------------------------------------------------- mapping dicts onto dataclasses
@@ -279,6 +254,11 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
             if not trial:
                 return out
         errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            errors.append(f"{key}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -317,8 +297,13 @@ def _from_dict(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
             continue
         if _is_dataclass_type(hints[key]):
             kwargs[key] = _from_dict(hints[key], value, f"{full}.", errors)
+            continue
+        found: list[str] = []
+        coerced = _coerce(value, hints[key], full, found)
+        if found:  # reported; the default stands in, so that a dataclass never holds a value of the wrong kind
+            errors += found
         else:
-            kwargs[key] = _coerce(value, hints[key], full, errors)
+            kwargs[key] = coerced
     return cls(**kwargs)
 
 
@@ -356,9 +341,9 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 def _validate_values(cfg: Config) -> list[str]:
     errors = []
     flat = _flatten(config_to_dict(cfg))
-    for key, allowed in CHOICES.items():
-        if flat.get(key) not in allowed:
-            errors.append(f"{key}: must be one of {', '.join(allowed)}, got {flat.get(key)!r}")
+    for key, registry in REGISTRIES.items():
+        if not (isinstance(flat[key], str) and flat[key] in registry):
+            errors.append(f"{key}: must be one of {', '.join(registry)}, got {flat[key]!r}")
     positive = ["folds.n_folds", "train.epochs", "train.batch_size", "train.val_batch_size", "train.cycle_len",
                 "train.cycle_step", "train.log_every", "predict.batch_size", "predict.writer_threads",
                 "model.num_classes", "report.tile_height"]
@@ -470,6 +455,20 @@ def _validate_pattern(pattern: Any) -> list[str]:
 # ---------------------------------------------------------------- derived settings
 
 
+def choices(key: str) -> tuple:
+    """The values a dotted key accepts: a registry's names (ternaus.registry) or the options its type lists."""
+    if key in REGISTRIES:
+        return tuple(REGISTRIES[key])
+    cls: Any = Config
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = _type_hints(cls)[section]
+    annotation = _type_hints(cls)[name]
+    if typing.get_origin(annotation) is not Literal:
+        raise KeyError(f"{key} is not a key with a fixed list of choices")
+    return typing.get_args(annotation)
+
+
 def class_names(cfg: Config) -> list[str]:
     return list(cfg.data.class_names or [str(k + 1) for k in range(cfg.model.num_classes)])
 
@@ -484,23 +483,19 @@ def _validate_input_size(size: Any, model_name: Any) -> list[str]:
         return []
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         return [f"data.input_size: expected null or [H, W] with positive integers, got {size}"]
-    from ternaus.models import MODELS  # here: importing the config alone does not import torch
-
-    spec = MODELS.get(model_name, MODELS["unet11"])  # an unknown name is reported on its own
+    name = model_name if isinstance(model_name, str) and model_name in MODELS else "unet11"  # else reported alone
+    spec = MODELS[name]
     multiple = spec.size_multiple
     if any(v % multiple for v in size):
         padded = [-(-v // multiple) * multiple for v in size]
-        return [f"data.input_size: {size} is not a multiple of {multiple} ({spec.model_class.__name__}, "
-                f"model.name={model_name if model_name in MODELS else 'unet11'}, halves the size "
-                f"{spec.model_class.HALVINGS} times); use {padded}"]
+        return [f"data.input_size: {size} is not a multiple of {multiple} ({spec.model.name}, model.name={name}, "
+                f"halves the size {spec.halvings} times); use {padded}"]
     return []
 
 
 def _validate_model_options(model: ModelConfig) -> list[str]:
-    from ternaus.models import MODELS
-
     errors = []
-    spec = MODELS.get(model.name)
+    spec = MODELS.get(model.name) if isinstance(model.name, str) else None
     if spec is not None and model.transposed is True and "transposed" not in spec.options:
         errors.append(f"model.transposed: {model.name}'s decoder always uses its own transposed convolutions; "
                       f"the option chooses between bilinear and transposed upsampling for "

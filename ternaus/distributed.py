@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "init_world", "close_world", "sum_over_world", "max_over_world"]
+__all__ = ["World", "world_from_environment", "init_world", "close_world", "sum_over_world", "max_over_world"]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,12 @@
-"""The errors a user can fix, in a module that imports nothing heavy: the stage scripts catch them before torch
-is loaded, so that a mistyped key or a missing earlier stage is reported at once."""
+"""The errors a user can fix, in a module that imports nothing: the stage scripts catch them before torch is
+loaded, so that a mistyped key or a missing earlier stage is reported at once. Every module raises these, and
+imports them from here."""
 
-__all__ = ["DataError", "WeightsError", "TrainingError"]
+__all__ = ["ConfigError", "DataError", "WeightsError", "TrainingError", "USER_ERRORS"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message lists every problem found."""
 
 
 class DataError(RuntimeError):
@@ -14,3 +19,7 @@ class WeightsError(RuntimeError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (for example a non-finite loss); the message says where it stopped."""
+
+
+# What a stage reports as a message and exit status 2 rather than a traceback (ternaus.cli).
+USER_ERRORS = (ConfigError, DataError, WeightsError, TrainingError, FileNotFoundError)

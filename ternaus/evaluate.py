@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ternaus.data import read_mask
+from ternaus.data.files import image_size, read_mask
+from ternaus.data.layouts import list_train, load_masks, mask_spec
 from ternaus.metrics import dice_score
-from ternaus.rle import rle_decode
+from ternaus.rle import decode_rle, rle_decode
 
 __all__ = ["score_submission", "score_against_truth", "main"]
 
@@ -30,8 +31,6 @@ def score_submission(submission: str | Path, masks_dir: str | Path, order: str =
 
 def _union_by_key(table: pd.DataFrame, fmt, shapes: dict) -> dict:
     """Each row key's mask, the rows of one key (instances) unioned."""
-    from ternaus.rle import decode_rle
-
     masks = {}
     rle_column = fmt.columns[fmt.rle_column]
     for _, row in table.iterrows():
@@ -44,9 +43,7 @@ def _union_by_key(table: pd.DataFrame, fmt, shapes: dict) -> dict:
 def score_against_truth(cfg, submission: str | Path, truth_cfg) -> float:
     """Mean Dice over the submission's row keys (images, or (image, class) pairs; an empty pair predicted
     empty scores 1) against the true masks that ``truth_cfg`` reads as if they were training data (the
-    synthetic competitions' hidden test masks: ternaus.competitions.TRUTH)."""
-    from ternaus.data import image_size, list_train
-    from ternaus.sources import load_masks, mask_spec
+    synthetic competitions' hidden test masks: ternaus.fixtures.competitions.TRUTH)."""
     from ternaus.submission import image_rows, masks_to_encode, submission_format
 
     fmt = submission_format(cfg)

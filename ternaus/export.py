@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from ternaus.config import Config
-from ternaus.data import normalise_on_device
+from ternaus.data.dataset import normalise_on_device
 from ternaus.io import atomic_write
-from ternaus.models import MODELS, TernausNet, load_weights, new_model
+from ternaus.models import TernausNet, new_model
+from ternaus.registry import MODELS
+from ternaus.weights import load_weights
 
 __all__ = ["Deployable", "export", "export_model", "FORMATS", "default_output"]
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from ternaus.data import DataError, car_id_of
+from ternaus.data.carvana import car_id_of
+from ternaus.errors import DataError
 from ternaus.rle import parse_runs
 
 __all__ = ["assign_folds", "mask_area", "group_ids", "group_column"]

@@ -26,35 +26,28 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ternaus.analysis import level_histograms, write_oof_analysis
-from ternaus.config import Config, ConfigError, class_names, save_config, thresholds
-from ternaus.data import (Geometry, SegmentationDataset, check_image_files, normalise_on_device, prediction_image,
-                          test_rows, train_items)
-from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from ternaus.config import Config, class_names, save_config, thresholds
+from ternaus.data.dataset import SegmentationDataset, normalise_on_device
+from ternaus.data.files import check_image_files, prediction_image
+from ternaus.data.geometry import Geometry, geometry_of
+from ternaus.data.layouts import mask_spec, test_rows, train_items
 from ternaus.distributed import world_from_environment
+from ternaus.errors import ConfigError
+from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from ternaus.losses import probabilities
 from ternaus.metrics import dice_per_image, jaccard_per_image, per_image_class
-from ternaus.models import load_weights, new_model
+from ternaus.models import new_model
+from ternaus.run_files import RunFiles, folds_to_train, predictions_record, read_folds
 from ternaus.runtime import Runtime
-from ternaus.sources import mask_spec
-from ternaus.training import build_loader, fold_dir, folds_to_train, geometry_of, read_folds
+from ternaus.training import build_loader
+from ternaus.tta import merge_tta, tta_inputs
+from ternaus.weights import load_weights
 
-__all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard"]
+__all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter",
+           "fixed_batches"]
 
 
 # ---------------------------------------------------------------- the functional core
-
-
-def tta_inputs(images: torch.Tensor, tta: str) -> torch.Tensor:
-    """The batch the network sees: the images, then their mirrors when ``tta == "hflip"``."""
-    return torch.cat([images, images.flip(-1)]) if tta == "hflip" else images
-
-
-def merge_tta(probs: torch.Tensor, tta: str) -> torch.Tensor:
-    """Undo the mirror on the second half and average: (2B, C, H, W) -> (B, C, H, W)."""
-    if tta != "hflip":
-        return probs
-    half = probs.shape[0] // 2
-    return (probs[:half] + probs[half:].flip(-1)) / 2
 
 
 @torch.no_grad()
@@ -83,7 +76,7 @@ def to_uint8(probs: torch.Tensor) -> torch.Tensor:
 def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, Path]:
     paths = {}
     for fold in folds if folds is not None else folds_to_train(cfg):
-        path = fold_dir(cfg, fold) / cfg.predict.checkpoint
+        path = RunFiles.of(cfg).checkpoint(fold)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: train fold {fold} first (python train.py --config ... "
                                     f"--fold {fold}) or list the trained folds in train.folds")
@@ -101,8 +94,6 @@ def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = No
 
 # ---------------------------------------------------------------- resuming an interrupted prediction
 
-STATE_FILE = ".predict.json"
-OOF_DIR = "oof_predictions"  # under output_dir: each out-of-fold image's probability PNG
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
 
 
@@ -177,7 +168,7 @@ class Shard:
 
     @property
     def state_file(self) -> str:
-        return STATE_FILE if self.count == 1 else f".predict-{self.index}-of-{self.count}.json"
+        return predictions_record(self.index, self.count)
 
     def take(self, batches: list[list[str]]) -> list[list[str]]:
         return batches[self.index:: self.count]
@@ -239,7 +230,7 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, r
     shard = shard or Shard()
     image_paths = {row["id"]: row["image"] for row in rows}
     ids = list(image_paths)
-    out_dir = Path(cfg.output_dir) / cfg.predict.out_dir
+    out_dir = RunFiles.of(cfg).predictions
     mine = shard.take(fixed_batches(ids, cfg.predict.batch_size))
     ids = [i for batch in mine for i in batch]
     done = predictions_to_keep(out_dir, ids, fingerprint, cfg.predict.resume, shard)
@@ -303,7 +294,7 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
                 probs = tta_probabilities([model], images, runtime, cfg.predict.tta, cfg.model.activation)
                 for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], batch["size"].tolist()):
                     levels = to_uint8(geometry.restore(maps, tuple(size)))
-                    writer.submit(Path(cfg.output_dir) / OOF_DIR / f"{image_id}.png",
+                    writer.submit(RunFiles.of(cfg).oof_predictions / f"{image_id}.png",
                                   prediction_image(levels.cpu().numpy()))
                     target = mask[:, : size[0], : size[1]].to(runtime.device) > 0  # (batch padding cropped)
                     records.append({"id": image_id, "fold": fold, **oof_record(levels >= cut, target, classes)})
@@ -332,7 +323,7 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
     fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
     if shard.index == 0:
-        save_config(cfg, Path(cfg.output_dir) / "configs" / "predict.yaml")
+        save_config(cfg, RunFiles.of(cfg).config("predict"))
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")
     out_dir = predict_test(cfg, list(models.values()), runtime, rows, fingerprint, shard)
@@ -348,10 +339,10 @@ def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime
         chosen = write_oof_analysis(cfg, oof, histograms)
         print(f"post-processing searched on the out-of-fold images: threshold {chosen.threshold}, min_area "
               f"{chosen.min_area}: CV {chosen.metric} {chosen.score:.4f} (at {chosen.default_threshold} without "
-              f"min_area: {chosen.default_score:.4f}) -> {Path(cfg.output_dir) / 'postprocess.json'}")
+              f"min_area: {chosen.default_score:.4f}) -> {RunFiles.of(cfg).postprocess}")
     else:
-        atomic_write(Path(cfg.output_dir) / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
-    oof_path = Path(cfg.output_dir) / "oof.csv"
+        atomic_write(RunFiles.of(cfg).oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
+    oof_path = RunFiles.of(cfg).oof_csv
     for fold, group in oof.groupby("fold"):
         print(f"fold {fold}: out-of-fold Dice {group['dice'].mean():.4f}, IoU {group['jaccard'].mean():.4f} "
               f"on {len(group)} images")

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["soft_jaccard", "soft_dice", "bce_overlap_loss", "softmax_overlap_loss", "SegmentationLoss", "EPS",
-           "probabilities", "class_overlaps", "class_index_targets"]
+from ternaus.registry import LOSSES
+
+__all__ = ["soft_jaccard", "soft_dice", "bce_overlap_loss", "softmax_overlap_loss", "bce_dice_loss",
+           "bce_jaccard_loss", "SegmentationLoss", "EPS", "probabilities", "class_overlaps", "class_index_targets"]
 
 EPS = 1e-15  # as in the reference code: only guards the all-empty batch
 
@@ -87,13 +89,33 @@ def softmax_overlap_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str 
     return ce - weight * torch.log(class_overlaps(probabilities(logits, "softmax"), targets.float(), kind)).mean()
 
 
+def _overlap_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str, weight: float,
+                  activation: str) -> torch.Tensor:
+    loss = softmax_overlap_loss if activation == "softmax" else bce_overlap_loss
+    return loss(logits, targets, kind, weight)
+
+
+def bce_dice_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float = 1.0,
+                  activation: str = "sigmoid") -> torch.Tensor:
+    """BCE - weight * log(soft Dice), the Carvana model's loss (cross-entropy instead of BCE with softmax)."""
+    return _overlap_loss(logits, targets, "bce_dice", weight, activation)
+
+
+def bce_jaccard_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float = 1.0,
+                     activation: str = "sigmoid") -> torch.Tensor:
+    """BCE - weight * log(soft Jaccard), the paper's loss (cross-entropy instead of BCE with softmax)."""
+    return _overlap_loss(logits, targets, "bce_jaccard", weight, activation)
+
+
 class SegmentationLoss(nn.Module):
+    """The loss ``train.loss.name`` names (``ternaus.registry.LOSSES``), with its settings."""
+
     def __init__(self, kind: str = "bce_dice", weight: float = 1.0, activation: str = "sigmoid"):
         super().__init__()
-        if kind not in OVERLAPS:
-            raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(OVERLAPS)}")
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
         self.kind, self.weight, self.activation = kind, weight, activation
+        self.loss = LOSSES[kind].load()
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = softmax_overlap_loss if self.activation == "softmax" else bce_overlap_loss
-        return loss(logits, targets, self.kind, self.weight)
+        return self.loss(logits, targets, self.weight, self.activation)

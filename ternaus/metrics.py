@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["dice_per_image", "jaccard_per_image", "dice_score", "overlap_counts", "per_image_class"]
+__all__ = ["dice_per_image", "jaccard_per_image", "dice_score", "overlap_counts", "per_image_class",
+           "dice_from_counts", "jaccard_from_counts"]
 
 
 def overlap_counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -43,3 +44,20 @@ def per_image_class(metric, pred: torch.Tensor, target: torch.Tensor) -> torch.T
     Severstal and Clouds score the mean over (image, class) pairs, an empty pair predicted empty counting 1."""
     batch, classes = pred.shape[:2]
     return metric(pred.reshape(batch * classes, -1), target.reshape(batch * classes, -1)).view(batch, classes)
+
+
+# ---------------------------------------------------------------- from pixel counts (postprocess.metric)
+
+
+def dice_from_counts(overlap: np.ndarray, predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-image Dice 2|X∩Y| / (|X| + |Y|) from pixel counts; an empty prediction of an empty mask scores 1."""
+    overlap, predicted, target = (np.asarray(a, dtype=np.float64) for a in (overlap, predicted, target))
+    denominator = predicted + target
+    return np.where(denominator > 0, 2 * overlap / np.maximum(denominator, 1), 1.0)
+
+
+def jaccard_from_counts(overlap: np.ndarray, predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-image IoU |X∩Y| / |X∪Y| from pixel counts; an empty prediction of an empty mask scores 1."""
+    overlap, predicted, target = (np.asarray(a, dtype=np.float64) for a in (overlap, predicted, target))
+    union = predicted + target - overlap
+    return np.where(union > 0, overlap / np.maximum(union, 1), 1.0)

@@ -8,10 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from ternaus.config import Config, save_config
-from ternaus.data import DataError, check_train, image_size, list_train, listing
+from ternaus.data.files import image_size, listing
+from ternaus.data.layouts import check_train, list_train, load_masks, mask_spec
+from ternaus.errors import DataError
 from ternaus.folds import assign_folds, group_column, group_ids, mask_area
 from ternaus.io import atomic_write
-from ternaus.sources import load_masks, mask_spec
+from ternaus.run_files import RunFiles
 
 __all__ = ["prepare_folds"]
 
@@ -30,8 +32,7 @@ def prepare_folds(cfg: Config) -> Path:
     table = list_train(cfg)
     # Every image's first and last bytes and every mask in full: a bad file found now costs seconds,
     # found by train.py it costs a stopped run.
-    spec = mask_spec(cfg) if cfg.data.layout != "carvana" else None
-    problems = check_train(table, processes=os.cpu_count() or 1, spec=spec)
+    problems = check_train(table, processes=os.cpu_count() or 1, spec=mask_spec(cfg))
     if problems:
         raise DataError(listing(f"{len(problems)} problem(s) in the training data under {cfg.data.root}", problems))
     group = group_column(cfg.folds.group_by)
@@ -41,9 +42,9 @@ def prepare_folds(cfg: Config) -> Path:
         table["mask_area"] = _mask_areas(table, cfg)
         columns.append("mask_area")
     folds = assign_folds(table[columns], cfg.folds.n_folds, cfg.folds.stratify, cfg.folds.seed, group)
-    out = Path(cfg.output_dir)
-    save_config(cfg, out / "configs" / "prepare_folds.yaml")
-    path = atomic_write(out / "folds.csv", lambda tmp: folds.to_csv(tmp, index=False))
+    files = RunFiles.of(cfg)
+    save_config(cfg, files.config("prepare_folds"))
+    path = atomic_write(files.folds_csv, lambda tmp: folds.to_csv(tmp, index=False))
     sizes = folds.groupby("fold")[group].nunique().tolist()
     what = "cars" if group == "car_id" else "groups"
     empty = f", {int((folds['mask_area'] == 0).sum())} with empty masks" if "mask_area" in folds else ""

@@ -17,15 +17,14 @@ import pandas as pd
 
 from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, thresholds
-from ternaus.data import list_train, read_image, read_prediction, test_rows
-from ternaus.inference import OOF_DIR
+from ternaus.data.files import read_image, read_prediction
+from ternaus.data.layouts import list_train, load_masks, mask_spec, test_rows
 from ternaus.io import atomic_write_bytes, atomic_write_text
 from ternaus.plots import svg_line_chart
-from ternaus.sources import load_masks, mask_spec
+from ternaus.run_files import RunFiles, folds_to_train
 from ternaus.submission import masks_to_encode
-from ternaus.training import fold_dir, folds_to_train
 
-__all__ = ["build_report", "cv_table", "pick_examples", "disagreement", "montage_row"]
+__all__ = ["build_report", "cv_table", "pick_examples", "disagreement", "montage_row", "TP", "FP", "FN"]
 
 GAP = 4  # pixels between the tiles of a montage row
 TP, FP, FN = (40, 200, 40), (230, 30, 30), (40, 90, 255)  # RGB
@@ -84,7 +83,7 @@ def montage_row(tiles: list[np.ndarray], height: int) -> np.ndarray:
 def read_logs(cfg: Config) -> dict[int, pd.DataFrame]:
     logs = {}
     for fold in folds_to_train(cfg):
-        path = fold_dir(cfg, fold) / "log.csv"
+        path = RunFiles.of(cfg).log(fold)
         if path.is_file():
             logs[fold] = pd.read_csv(path)
     return logs
@@ -169,7 +168,8 @@ def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bo
     for rank, example in enumerate(pick_examples(oof, column, count, worst).itertuples(index=False), 1):
         tiles = oof_tiles(cfg, rows.loc[example.id].to_dict() | {"id": example.id}, post)
         if tiles is None:
-            items.append(f"<p>{escape(example.id)}: no {OOF_DIR}/{escape(example.id)}.png; run predict.py again</p>")
+            missing = RunFiles.of(cfg).oof_predictions / f"{example.id}.png"
+            items.append(f"<p>{escape(example.id)}: no {escape(str(missing))}; run predict.py again</p>")
             continue
         name = write_png(out / f"{kind}_{rank:02d}.png", montage_row(tiles, cfg.report.tile_height))
         score = getattr(example, column)
@@ -182,7 +182,7 @@ def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bo
 
 
 def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarray] | None:
-    probs = read_probability(Path(cfg.output_dir) / OOF_DIR / f"{row['id']}.png", cfg.model.num_classes)
+    probs = read_probability(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", cfg.model.num_classes)
     if probs is None:
         return None
     image = read_image(row["image"])
@@ -191,7 +191,7 @@ def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarra
 
 
 def test_section(cfg: Config, out: Path, post: tuple[float, int]) -> str:
-    pred_dir = Path(cfg.output_dir) / cfg.predict.out_dir
+    pred_dir = RunFiles.of(cfg).predictions
     items = []
     for rank, row in enumerate(test_rows(cfg)[: cfg.report.test_images], 1):
         image_id = row["id"]
@@ -221,15 +221,16 @@ def page(title: str, sections: list[tuple[str, str, str]]) -> str:
 
 def build_report(cfg: Config) -> Path:
     """Write ``{output_dir}/{report.out_dir}/index.html`` and its PNGs; returns the page's path."""
-    out = Path(cfg.output_dir) / cfg.report.out_dir
+    files = RunFiles.of(cfg)
+    out = files.report
     out.mkdir(parents=True, exist_ok=True)
-    oof_path = Path(cfg.output_dir) / "oof.csv"
+    oof_path = files.oof_csv
     oof = pd.read_csv(oof_path, dtype={"id": str}) if oof_path.is_file() else None
     threshold, min_area, how = resolve_postprocessing(cfg)
     post = (threshold, min_area)
     sections = [("curves", "Training curves", curves_section(read_logs(cfg))),
                 ("cv", "Cross-validation", cv_section(oof, how, search_chart(
-                    Path(cfg.output_dir) / "postprocess_search.csv", cfg.postprocess.metric))),
+                    files.postprocess_search, cfg.postprocess.metric))),
                 ("worst", "Worst out-of-fold images", examples_section(cfg, out, oof, True, post)),
                 ("best", "Best out-of-fold images", examples_section(cfg, out, oof, False, post)),
                 ("test", "Test predictions", test_section(cfg, out, post))]

@@ -9,16 +9,18 @@ at a time in a table rather than made by one Python ``str`` per number (which do
 runs). Decoding writes each pixel once with ``np.repeat``. ``bench/rle.py`` measures both against the textbook
 version.
 
-Other competitions differ in four settings (``../shared/reference/rle-conventions.md``), held by ``RleFormat``:
+Other competitions differ in four settings (docs/rle.md lists them per competition), held by ``RleFormat``:
 the pixel order, the index of the first pixel (1, or 0 for SIIM), absolute starts or starts relative to the end
 of the previous run (SIIM), and the token of the empty mask (``""``, or ``-1`` for SIIM). ``encode_rle`` and
 ``decode_rle`` take one; ``rle_encode``/``rle_decode`` are Carvana's (1-indexed, absolute, empty ``""``).
+``RleFormat`` is also the configuration's type for ``data.rle`` and ``submission.rle``.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -198,10 +200,10 @@ def _paint_in_order(starts: np.ndarray, ends: np.ndarray, size: int) -> np.ndarr
 
 @dataclass(frozen=True)
 class RleFormat:
-    """One competition's RLE convention (the rows of ``rle-conventions.md``)."""
+    """One competition's RLE convention (docs/rle.md); the defaults are Carvana's."""
 
-    order: str = "C"  # "C": row-major (Carvana); "F": column-major (TGS, Airbus, Severstal, Clouds, SIIM)
-    start: int = 1  # the number of the first pixel: 1, or 0 (SIIM)
+    order: Literal["C", "F"] = "C"  # "C": row-major (Carvana); "F": column-major (TGS, Airbus, Severstal, Clouds, SIIM)
+    start: Literal[0, 1] = 1  # the number of the first pixel: 1, or 0 (SIIM)
     relative: bool = False  # SIIM: each start counts from the end of the previous run (the first from pixel 0)
     empty: str = ""  # what an empty mask is written as: "" or "-1" (SIIM)
 

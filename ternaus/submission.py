@@ -20,10 +20,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from ternaus.analysis import resolve_postprocessing
-from ternaus.config import Config, ConfigError, class_names, resolve, save_config, submission_rows_problem, thresholds
-from ternaus.data import CSV_ERRORS, DataError, image_size, read_prediction, test_rows
+from ternaus.config import Config, class_names, resolve, save_config, submission_rows_problem, thresholds
+from ternaus.data.files import CSV_ERRORS, image_size, read_prediction
+from ternaus.data.layouts import test_rows
+from ternaus.errors import ConfigError, DataError
 from ternaus.io import atomic_write
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
+from ternaus.run_files import RunFiles
 
 __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "SubmissionFormat",
            "submission_format", "masks_to_encode", "image_rows", "instances", "order_like_sample"]
@@ -58,13 +61,12 @@ class SubmissionFormat:
 
 
 def submission_format(cfg: Config) -> SubmissionFormat:
-    sub, rle = cfg.submission, cfg.submission.rle
+    sub = cfg.submission
     problem = submission_rows_problem(sub, cfg.model.num_classes)
     if problem:
         raise ConfigError(problem)
     return SubmissionFormat(tuple(sub.columns), tuple(sub.values), sub.rows, tuple(class_names(cfg)),
-                            tuple(sub.encode_size) if sub.encode_size else None,
-                            RleFormat(rle.order, rle.start, rle.relative, rle.empty))
+                            tuple(sub.encode_size) if sub.encode_size else None, sub.rle)
 
 
 # ---------------------------------------------------------------- the functional core
@@ -132,7 +134,7 @@ def _encode_image(job: tuple[str, str, list[float], int, SubmissionFormat]) -> l
 
 
 def _prediction_paths(cfg: Config, ids: list[str]) -> list[str]:
-    pred_dir = Path(cfg.output_dir) / cfg.predict.out_dir
+    pred_dir = RunFiles.of(cfg).predictions
     paths = [str(pred_dir / f"{i}.png") for i in ids]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -256,12 +258,12 @@ def make_submission(cfg: Config, threshold: float | list[float] | None = None, m
     paths = _prediction_paths(cfg, [r["id"] for r in rows])
     jobs = [(p, Path(row["image"]).name, cuts, min_area, fmt) for p, row in zip(paths, rows)]
     sample = _sample(cfg, fmt)
-    save_config(cfg, Path(cfg.output_dir) / "configs" / "make_submission.yaml")
+    save_config(cfg, RunFiles.of(cfg).config("make_submission"))
     encoded = _encode_all(jobs, cfg.submission.processes or os.cpu_count() or 1)
     table = pd.DataFrame([row for image in encoded for row in image], columns=list(fmt.columns))
     if sample is not None:
         table = order_like_sample(table, sample, fmt.key_columns, str(resolve(cfg, cfg.data.sample_submission)))
-    path = _write_csv(Path(cfg.output_dir) / cfg.submission.filename, table)
+    path = _write_csv(RunFiles.of(cfg).submission, table)
     problems = check_submission(path, cfg)
     if problems:
         raise DataError("the written submission has problems:\n  " + "\n  ".join(problems[:50]))

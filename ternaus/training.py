@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,59 +21,28 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ternaus.augment import build_train_transform
-from ternaus.checkpoint import read_checkpoint, save_checkpoint, unwrap
-from ternaus.config import Config, ConfigError, class_names, config_to_dict, save_config, thresholds
-from ternaus.data import (CSV_ERRORS, DataError, Geometry, SegmentationDataset, check_image_files, duplicates,
-                          normalise_on_device, pad_collate, train_items)
+from ternaus.checkpoint import FoldState, resume_fold_state, save_fold_state, unwrap
+from ternaus.config import Config, class_names, save_config, thresholds
+from ternaus.data.dataset import SegmentationDataset, normalise_on_device, pad_collate
+from ternaus.data.files import check_image_files
+from ternaus.data.geometry import Geometry, geometry_of
+from ternaus.data.layouts import mask_spec, train_items
 from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
-from ternaus.errors import TrainingError
+from ternaus.errors import ConfigError, DataError, TrainingError
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss, probabilities
 from ternaus.metrics import dice_per_image, jaccard_per_image, per_image_class
-from ternaus.models import MODELS, build_model, fit_state_dict, set_encoder_frozen
-from ternaus.runtime import Runtime, rng_states, seed_everything, set_rng_states
-from ternaus.sources import mask_spec
+from ternaus.models import build_model, set_encoder_frozen
+from ternaus.run_files import RunFiles, folds_to_train, read_folds
+from ternaus.runtime import Runtime, seed_everything
 
-__all__ = ["train", "train_fold", "carvana_lr_factor", "read_folds", "fold_dir", "TrainingError", "EpochSampler",
-           "build_loader", "train_step", "new_fold_state", "FoldState"]
+__all__ = ["train", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader", "fold_data", "train_step",
+           "validate", "new_fold_state"]
 
 
 def carvana_lr_factor(epoch: int, cycle_len: int = 5, cycle_step: int = 2) -> float:
     """The Carvana recipe: the learning rate halves every ``cycle_step`` epochs within cycles of ``cycle_len``."""
     return 0.5 ** ((epoch % cycle_len) // cycle_step)
-
-
-def fold_dir(cfg: Config, fold: int) -> Path:
-    return Path(cfg.output_dir) / f"fold_{fold}"
-
-
-def read_folds(cfg: Config) -> pd.DataFrame:
-    path = Path(cfg.output_dir) / "folds.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run prepare_folds.py with the same config first")
-    try:
-        folds = pd.read_csv(path, dtype={"id": str, "car_id": str, "group": str})
-    except CSV_ERRORS as err:
-        raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); run prepare_folds.py again") from None
-    if not {"id", "fold"} <= set(folds.columns) or not pd.api.types.is_integer_dtype(folds["fold"]):
-        raise DataError(f"{path} needs an 'id' column and an integer 'fold' column; run prepare_folds.py again")
-    repeated = duplicates(folds["id"])
-    if repeated:
-        raise DataError(f"{path} lists {len(repeated)} id(s) more than once, e.g. {repeated[:3]}; "
-                        "run prepare_folds.py again")
-    found = sorted(folds["fold"].unique().tolist())
-    if found != list(range(cfg.folds.n_folds)):
-        raise DataError(f"{path} holds folds {found} but folds.n_folds={cfg.folds.n_folds}; "
-                        "run prepare_folds.py again with this config")
-    return folds
-
-
-def folds_to_train(cfg: Config) -> list[int]:
-    return list(cfg.train.folds) if cfg.train.folds is not None else list(range(cfg.folds.n_folds))
-
-
-def geometry_of(cfg: Config) -> Geometry:
-    return Geometry(tuple(cfg.data.input_size) if cfg.data.input_size else None, MODELS[cfg.model.name].size_multiple)
 
 
 # ---------------------------------------------------------------- data loaders
@@ -154,21 +123,6 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
 
 
 # ---------------------------------------------------------------- one epoch
-
-
-@dataclass
-class FoldState:
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    loss_fn: SegmentationLoss
-    epoch: int = 0  # epochs completed
-    step: int = 0  # batches done in epoch ``epoch + 1``: non-zero only in a mid-epoch checkpoint
-    loss_sum: torch.Tensor | None = None  # their summed loss, on the device
-    best_score: float = -math.inf
-    log: list[dict] = field(default_factory=list)
-    world: World = World()
 
 
 class LossWatch:
@@ -299,52 +253,10 @@ def new_fold_state(cfg: Config, runtime: Runtime, world: World = World()) -> Fol
     return FoldState(model, optimizer, scheduler, scaler, loss_fn, world=world)
 
 
-def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int) -> None:
-    """A checkpoint taken inside an epoch continues that epoch's batches: they must be cut the same way."""
-    saved = (ckpt.get("config") or {}).get("train", {})
-    for key in ("batch_size", "seed"):
-        if saved.get(key) != getattr(cfg.train, key):
-            raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with train.{key}={saved.get(key)}; "
-                                f"resume with train.{key}={saved.get(key)}, or start over with train.resume=false")
-    if ckpt.get("world_size", 1) != world_size:
-        raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with {ckpt.get('world_size', 1)} "
-                            f"process(es); resume with as many (torchrun --nproc_per_node), or start over with "
-                            "train.resume=false")
-
-
-def _resume(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None:
-    ckpt = read_checkpoint(path)
-    fit_state_dict(unwrap(state.model), ckpt, path)
-    if ckpt.get("step"):
-        _check_mid_epoch_resume(ckpt, cfg, path, state.world.size)
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt.get("scaler"):
-        state.scaler.load_state_dict(ckpt["scaler"])
-    state.epoch, state.step = ckpt["epoch"], ckpt.get("step", 0)
-    if ckpt.get("loss_sum") is not None:  # summed over the ranks that wrote it: rank 0 carries it on
-        partial = ckpt["loss_sum"].to(runtime.device)
-        state.loss_sum = partial if state.world.is_main else torch.zeros_like(partial)
-    state.best_score = ckpt["best_score"] if ckpt["best_score"] is not None else -math.inf
-    state.log = list(ckpt.get("log") or [])
-    if ckpt.get("rng"):
-        set_rng_states(ckpt["rng"])
-
-
-def _save(state: FoldState, path: Path, cfg: Config, fold: int, partial_loss: torch.Tensor | None = None) -> None:
-    if not state.world.is_main:
-        return
-    save_checkpoint(path, model=state.model, optimizer=state.optimizer, scaler=state.scaler,
-                    scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
-                    config=config_to_dict(cfg), fold=fold, step=state.step,
-                    loss_sum=partial_loss.detach().cpu() if partial_loss is not None else None,
-                    log=state.log, rng=rng_states(), world_size=state.world.size)
-
-
 def _save_progress(state: FoldState, cfg: Config, fold: int) -> None:
     """A checkpoint inside an epoch. Every rank calls it at the same step: it holds the loss so far of all."""
     partial = sum_over_world(state.loss_sum.detach().reshape(1), state.world)[0]
-    _save(state, fold_dir(cfg, fold) / "last.pt", cfg, fold, partial)
+    save_fold_state(state, RunFiles.of(cfg).last(fold), cfg, fold, partial)
 
 
 def _write_log(path: Path, rows: list[dict], world: World) -> None:
@@ -362,7 +274,8 @@ def _check_scores(scores: dict[str, float], desc: str) -> None:
 
 def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldState:
     """A fresh state, or the one in ``last.pt`` when resuming; under DDP the model is wrapped last."""
-    out = fold_dir(cfg, fold)
+    files = RunFiles.of(cfg)
+    out = files.fold_dir(fold)
     say = print if world.is_main else _quiet
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -371,15 +284,15 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
             say(f"fold {fold}: removed {len(stale)} partly written file(s) left by an interrupted run")
     seed_everything(_epoch_seed(cfg, fold, 0))
     state = new_fold_state(cfg, runtime, world)
-    last = out / "last.pt"
+    last = files.last(fold)
     if cfg.train.resume and last.is_file():
-        _resume(state, last, cfg, runtime)
+        resume_fold_state(state, last, cfg, runtime)
         where = f"epoch {state.epoch + 1}, step {state.step}" if state.step else f"the end of epoch {state.epoch}"
         say(f"fold {fold}: resuming from {last} at {where}")
         if state.log:
-            _write_log(out / "log.csv", state.log, world)
+            _write_log(files.log(fold), state.log, world)
     elif world.is_main:
-        (out / "log.csv").unlink(missing_ok=True)
+        files.log(fold).unlink(missing_ok=True)
     # Before DDP wraps the model: DDP reduces the gradients of the parameters that require one at that moment.
     if set_encoder_frozen(state.model, encoder_frozen_in(cfg, state.epoch + 1)):
         say(f"fold {fold}: encoder frozen to the end of epoch {cfg.model.freeze_encoder_epochs} "
@@ -425,16 +338,16 @@ def _quiet(*args, **kwargs) -> None:
 
 def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -> None:
     _check_scores({"val_loss": row["val_loss"], "val_dice": row["val_dice"]}, desc)
-    out = fold_dir(cfg, fold)
+    files = RunFiles.of(cfg)
     state.scheduler.step()
     state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, None
     improved = row["val_dice"] > state.best_score
     state.best_score = max(state.best_score, row["val_dice"])
     state.log.append(row)
     if improved:
-        _save(state, out / "best.pt", cfg, fold)
-    _save(state, out / "last.pt", cfg, fold)
-    _write_log(out / "log.csv", state.log, state.world)
+        save_fold_state(state, files.best(fold), cfg, fold)
+    save_fold_state(state, files.last(fold), cfg, fold)
+    _write_log(files.log(fold), state.log, state.world)
     if state.world.is_main:
         print(f"{desc}: loss {row['train_loss']:.4f}  val dice {row['val_dice']:.4f}  "
               f"jaccard {row['val_jaccard']:.4f}{'  *best' if improved else ''}")
@@ -480,8 +393,8 @@ def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
             raise ConfigError(f"--fold {fold}: folds.csv has folds 0..{cfg.folds.n_folds - 1}")
         if world.is_main:
             # One file per fold when folds run side by side (one per GPU) into the same output_dir.
-            name = f"train_fold_{fold}.yaml" if fold is not None else "train.yaml"
-            save_config(cfg, Path(cfg.output_dir) / "configs" / name)
+            name = f"train_fold_{fold}" if fold is not None else "train"
+            save_config(cfg, RunFiles.of(cfg).config(name))
             ranks = f", {world.size} processes" if world.distributed else ""
             print(f"training folds {folds} on {runtime.describe()}{ranks}")
         scores = {k: train_fold(cfg, k, items, runtime, world) for k in folds}

@@ -17,7 +17,7 @@ os.environ.setdefault("TERNAUS_FSYNC", "0")
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Three training cars and one test car at 62 x 40 (padded to 64 x 64): the whole pipeline in seconds."""
-    from ternaus.synthetic import generate
+    from ternaus.fixtures.carvana import generate
 
     return generate(tmp_path_factory.mktemp("data") / "synthetic", cars=3, test_cars=1, size=(62, 40), seed=1)
 
@@ -28,7 +28,8 @@ def family():
     once per session. Shared: tests must not change it (train, freeze or load into a model of their own)."""
     import torch
 
-    from ternaus.models import MODELS, lecun_uniform_
+    from ternaus.models import lecun_uniform_
+    from ternaus.registry import MODELS
 
     built = {}
 

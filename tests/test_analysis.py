@@ -9,9 +9,19 @@ import pandas as pd
 import pytest
 import torch
 
-from ternaus.analysis import (DEFAULT_THRESHOLDS, best_min_area, choose_row, counts_at_levels, level_histograms,
-                              per_image_scores, resolve_postprocessing, search_postprocessing, search_table,
-                              threshold_level, write_oof_analysis)
+from ternaus.analysis import (
+    DEFAULT_THRESHOLDS,
+    best_min_area,
+    choose_row,
+    counts_at_levels,
+    level_histograms,
+    per_image_scores,
+    resolve_postprocessing,
+    search_postprocessing,
+    search_table,
+    threshold_level,
+    write_oof_analysis,
+)
 from ternaus.config import load_config
 from ternaus.metrics import dice_per_image, jaccard_per_image
 from ternaus.submission import encode_prediction

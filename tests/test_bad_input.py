@@ -25,8 +25,9 @@ from PIL import Image
 import predict
 import prepare_folds
 import train
-from ternaus.config import ConfigError, load_config
-from ternaus.data import read_mask
+from ternaus.config import load_config
+from ternaus.data.files import read_mask
+from ternaus.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "synthetic.yaml")

@@ -18,9 +18,9 @@ import predict
 import prepare_folds
 import train
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
-from ternaus.competitions import GENERATORS, TRUTH
 from ternaus.config import load_config
 from ternaus.evaluate import score_against_truth
+from ternaus.fixtures.competitions import GENERATORS, TRUTH
 from ternaus.rle import RleFormat, decode_rle
 from ternaus.submission import masks_to_encode
 

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from ternaus.config import Config, ConfigError, load_config, save_config
+from ternaus.config import Config, load_config, save_config
+from ternaus.errors import ConfigError
 
 
 def write(tmp_path, text):

@@ -7,7 +7,11 @@ import torch
 from PIL import Image
 
 from ternaus.config import load_config
-from ternaus.data import DataError, Geometry, SegmentationDataset, list_train, read_mask
+from ternaus.data.dataset import SegmentationDataset
+from ternaus.data.files import read_mask
+from ternaus.data.geometry import Geometry
+from ternaus.data.layouts import list_train
+from ternaus.errors import DataError
 from ternaus.folds import assign_folds
 from ternaus.prepare import prepare_folds
 from ternaus.rle import rle_decode
@@ -126,7 +130,7 @@ def test_synthetic_views_change_the_silhouette(tiny_dataset):
 
 
 def test_synthetic_is_deterministic(tmp_path):
-    from ternaus.synthetic import generate
+    from ternaus.fixtures.carvana import generate
 
     a = generate(tmp_path / "a", cars=1, test_cars=1, size=(64, 48), seed=7)
     b = generate(tmp_path / "b", cars=1, test_cars=1, size=(64, 48), seed=7)
@@ -137,7 +141,7 @@ def test_synthetic_is_deterministic(tmp_path):
 
 
 def test_a_folds_file_from_another_fold_count_is_refused(tiny_dataset, tmp_path):
-    from ternaus.training import read_folds
+    from ternaus.run_files import read_folds
 
     prepare_folds(config_for(tiny_dataset, tmp_path))
     with pytest.raises(DataError, match=r"holds folds \[0, 1, 2\] but folds.n_folds=2; run prepare_folds.py"):

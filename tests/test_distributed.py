@@ -12,14 +12,17 @@ import torch
 
 from ternaus.checkpoint import read_checkpoint
 from ternaus.config import load_config
-from ternaus.data import train_items
+from ternaus.data.geometry import geometry_of
+from ternaus.data.layouts import train_items
 from ternaus.distributed import World
 from ternaus.inference import Shard, fixed_batches
 from ternaus.losses import SegmentationLoss
-from ternaus.models import UNet11, load_weights
+from ternaus.models import UNet11
 from ternaus.prepare import prepare_folds
+from ternaus.run_files import read_folds
 from ternaus.runtime import Runtime
-from ternaus.training import EpochSampler, fold_data, geometry_of, read_folds, validate
+from ternaus.training import EpochSampler, fold_data, validate
+from ternaus.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthetic.yaml"

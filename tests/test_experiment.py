@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ternaus.experiment import Initialisation, markdown_table, results_table
+from experiments.initialisation import Initialisation, markdown_table, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_the_experiment_command_runs_without_imagenet_weights(tmp_path, torch_ho
     import torch
 
     from experiments.init_comparison import main
-    from ternaus.synthetic import generate
+    from ternaus.fixtures.carvana import generate
 
     target = generate(tmp_path / "target", cars=2, test_cars=0, size=(32, 32), seed=7)
     # A whole-network checkpoint in the original code's bare state_dict format; pre-training on a second

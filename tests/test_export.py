@@ -10,7 +10,7 @@ import torch
 
 import export as export_script
 from ternaus.checkpoint import save_checkpoint
-from ternaus.data import normalise_on_device
+from ternaus.data.dataset import normalise_on_device
 from ternaus.export import export_model
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import forward_flops, parameter_count
-from ternaus.config import CHOICES, ConfigError, ModelConfig, load_config
-from ternaus.models import (MODELS, AlbuNet, UNet11, UNet16, WeightsError, build_model, fit_state_dict,
-                            lecun_uniform_, set_encoder_frozen)
-from ternaus.training import geometry_of
+from ternaus.config import ModelConfig, choices, load_config
+from ternaus.data.geometry import geometry_of
+from ternaus.errors import ConfigError, WeightsError
+from ternaus.models import AlbuNet, UNet11, UNet16, build_model, lecun_uniform_, set_encoder_frozen
+from ternaus.registry import MODELS
+from ternaus.weights import fit_state_dict
 
 # ---------------------------------------------------------------- the architectures, by hand
 
@@ -73,7 +75,7 @@ def meta_model(name: str, transposed: bool = False, num_classes: int = 1):
 
 def test_the_registry_names_each_model_once_and_the_config_offers_exactly_those():
     assert isinstance(MODELS, dict)
-    assert set(CHOICES["model.name"]) == set(MODELS) == {"unet11", "unet16", "albunet34"}
+    assert set(choices("model.name")) == set(MODELS) == {"unet11", "unet16", "albunet34"}
     assert [MODELS[n].model_class for n in ("unet11", "unet16", "albunet34")] == [UNet11, UNet16, AlbuNet]
     assert [MODELS[n].size_multiple for n in ("unet11", "unet16", "albunet34")] == [32, 32, 64]
     assert MODELS["unet16"].imagenet.files == ("vgg16-397923af.pth",)

@@ -17,11 +17,13 @@ import torch
 
 from ternaus.checkpoint import read_checkpoint, save_checkpoint
 from ternaus.config import load_config
+from ternaus.errors import TrainingError, WeightsError
 from ternaus.io import atomic_write, atomic_write_text
 from ternaus.losses import SegmentationLoss
-from ternaus.models import UNet11, WeightsError, load_weights
+from ternaus.models import UNet11
 from ternaus.prepare import prepare_folds
-from ternaus.training import TrainingError, train
+from ternaus.training import train
+from ternaus.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthetic.yaml"

@@ -5,15 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from ternaus.config import ModelConfig
-from ternaus.models import (
-    ENCODER_ALIASES,
-    UNet11,
-    WeightsError,
-    build_model,
-    lecun_uniform_,
-    load_imagenet_encoder,
-    load_weights,
-)
+from ternaus.errors import WeightsError
+from ternaus.models import UNet11, build_model, lecun_uniform_
+from ternaus.models.ternausnet import ENCODER_ALIASES
+from ternaus.weights import load_imagenet_encoder, load_weights
 
 DECODER = {  # name: (in, mid, out) as in the original code with num_filters=32
     "center": (512, 512, 256), "dec5": (768, 512, 256), "dec4": (768, 512, 128),

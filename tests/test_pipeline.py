@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from ternaus.config import load_config
-from ternaus.inference import merge_tta, to_uint8, tta_inputs, tta_probabilities
+from ternaus.inference import to_uint8, tta_probabilities
 from ternaus.runtime import Runtime
 from ternaus.submission import check_rle, check_submission
+from ternaus.tta import merge_tta, tta_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,7 +190,7 @@ def test_evaluate_scores_the_submission_against_the_hidden_masks(pipeline_run, t
 
 
 def test_evaluate_gives_one_for_the_truth_itself(tiny_dataset, tmp_path):
-    from ternaus.data import read_mask
+    from ternaus.data.files import read_mask
     from ternaus.evaluate import score_submission
     from ternaus.rle import rle_encode
 

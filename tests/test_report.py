@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_rle import plain_rle  # the RLE definition, one pixel at a time
 
 from ternaus.config import load_config
 from ternaus.plots import nice_ticks, svg_line_chart
 from ternaus.report import FN, FP, TP, build_report, cv_table, disagreement, montage_row, pick_examples
-from test_rle import plain_rle  # the RLE definition, one pixel at a time
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["car1_01", "car1_02", "car2_01", "car2_02", "car3_01"]

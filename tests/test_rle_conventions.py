@@ -1,4 +1,4 @@
-"""Every row of ../shared/reference/rle-conventions.md, encoded by hand on one small mask, and round trips."""
+"""Every row of the table of RLE conventions in docs/rle.md, encoded by hand on one small mask, and round trips."""
 
 import numpy as np
 import pytest

@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ternaus.config import ConfigError, load_config
-from ternaus.data import DataError, Geometry, SegmentationDataset, list_train, pad_collate
-from ternaus.data import test_rows as listed_test_rows
+from ternaus.config import load_config
+from ternaus.data.dataset import SegmentationDataset, pad_collate
+from ternaus.data.geometry import Geometry
+from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec
+from ternaus.data.layouts import test_rows as listed_test_rows
+from ternaus.errors import ConfigError, DataError
 from ternaus.folds import assign_folds, group_ids
 from ternaus.rle import RleFormat, encode_rle
-from ternaus.sources import MaskSpec, load_masks, mask_spec
 
 COLUMN_MAJOR = RleFormat(order="F")
 
@@ -76,10 +78,11 @@ def test_class_index_masks_become_one_plane_per_class(tmp_path):
     index = np.array([[0, 1, 2], [2, 2, 0]], np.uint8)
     cv2.imwrite(str(tmp_path / "m.png"), index)
     row = {"id": "m", "mask": str(tmp_path / "m.png"), "rle": ""}
-    assert load_masks(row, (2, 3), MaskSpec(2, class_index_files=True)).tolist() == [[[0, 1, 0], [0, 0, 0]], [[0, 0, 1], [1, 1, 0]]]
+    planes = load_masks(row, (2, 3), MaskSpec(2, layout="folders")).tolist()
+    assert planes == [[[0, 1, 0], [0, 0, 0]], [[0, 0, 1], [1, 1, 0]]]
     with pytest.raises(DataError, match="class index 3"):
         cv2.imwrite(str(tmp_path / "m.png"), index + 1)
-        load_masks(row, (2, 3), MaskSpec(2, class_index_files=True))
+        load_masks(row, (2, 3), MaskSpec(2, layout="folders"))
 
 
 def write_images(folder, names, shape=(4, 5)):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ternaus.data import DataError
+from ternaus.errors import DataError
 from ternaus.losses import SegmentationLoss, class_index_targets, probabilities, softmax_overlap_loss
 from ternaus.metrics import dice_per_image, per_image_class
 from ternaus.rle import RleFormat

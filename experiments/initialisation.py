@@ -21,10 +21,12 @@ import pandas as pd
 
 from ternaus.config import Config
 from ternaus.io import atomic_write, atomic_write_text
-from ternaus.models import MODELS, imagenet_weight_candidates
 from ternaus.plots import svg_line_chart
 from ternaus.prepare import prepare_folds
-from ternaus.training import fold_dir, folds_to_train, train
+from ternaus.registry import MODELS
+from ternaus.run_files import RunFiles, folds_to_train
+from ternaus.training import train
+from ternaus.weights import imagenet_weight_candidates
 
 __all__ = ["Initialisation", "initialisations", "run_experiment", "results_table", "pretrain"]
 
@@ -68,7 +70,7 @@ def variant(cfg: Config, output_dir: Path, init: str, data_root: str | None = No
 
 
 def ensure_folds(cfg: Config) -> Path:
-    path = Path(cfg.output_dir) / "folds.csv"
+    path = RunFiles.of(cfg).folds_csv
     return path if path.is_file() else prepare_folds(cfg)
 
 
@@ -79,14 +81,15 @@ def pretrain(cfg: Config, data_root: str, out: Path, epochs: int | None = None) 
     source.train.epochs = epochs or cfg.train.epochs
     ensure_folds(source)
     train(source)
-    return fold_dir(source, 0) / "best.pt"
+    return RunFiles.of(source).best(0)
 
 
 def _train_variant(cfg: Config, folds_csv: Path, out: Path, init: str) -> None:
     run = variant(cfg, out, init)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "folds.csv").is_file():
-        shutil.copyfile(folds_csv, out / "folds.csv")  # the very same split for every initialisation
+    copy_to = RunFiles(out).folds_csv
+    if not copy_to.is_file():
+        shutil.copyfile(folds_csv, copy_to)  # the very same split for every initialisation
     train(run)
 
 
@@ -95,7 +98,7 @@ def read_curves(cfg: Config, out: Path, runs: list[Initialisation]) -> pd.DataFr
     frames = []
     for run in (r for r in runs if r.init is not None):
         for fold in folds_to_train(cfg):
-            log = pd.read_csv(out / run.name / f"fold_{fold}" / "log.csv")
+            log = pd.read_csv(RunFiles(out / run.name).log(fold))
             frames.append(log.assign(init=run.name, fold=fold))
     return pd.concat(frames, ignore_index=True)
 

@@ -1,0 +1,97 @@
+"""Images in a folder, masks as rows of an RLE CSV (``data.layout: rle_csv``; Airbus's and Severstal's layout):
+
+    {train_dir}/<id>.<image suffix>     training images
+    {masks_csv}                         one row per image, per object (unioned: Airbus) or per (image, class)
+                                        (Severstal), in the convention ``data.rle`` (order, start, ...)
+    {test_dir}/<id>.<image suffix>      test images, listed in id order
+
+Columns are ``data.csv.*``. An image the CSV does not list has empty masks (Severstal lists only the
+defects); a CSV row without its image is refused (a wrong folder or name). Rows carry ``runs``: a tuple of
+(class index, RLE) pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ternaus.config import Config, class_names, resolve
+from ternaus.data.files import CSV_ERRORS, duplicates
+from ternaus.data.folders import image_stem, images_in, test_rows
+from ternaus.errors import DataError
+from ternaus.rle import decode_rle
+
+__all__ = ["list_train", "test_rows", "load_masks", "missing_mask"]
+
+
+def _read_masks_csv(cfg: Config) -> pd.DataFrame:
+    path, csv = resolve(cfg, cfg.data.masks_csv), cfg.data.csv
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; set data.masks_csv to the competition's masks CSV") from None
+    except CSV_ERRORS as err:
+        raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); replace it") from None
+    wanted = [csv.image_column, csv.rle_column] + ([csv.class_column] if csv.rows == "image_class" else [])
+    missing = [c for c in wanted if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} has no column(s) {missing} (it has {list(table.columns)}); set data.csv.image_column, "
+                        "rle_column and class_column to its header")
+    return table
+
+
+def _class_indices(values: pd.Series, cfg: Config) -> list[int]:
+    names = class_names(cfg)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise DataError(f"{resolve(cfg, cfg.data.masks_csv)}: classes {unknown[:5]} are not in data.class_names "
+                        f"{names}; list the competition's classes there (and set model.num_classes)")
+    return [names.index(v) for v in values]
+
+
+def _runs_by_image(table: pd.DataFrame, cfg: Config) -> dict[str, list[tuple[int, str]]]:
+    csv = cfg.data.csv
+    stems = table[csv.image_column].map(image_stem)
+    if csv.rows == "image":
+        repeated = duplicates(stems)
+        if repeated:
+            raise DataError(f"{resolve(cfg, cfg.data.masks_csv)} lists {len(repeated)} image(s) more than once, e.g. "
+                            f"{repeated[:3]}; for one row per object set data.csv.rows=instance")
+    classes = _class_indices(table[csv.class_column], cfg) if csv.rows == "image_class" else [0] * len(table)
+    runs: dict[str, list[tuple[int, str]]] = {}
+    for stem, class_index, rle in zip(stems, classes, table[csv.rle_column]):
+        runs.setdefault(stem, []).append((class_index, rle))
+    return runs
+
+
+def list_train(cfg: Config) -> pd.DataFrame:
+    """Every image of ``train_dir``, with its CSV rows as ``runs``."""
+    images = images_in(cfg, "train_dir")
+    runs = _runs_by_image(_read_masks_csv(cfg), cfg)
+    strays = sorted(set(runs) - set(images))
+    if strays:
+        raise DataError(f"{len(strays)} image(s) of {resolve(cfg, cfg.data.masks_csv)} are not in "
+                        f"{resolve(cfg, cfg.data.train_dir)}, e.g. {strays[:3]}; check data.train_dir and "
+                        "data.csv.image_column")
+    return pd.DataFrame([{"id": stem, "image": str(path), "mask": "", "rle": "", "runs": tuple(runs.get(stem, ()))}
+                         for stem, path in images.items()])
+
+
+def load_masks(row: Any, shape: tuple[int, int], spec: Any) -> np.ndarray:
+    """The (C, H, W) uint8 0/1 masks of a row, decoded from its runs in ``spec.rle``; instances are unioned."""
+    masks = np.zeros((spec.num_classes, *shape), np.uint8)
+    for class_index, rle in row["runs"]:
+        try:
+            masks[class_index] |= decode_rle(rle, shape, spec.rle)
+        except ValueError as err:
+            raise DataError(f"RLE mask of {row['id']} (class {class_index + 1}) in the masks CSV does not fit its "
+                            f"{shape[1]}x{shape[0]} image: {err}; check data.rle (order, start) and the "
+                            "image") from None
+    return masks
+
+
+def missing_mask(row: Any) -> str:
+    """Never called: every image has its (possibly empty) rows."""
+    return f"a row of {row['id']} in data.masks_csv"
