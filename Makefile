@@ -31,7 +31,7 @@ demo: venv $(DEMO_DATA)/sample_submission.csv
 	$(PY) make_submission.py --config $(CONFIG)
 	$(PY) report.py --config $(CONFIG)
 	@echo "---- demo results ----"
-	@$(PY) -m ternaus.evaluate $(DEMO_RUN)/submission.csv.gz $(DEMO_DATA)/test_masks --oof $(DEMO_RUN)/oof.csv
+	@$(PY) -m ternaus.evaluate --config $(CONFIG) $(DEMO_RUN)/submission.csv.gz $(DEMO_DATA)/test_masks --oof $(DEMO_RUN)/oof.csv
 	@echo "submission: $(DEMO_RUN)/submission.csv.gz"
 	@echo "report: $(DEMO_RUN)/report/index.html"
 

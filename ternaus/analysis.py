@@ -4,11 +4,17 @@ Predictions are uint8 probability levels (``inference.to_uint8``), so a threshol
 whose level is >= ceil(255 t), the same comparison ``make_submission.py`` makes. For each out-of-fold image
 one pass stores two 256-bin histograms: the levels of all its pixels and of its ground-truth pixels. From
 their reversed cumulative sums come, for every threshold at once, the predicted area and the overlap, hence
-Dice and IoU, without keeping the probability maps in memory or predicting again.
+any metric of pixel counts (Dice, IoU, TGS's ``iou_ap``: one object per image), without keeping the
+probability maps in memory or predicting again.
 
 The minimum-area rule is the one Kaggle's empty-mask competitions used: when fewer than ``min_area`` pixels
 pass the threshold, the image's prediction is emptied. Its score depends only on those counts too, so the
 search over (threshold, min_area) is exact: for each threshold every useful minimum area is tried.
+
+A metric of objects (Airbus's ``f2_instances``) needs each threshold's connected components, not counts: the
+out-of-fold pass then scores each image on a coarser grid of thresholds (``OBJECT_THRESHOLDS``, and the
+training threshold), and the search tries those thresholds only, still with every useful minimum area.
+Both end as a ``ThresholdScores``: each image's score kept and emptied, and its area, at each threshold.
 """
 
 from __future__ import annotations
@@ -23,16 +29,22 @@ import torch
 
 from ternaus.config import Config, thresholds
 from ternaus.io import atomic_write, atomic_write_text
+from ternaus.metrics import image_score, instances
 from ternaus.registry import METRICS
+from ternaus.rle import decode_rle
 from ternaus.run_files import RunFiles
 
 __all__ = ["level_histograms", "counts_at_levels", "threshold_level", "score_from_counts", "best_min_area",
            "search_table", "choose_row", "search_postprocessing", "PostProcessing", "per_image_scores",
-           "DEFAULT_THRESHOLDS",
-           "write_oof_analysis", "read_postprocessing", "resolve_postprocessing"]
+           "DEFAULT_THRESHOLDS", "OBJECT_THRESHOLDS", "ThresholdScores", "scores_from_histograms",
+           "object_scores_of_image", "search_thresholds", "threshold_table", "choose_postprocessing", "TrueObjects",
+           "true_objects", "write_oof_analysis", "read_postprocessing", "resolve_postprocessing"]
 
 LEVELS = 256
 DEFAULT_THRESHOLDS = tuple(round(t / 100, 2) for t in range(1, 100))
+# A metric of objects is searched on these (and the training threshold): each costs a connected-components pass
+# per image, where a metric of counts costs nothing per threshold.
+OBJECT_THRESHOLDS = tuple(round(t / 10, 1) for t in range(1, 10))
 TIE = 1e-12  # scores closer than this count as equal: ties are broken by the rules in choose_row
 
 
@@ -59,9 +71,12 @@ def threshold_level(threshold: float | np.ndarray) -> np.ndarray:
 
 
 def score_from_counts(overlap: np.ndarray, predicted: np.ndarray, target: np.ndarray, metric: str) -> np.ndarray:
-    """Per-image ``metric`` (``ternaus.registry.METRICS``: Dice or IoU) from counts; an empty prediction of an
-    empty mask scores 1."""
-    return METRICS[metric].load()(overlap, predicted, target)
+    """Per-image ``metric`` (a key of ``ternaus.registry.METRICS`` of the "counts" form) from pixel counts,
+    arrays of any (broadcast) shape; an empty prediction of an empty mask scores 1."""
+    spec = METRICS[metric]
+    if spec.form != "counts":
+        raise ValueError(f"{metric} is a metric of objects: it cannot be computed from pixel counts")
+    return spec.score.load()(overlap, predicted, target)
 
 
 def best_min_area(kept: np.ndarray, emptied: np.ndarray, areas: np.ndarray) -> tuple[int, float]:
@@ -81,6 +96,55 @@ def best_min_area(kept: np.ndarray, emptied: np.ndarray, areas: np.ndarray) -> t
 
 
 @dataclass(frozen=True)
+class ThresholdScores:
+    """What the post-processing search needs, per out-of-fold image (N of them) at each of T thresholds: its
+    score with the prediction kept (N, T), its predicted area in pixels (N, T), and its score with the
+    prediction emptied (N,)."""
+
+    thresholds: tuple[float, ...]
+    kept: np.ndarray
+    areas: np.ndarray
+    emptied: np.ndarray
+
+    def column(self, threshold: float) -> int:
+        return self.thresholds.index(threshold)
+
+    def per_image(self, threshold: float, min_area: int = 0) -> np.ndarray:
+        """(N,) each image's score at ``threshold`` (one of ``thresholds``) with the minimum-area rule."""
+        k = self.column(threshold)
+        return np.where(self.areas[:, k] >= min_area, self.kept[:, k], self.emptied)
+
+
+def scores_from_histograms(histograms: np.ndarray, thresholds: tuple[float, ...], metric: str) -> ThresholdScores:
+    """Exact ``ThresholdScores`` of a metric of counts from (N, 2, 256) level histograms."""
+    predicted, overlap, target = counts_at_levels(histograms)
+    levels = threshold_level(np.asarray(thresholds))
+    kept = score_from_counts(overlap[:, levels], predicted[:, levels], target[:, None], metric)
+    emptied = score_from_counts(np.zeros_like(target), np.zeros_like(target), target, metric)
+    return ThresholdScores(tuple(thresholds), kept, predicted[:, levels], emptied)
+
+
+def object_scores_of_image(levels: np.ndarray, truth: list[np.ndarray], thresholds: tuple[float, ...],
+                           metric: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """One image's row of ``ThresholdScores`` for any metric: (H, W) uint8 levels, its true objects -> the score
+    with the prediction kept at each threshold (its connected components as objects), the predicted area at
+    each threshold, and the score of an empty prediction."""
+    kept, areas = [], []
+    for level in threshold_level(np.asarray(thresholds)):
+        pred = levels >= level
+        kept.append(image_score(metric, instances(pred), truth, pred.shape))
+        areas.append(int(np.count_nonzero(pred)))
+    return np.asarray(kept), np.asarray(areas, np.int64), image_score(metric, [], truth, levels.shape)
+
+
+def search_thresholds(metric: str, trained_at: float) -> tuple[float, ...]:
+    """The thresholds the search tries for ``metric``: every 0.01 for a metric of counts (exact and free), the
+    coarser ``OBJECT_THRESHOLDS`` for a metric of objects; the training threshold always."""
+    grid = DEFAULT_THRESHOLDS if METRICS[metric].form == "counts" else OBJECT_THRESHOLDS
+    return tuple(sorted({*grid, float(trained_at)}))
+
+
+@dataclass(frozen=True)
 class PostProcessing:
     threshold: float
     min_area: int
@@ -91,17 +155,19 @@ class PostProcessing:
     images: int
 
 
-def search_table(histograms: np.ndarray, thresholds: tuple[float, ...], metric: str) -> pd.DataFrame:
+def threshold_table(scores: ThresholdScores) -> pd.DataFrame:
     """Per threshold: the mean score with no minimum area, the best minimum area and the score with it."""
-    predicted, overlap, target = counts_at_levels(histograms)
-    emptied = score_from_counts(np.zeros_like(target), np.zeros_like(target), target, metric)
     rows = []
-    for threshold, level in zip(thresholds, threshold_level(np.asarray(thresholds))):
-        kept = score_from_counts(overlap[:, level], predicted[:, level], target, metric)
-        min_area, score = best_min_area(kept, emptied, predicted[:, level])
-        rows.append({"threshold": threshold, "score_no_min_area": float(kept.mean()), "min_area": min_area,
-                     "score": score})
+    for k, threshold in enumerate(scores.thresholds):
+        min_area, score = best_min_area(scores.kept[:, k], scores.emptied, scores.areas[:, k])
+        rows.append({"threshold": threshold, "score_no_min_area": float(scores.kept[:, k].mean()),
+                     "min_area": min_area, "score": score})
     return pd.DataFrame(rows)
+
+
+def search_table(histograms: np.ndarray, thresholds: tuple[float, ...], metric: str) -> pd.DataFrame:
+    """``threshold_table`` of a metric of counts, from level histograms."""
+    return threshold_table(scores_from_histograms(histograms, tuple(thresholds), metric))
 
 
 def choose_row(table: pd.DataFrame, prefer: float = 0.5) -> pd.Series:
@@ -111,15 +177,23 @@ def choose_row(table: pd.DataFrame, prefer: float = 0.5) -> pd.Series:
     return best.assign(distance=distance).sort_values(["distance", "min_area"], kind="stable").iloc[0]
 
 
+def choose_postprocessing(scores: ThresholdScores, metric: str,
+                          default_threshold: float = 0.5) -> tuple[PostProcessing, pd.DataFrame]:
+    """The (threshold, min_area) of ``scores`` with the best mean per-image ``metric``, and the search's table;
+    ``default_threshold`` must be one of ``scores.thresholds``."""
+    table = threshold_table(scores)
+    row = choose_row(table, default_threshold)
+    default = float(scores.kept[:, scores.column(default_threshold)].mean())
+    chosen = PostProcessing(float(row["threshold"]), int(row["min_area"]), metric, float(row["score"]), default,
+                            default_threshold, len(scores.emptied))
+    return chosen, table
+
+
 def search_postprocessing(histograms: np.ndarray, metric: str = "dice", default_threshold: float = 0.5,
                           thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS) -> tuple[PostProcessing, pd.DataFrame]:
-    """The (threshold, min_area) with the best mean per-image ``metric`` on out-of-fold histograms."""
-    table = search_table(histograms, tuple(thresholds), metric)
-    row = choose_row(table, default_threshold)
-    default = search_table(histograms, (default_threshold,), metric)["score_no_min_area"].iloc[0]
-    chosen = PostProcessing(float(row["threshold"]), int(row["min_area"]), metric, float(row["score"]),
-                            float(default), default_threshold, len(histograms))
-    return chosen, table
+    """The (threshold, min_area) with the best mean per-image ``metric`` (of counts) on out-of-fold histograms."""
+    tried = tuple(sorted({*thresholds, float(default_threshold)}))
+    return choose_postprocessing(scores_from_histograms(histograms, tried, metric), metric, default_threshold)
 
 
 def per_image_scores(histograms: np.ndarray, threshold: float, min_area: int = 0) -> pd.DataFrame:
@@ -133,19 +207,55 @@ def per_image_scores(histograms: np.ndarray, threshold: float, min_area: int = 0
                          "pred_area": area, "target_area": target})
 
 
+# ---------------------------------------------------------------- true objects
+
+
+@dataclass(frozen=True)
+class TrueObjects:
+    """The true objects of training rows whose masks CSV lists one row per object (``data.csv.rows=instance``,
+    Airbus): each row decoded on its own, so that touching objects stay two objects."""
+
+    rows: dict[str, dict]
+    rle: object  # the masks CSV's RleFormat
+
+    def __call__(self, image_id: str, shape: tuple[int, int]) -> list[np.ndarray]:
+        runs = self.rows[image_id].get("runs") or ()
+        objects = [decode_rle(rle, shape, self.rle).astype(bool) for _, rle in runs]
+        return [mask for mask in objects if mask.any()]
+
+
+def true_objects(cfg: Config, rows: list[dict]) -> TrueObjects | None:
+    """``TrueObjects`` of ``rows`` where the metric scores objects and the masks CSV has them; else None: the
+    objects are then the connected components of each true mask."""
+    if METRICS[cfg.postprocess.metric].form != "objects":
+        return None
+    if cfg.data.layout != "rle_csv" or cfg.data.csv.rows != "instance":
+        return None
+    return TrueObjects({row["id"]: row for row in rows}, cfg.data.rle)
+
+
 # ---------------------------------------------------------------- files of a run
 
 
-def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray) -> PostProcessing:
+def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray,
+                       objects: ThresholdScores | None = None) -> PostProcessing:
     """``oof.csv`` with scores at the training threshold and after the searched post-processing,
-    ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``."""
-    files = RunFiles.of(cfg)
+    ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``.
+
+    The search maximises ``postprocess.metric``: exactly from ``histograms`` for a metric of counts; from
+    ``objects`` (the out-of-fold pass's scores on ``search_thresholds``) for a metric of objects."""
+    files, metric = RunFiles.of(cfg), cfg.postprocess.metric
     trained_at = thresholds(cfg.train.threshold, 1)[0]  # one class: a number, or a list of one
-    chosen, table = search_postprocessing(histograms, cfg.postprocess.metric, trained_at)
+    scores = objects if objects is not None else scores_from_histograms(
+        histograms, search_thresholds(metric, trained_at), metric)
+    chosen, table = choose_postprocessing(scores, metric, trained_at)
     plain = per_image_scores(histograms, trained_at)
     tuned = per_image_scores(histograms, chosen.threshold, chosen.min_area)
     oof = oof[["id", "fold"]].reset_index(drop=True).join(plain)
     oof = oof.assign(dice_pp=tuned["dice"], jaccard_pp=tuned["jaccard"])
+    if metric not in plain.columns:  # the competition's metric beside Dice and IoU
+        oof.insert(4, metric, scores.per_image(trained_at))
+        oof[f"{metric}_pp"] = scores.per_image(chosen.threshold, chosen.min_area)
     atomic_write(files.oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
     atomic_write(files.oof_levels,
                  lambda tmp: np.savez_compressed(tmp, ids=np.asarray(oof["id"], dtype=str), histograms=histograms))

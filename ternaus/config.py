@@ -103,7 +103,9 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     # A key of ternaus.registry.LOSSES: "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard":
-    # BCE - w*log(soft Jaccard), the paper.
+    # BCE - w*log(soft Jaccard), the paper; "lovasz_hinge": w*Lovasz hinge + (1-w)*BCE, a surrogate of each
+    # image's IoU (w in [0, 1]; 1: the Lovasz hinge alone; one class or sigmoid classes); "lovasz_hinge_elu":
+    # the same with elu(e) + 1 in place of the hinge max(e, 0).
     name: str = "bce_dice"
     weight: float = 1.0
 
@@ -197,9 +199,11 @@ class SubmissionConfig:
 
 @dataclass
 class PostprocessConfig:
-    # The competition's per-image metric, averaged over images: the CV score predict.py reports and what the
-    # threshold / minimum-area search maximises. A key of ternaus.registry.METRICS: "dice" (Carvana) or
-    # "jaccard" (IoU).
+    # The competition's per-image metric, averaged over images (over (image, class) pairs with several classes):
+    # what validation picks best.pt by, the CV score predict.py reports, what the threshold / minimum-area
+    # search maximises and what ternaus.evaluate scores. A key of ternaus.registry.METRICS: "dice" (Carvana,
+    # Severstal, SIIM), "jaccard" (IoU), "iou_ap" (TGS: precision averaged over IoU thresholds 0.50-0.95, one
+    # object per image), "f2_instances" (Airbus: F2 over IoU thresholds 0.50-0.95, objects matched one to one).
     metric: str = "dice"
 
 
@@ -365,6 +369,7 @@ def _validate_values(cfg: Config) -> list[str]:
             errors.append(f"{key}: must be 0 or more, got {flat[key]}")
     if isinstance(cfg.train.weight_decay, float) and cfg.train.weight_decay < 0:
         errors.append(f"train.weight_decay: must be 0 or more, got {cfg.train.weight_decay}")
+    errors += _validate_lovasz(cfg)
     errors += _validate_input_size(cfg.data.input_size, cfg.model.name)
     errors += _validate_model_options(cfg.model)
     if isinstance(cfg.model.init, str) and cfg.model.init not in ("lecun", "imagenet") \
@@ -372,6 +377,20 @@ def _validate_values(cfg: Config) -> list[str]:
         errors.append(f"model.init: {cfg.model.init!r} is neither 'lecun', 'imagenet' nor an existing checkpoint file")
     errors += _validate_folds_list(cfg.train.folds, cfg.folds.n_folds)
     errors += _validate_competition(cfg)
+    return errors
+
+
+def _validate_lovasz(cfg: Config) -> list[str]:
+    loss = cfg.train.loss
+    if not (isinstance(loss.name, str) and loss.name.startswith("lovasz")):
+        return []
+    errors = []
+    if isinstance(loss.weight, float) and not 0.0 <= loss.weight <= 1.0:
+        errors.append(f"train.loss.weight: {loss.name} blends w * Lovasz + (1 - w) * BCE, w must lie in [0, 1], "
+                      f"got {loss.weight}")
+    if cfg.model.activation == "softmax":
+        errors.append(f"train.loss.name: {loss.name} is the binary Lovasz hinge, for model.activation=sigmoid; "
+                      "with softmax use bce_dice or bce_jaccard")
     return errors
 
 

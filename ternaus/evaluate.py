@@ -1,74 +1,191 @@
-"""Score a submission against ground-truth masks: mean per-image Dice, Carvana's metric.
+"""Score a submission against known masks with the competition's metric (``postprocess.metric``):
 
-The pipeline never reads test masks; this is for data that has them (the synthetic set's ``test_masks/``),
-so the demo can report how good its own submission is.
+    python -m ternaus.evaluate --config CONFIG SUBMISSION TRUTH [--images DIR] [--oof OOF_CSV] [KEY=VALUE ...]
+
+``TRUTH`` is either
+
+- a CSV in the submission's format: the columns ``submission.columns`` (found by name, in any order), the RLE
+  in ``submission.rle``. The rows of one key are its objects (Airbus: one row per ship); a key the CSV does not
+  list is empty (Severstal lists only the defects). The competitions' own training CSVs are such files
+  (TGS's ``train.csv``, Airbus's ``train_ship_segmentations_v2.csv``, Severstal's ``train.csv``, Carvana's
+  ``train_masks.csv``); or
+- a folder of mask images named as the training masks are (``data.layout``: Carvana's ``<id>_mask.gif``,
+  ``folders``' ``<id>.png``), read as training masks and written into rows as ``make_submission.py`` would
+  (with ``submission.rows=instance``, one object per connected component).
+
+``--images`` (default ``data.test_dir``) holds the images the truth belongs to: each names its rows (through
+``submission.values``) and gives its size (or ``submission.encode_size``). Every row key of those images is
+scored and averaged: images, or (image, class) pairs. The submission must have every key and no other.
+
+The pipeline never reads test masks; this is for data that has them (the fixtures' hidden test masks, a
+held-out part of the training set).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ternaus.data.files import image_size, read_mask
+from ternaus.cli import load_stage_config, run_stage
+from ternaus.config import Config, resolve
+from ternaus.data.files import CSV_ERRORS, IMAGE_SUFFIXES, image_size, listing
+from ternaus.data.folders import files_by_stem
 from ternaus.data.layouts import list_train, load_masks, mask_spec
-from ternaus.metrics import dice_score
-from ternaus.rle import decode_rle, rle_decode
+from ternaus.errors import ConfigError, DataError
+from ternaus.metrics import image_score
+from ternaus.registry import METRICS
+from ternaus.rle import decode_rle
+from ternaus.submission import SubmissionFormat, image_rows, masks_to_encode, submission_format
 
-__all__ = ["score_submission", "score_against_truth", "main"]
+__all__ = ["score_submission", "expected_keys", "read_rows", "truth_rows", "objects_by_key", "score_objects", "main"]
 
-
-def score_submission(submission: str | Path, masks_dir: str | Path, order: str = "C") -> float:
-    table = pd.read_csv(submission, dtype=str, keep_default_na=False)
-    scores = []
-    for name, rle in zip(table["img"], table["rle_mask"]):
-        truth = read_mask(Path(masks_dir) / f"{Path(name).stem}_mask.gif")
-        scores.append(dice_score(rle_decode(rle, truth.shape, order), truth))
-    return float(np.mean(scores))
+Key = tuple[str, ...]
 
 
-def _union_by_key(table: pd.DataFrame, fmt, shapes: dict) -> dict:
-    """Each row key's mask, the rows of one key (instances) unioned."""
-    masks = {}
-    rle_column = fmt.columns[fmt.rle_column]
-    for _, row in table.iterrows():
-        key = tuple(row[c] for c in fmt.key_columns)
-        mask = decode_rle(row[rle_column], shapes[key], fmt.rle)
-        masks[key] = masks[key] | mask if key in masks else mask
-    return masks
+def expected_keys(fmt: SubmissionFormat, images: Path) -> dict[Key, tuple[int, int]]:
+    """Every row key of the images in ``images``, with the (H, W) its RLE is decoded at."""
+    found = files_by_stem(images, IMAGE_SUFFIXES, "images")
+    if not found:
+        raise DataError(f"no images in {images}: --images must hold the images the truth belongs to")
+    shapes = {}
+    for path in found.values():
+        shape = fmt.encode_size or image_size(path)
+        shapes.update({key: shape for key in fmt.keys_of(path.name)})
+    return shapes
 
 
-def score_against_truth(cfg, submission: str | Path, truth_cfg) -> float:
-    """Mean Dice over the submission's row keys (images, or (image, class) pairs; an empty pair predicted
-    empty scores 1) against the true masks that ``truth_cfg`` reads as if they were training data (the
-    synthetic competitions' hidden test masks: ternaus.fixtures.competitions.TRUTH)."""
-    from ternaus.submission import image_rows, masks_to_encode, submission_format
+def read_rows(path: Path, fmt: SubmissionFormat, what: str) -> pd.DataFrame:
+    """A CSV with the submission's columns (others are ignored), as strings, in the submission's column order."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except CSV_ERRORS as err:
+        raise DataError(f"{what} {path} is not a readable CSV ({str(err).strip()[:200]})") from None
+    missing = [c for c in fmt.columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{what} {path} has no column(s) {missing} (it has {list(table.columns)}); it must have "
+                        f"the submission's columns {list(fmt.columns)} (submission.columns)")
+    return table[list(fmt.columns)]
 
+
+def truth_rows(cfg: Config, fmt: SubmissionFormat, masks: Path, images: Path) -> pd.DataFrame:
+    """The true masks of a folder, read as the layout reads training masks, as the submission's rows."""
+    if cfg.data.layout == "rle_csv":
+        raise ConfigError(f"{masks} is a folder, but data.layout=rle_csv reads masks from a CSV: give the truth as "
+                          "a CSV in the submission's format")
+    # The folder is the whole truth: no masks CSV (Carvana's layout would fall back on train_masks.csv).
+    data = dataclasses.replace(cfg.data, train_dir=str(images.resolve()), masks_dir=str(masks.resolve()),
+                               masks_csv=str(masks.resolve()))
+    truth_cfg = dataclasses.replace(cfg, data=data)
+    table = list_train(truth_cfg)
+    lacking = table[(table["mask"] == "") & (table["rle"] == "")]["id"].tolist()
+    if lacking:
+        raise DataError(f"{len(lacking)} image(s) of {images} have no mask in {masks}, e.g. {lacking[:3]}")
+    rows, classes = [], cfg.model.num_classes
+    for row in table.to_dict("records"):
+        planes = load_masks(row, image_size(row["image"]), mask_spec(truth_cfg)) * 255
+        rows += image_rows(Path(row["image"]).name, masks_to_encode(planes, [0.5] * classes, fmt.encode_size), fmt)
+    return pd.DataFrame(rows, columns=list(fmt.columns))
+
+
+def objects_by_key(table: pd.DataFrame, fmt: SubmissionFormat, shapes: dict[Key, tuple[int, int]],
+                   what: str) -> dict[Key, list[np.ndarray]]:
+    """Each key's objects: its rows' non-empty masks, decoded in ``submission.rle``; keys not in ``shapes``
+    (the images') are refused."""
+    objects: dict[Key, list[np.ndarray]] = defaultdict(list)
+    keys = list(zip(*(table[c] for c in fmt.key_columns)))
+    unknown = sorted({key for key in keys if key not in shapes})
+    if unknown:
+        raise DataError(f"{what} has {len(unknown)} row key(s) that name none of the images, e.g. "
+                        f"{[','.join(k) for k in unknown[:3]]}; check --images and submission.values")
+    problems = []
+    for key, rle in zip(keys, table[fmt.columns[fmt.rle_column]]):
+        try:
+            mask = decode_rle(rle, shapes[key], fmt.rle).astype(bool)
+        except ValueError as err:
+            problems.append(f"{','.join(key)}: {err}")
+            continue
+        if mask.any():
+            objects[key].append(mask)
+    if problems:
+        raise DataError(listing(f"{what}: {len(problems)} RLE string(s) do not fit their image "
+                                "(check submission.rle)", problems, limit=10))
+    return objects
+
+
+def score_objects(metric: str, predicted: dict[Key, list[np.ndarray]], truth: dict[Key, list[np.ndarray]],
+                  shapes: dict[Key, tuple[int, int]]) -> float:
+    """Mean over ``shapes``' keys of ``metric`` (``ternaus.metrics.image_score``)."""
+    return float(np.mean([image_score(metric, predicted.get(key, []), truth.get(key, []), shape)
+                          for key, shape in shapes.items()]))
+
+
+def _submitted_keys_problem(table: pd.DataFrame, fmt: SubmissionFormat, shapes: dict) -> str | None:
+    submitted = set(zip(*(table[c] for c in fmt.key_columns)))
+    missing = [key for key in shapes if key not in submitted]
+    if missing:
+        return (f"the submission has no row for {len(missing)} of {len(shapes)} key(s), e.g. "
+                f"{[','.join(k) for k in missing[:3]]}: Kaggle refuses such a file")
+    return None
+
+
+def score_submission(cfg: Config, submission: str | Path, truth: str | Path, images: str | Path | None = None,
+                     metrics: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Mean per key of ``metrics`` (default ``postprocess.metric``) of ``submission`` against ``truth`` (a CSV in
+    the submission's format, or a folder of masks; see the module's docstring) over the images of ``images``
+    (default ``data.test_dir``). Returns ``{metric: score}``."""
     fmt = submission_format(cfg)
-    truth_rows, shapes = [], {}
-    for row in list_train(truth_cfg).to_dict("records"):
-        name, shape = Path(row["image"]).name, image_size(row["image"])
-        masks = masks_to_encode(load_masks(row, shape, mask_spec(truth_cfg)) * 255, [0.5] * cfg.model.num_classes,
-                                fmt.encode_size)
-        truth_rows += image_rows(name, masks, fmt)
-        shapes.update({key: fmt.encode_size or shape for key in fmt.keys_of(name)})
-    truth = _union_by_key(pd.DataFrame(truth_rows, columns=list(fmt.columns)), fmt, shapes)
-    predicted = _union_by_key(pd.read_csv(submission, dtype=str, keep_default_na=False), fmt, shapes)
-    return float(np.mean([dice_score(predicted[key], mask) for key, mask in truth.items()]))
+    images = Path(images) if images is not None else resolve(cfg, cfg.data.test_dir)
+    shapes = expected_keys(fmt, images)
+    truth = Path(truth)
+    true_table = truth_rows(cfg, fmt, truth, images) if truth.is_dir() else read_rows(truth, fmt, "the truth")
+    submitted = read_rows(Path(submission), fmt, "the submission")
+    problem = _submitted_keys_problem(submitted, fmt, shapes)
+    if problem:
+        raise DataError(f"{submission}: {problem}")
+    predicted = objects_by_key(submitted, fmt, shapes, f"the submission {submission}")
+    true = objects_by_key(true_table, fmt, shapes, f"the truth {truth}")
+    return {name: score_objects(name, predicted, true, shapes) for name in metrics or (cfg.postprocess.metric,)}
+
+
+def _oof_line(path: str, metric: str) -> str:
+    oof = pd.read_csv(path)
+    column = metric if metric in oof.columns else "dice"  # an oof.csv written before the metric was chosen
+    tuned = f"; after the searched post-processing {oof[column + '_pp'].mean():.4f}" \
+        if f"{column}_pp" in oof.columns else ""
+    return f"out-of-fold {column} (mean per image, at train.threshold): {oof[column].mean():.4f}{tuned}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Mean per-image Dice of a submission against mask GIFs.")
+    parser = argparse.ArgumentParser(prog="python -m ternaus.evaluate",
+                                     description="Score a submission against known masks with the config's metric.")
+    parser.add_argument("--config", required=True, help="the competition's YAML (its format and postprocess.metric)")
     parser.add_argument("submission", help="submission CSV (.csv or .csv.gz)")
-    parser.add_argument("masks_dir", help="folder of <id>_mask.gif ground-truth masks")
-    parser.add_argument("--oof", default=None, help="oof.csv written by predict.py: also print its mean Dice")
-    args = parser.parse_args(argv)
-    if args.oof:
-        print(f"out-of-fold Dice (mean per image): {pd.read_csv(args.oof)['dice'].mean():.4f}")
-    print(f"submission Dice (mean per image): {score_submission(args.submission, args.masks_dir):.4f}")
-    return 0
+    parser.add_argument("truth", help="a CSV in the submission's format, or a folder of masks named as the "
+                                      "training masks")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--images", default=None, help="the images the truth belongs to (default data.test_dir)")
+    parser.add_argument("--oof", default=None, help="oof.csv written by predict.py: also print its mean score")
+    args = parser.parse_intermixed_args(argv)
+
+    def body() -> None:
+        cfg = load_stage_config(args)
+        metric = cfg.postprocess.metric
+        names = (metric,) if metric == "dice" else (metric, "dice")
+        scores = score_submission(cfg, args.submission, args.truth, args.images, names)
+        if args.oof:
+            print(_oof_line(args.oof, metric))
+        unit = "(image, class) pair" if cfg.submission.rows == "image_class" else "image"
+        for name, score in scores.items():
+            print(f"submission {name} (mean per {unit}; {METRICS[name].title}): {score:.4f}")
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ It streams: a DataLoader reads ahead, PNG encoding and writing run on background
 queue, so memory does not grow with the number of test images. It resumes: a run killed part-way and
 started again predicts only the images still missing, in the same batches, so every PNG comes out
 byte-identical to an uninterrupted run's. It also scores each fold's held-out images with that fold's
-model (the out-of-fold Dice).
+model (the out-of-fold scores: Dice, IoU and the competition's metric, ``postprocess.metric``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ternaus.analysis import level_histograms, write_oof_analysis
+from ternaus.analysis import (
+    ThresholdScores,
+    TrueObjects,
+    level_histograms,
+    object_scores_of_image,
+    search_thresholds,
+    true_objects,
+    write_oof_analysis,
+)
 from ternaus.config import Config, class_names, save_config, thresholds
 from ternaus.data.dataset import SegmentationDataset, normalise_on_device
 from ternaus.data.files import check_image_files, prediction_image
@@ -35,8 +43,9 @@ from ternaus.distributed import world_from_environment
 from ternaus.errors import ConfigError
 from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from ternaus.losses import probabilities
-from ternaus.metrics import dice_per_image, jaccard_per_image, per_image_class
+from ternaus.metrics import class_scores, instances
 from ternaus.models import new_model
+from ternaus.registry import METRICS
 from ternaus.run_files import RunFiles, folds_to_train, predictions_record, read_folds
 from ternaus.runtime import Runtime
 from ternaus.training import build_loader
@@ -44,7 +53,7 @@ from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
 __all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter",
-           "fixed_batches"]
+           "fixed_batches", "oof_record", "OofScores"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -265,25 +274,60 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
         writer.close()
 
 
-def oof_record(pred: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict[str, float]:
-    """Dice and Jaccard of one image's (C, H, W) masks, means over the classes; with several classes also each
-    class's Dice (``dice_<class>``)."""
-    dice = per_image_class(dice_per_image, pred[None], target[None])[0]
-    jaccard = per_image_class(jaccard_per_image, pred[None], target[None])[0]
-    record = {"dice": dice.mean().item(), "jaccard": jaccard.mean().item()}
+def oof_record(pred: torch.Tensor, target: torch.Tensor, classes: list[str], metric: str = "dice",
+               truth: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Dice, Jaccard and ``metric`` of one image's (C, H, W) masks, means over the classes; with several classes
+    also each class's Dice (``dice_<class>``). ``truth``: class 0's true objects, where known."""
+    scores = class_scores(metric, pred, target, truth)
+    record = {name: float(values.mean()) for name, values in scores.items()}
     if len(classes) > 1:
-        record.update({f"dice_{name}": value for name, value in zip(classes, dice.tolist())})
+        record.update({f"dice_{name}": float(value) for name, value in zip(classes, scores["dice"])})
     return record
 
 
+class OofScores:
+    """What the out-of-fold pass keeps per image for the analysis: the per-image records, the (2, 256) level
+    histograms (``analysis.level_histograms``) and, for a metric of objects, the image's row of
+    ``ThresholdScores`` on the search's thresholds."""
+
+    def __init__(self, cfg: Config, rows: list[dict]):
+        self.metric, self.classes = cfg.postprocess.metric, class_names(cfg)
+        trained_at = thresholds(cfg.train.threshold, len(self.classes))[0]
+        self.grid = search_thresholds(self.metric, trained_at)
+        # One class: the search runs on class 0. Objects need a threshold-by-threshold pass; counts do not.
+        self.by_objects = METRICS[self.metric].form == "objects" and len(self.classes) == 1
+        self.truth: TrueObjects | None = true_objects(cfg, rows)
+        self.records: list[dict] = []
+        self.histograms: list[np.ndarray] = []
+        self.objects: list[tuple[np.ndarray, np.ndarray, float]] = []
+
+    def add(self, image_id: str, fold: int, levels: torch.Tensor, target: torch.Tensor, cut: torch.Tensor) -> None:
+        """``levels`` (C, H, W) uint8 and ``target`` (C, H, W) bool, on any device; ``cut`` (C, 1, 1) levels."""
+        truth = self.truth(image_id, tuple(target.shape[1:])) if self.truth is not None else None
+        self.records.append({"id": image_id, "fold": fold,
+                             **oof_record(levels >= cut, target, self.classes, self.metric, truth)})
+        self.histograms.append(level_histograms(levels[:1], target[:1]).cpu().numpy())  # class 0
+        if self.by_objects:
+            plane = target[0].cpu().numpy()
+            objects = truth if truth is not None else instances(plane)
+            self.objects.append(object_scores_of_image(levels[0].cpu().numpy(), objects, self.grid, self.metric))
+
+    def threshold_scores(self) -> ThresholdScores | None:
+        if not self.by_objects:
+            return None
+        kept, areas, emptied = zip(*self.objects)
+        return ThresholdScores(self.grid, np.stack(kept), np.stack(areas), np.asarray(emptied))
+
+
 @torch.no_grad()
-def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per-image Dice and Jaccard of each fold's held-out images, predicted by that fold's model, and each
-    image's (2, 256) level histograms (``analysis.level_histograms``), from which the post-processing search
-    scores any threshold. The probability PNGs go to ``{output_dir}/oof_predictions/`` for the report."""
+def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> OofScores:
+    """Each fold's held-out images, predicted by that fold's model and scored (``OofScores``): per-image Dice,
+    Jaccard and ``postprocess.metric``, and what the post-processing search needs. The probability PNGs go to
+    ``{output_dir}/oof_predictions/`` for the report."""
     items = train_items(cfg, read_folds(cfg))
-    geometry, records, histograms, classes = geometry_of(cfg), [], [], class_names(cfg)
+    geometry, classes = geometry_of(cfg), class_names(cfg)
     cut = torch.tensor(thresholds(cfg.train.threshold, len(classes)), device=runtime.device).view(-1, 1, 1) * 255
+    found = OofScores(cfg, items.to_dict("records"))
     writer = PngWriter(cfg.predict.writer_threads)
     try:
         for fold, model in models.items():
@@ -297,11 +341,10 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
                     writer.submit(RunFiles.of(cfg).oof_predictions / f"{image_id}.png",
                                   prediction_image(levels.cpu().numpy()))
                     target = mask[:, : size[0], : size[1]].to(runtime.device) > 0  # (batch padding cropped)
-                    records.append({"id": image_id, "fold": fold, **oof_record(levels >= cut, target, classes)})
-                    histograms.append(level_histograms(levels[:1], target[:1]).cpu().numpy())  # class 0
+                    found.add(image_id, fold, levels, target, cut)
     finally:
         writer.close()
-    return pd.DataFrame(records), np.stack(histograms)
+    return found
 
 
 def predict(cfg: Config, shard: Shard | None = None) -> dict:
@@ -334,17 +377,26 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
 
 
 def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> dict:
-    oof, histograms = predict_oof(cfg, models, runtime)
+    found = predict_oof(cfg, models, runtime)
+    oof, metric = pd.DataFrame(found.records), cfg.postprocess.metric
+    files = RunFiles.of(cfg)
     if cfg.model.num_classes == 1:  # the search's histograms hold one class
-        chosen = write_oof_analysis(cfg, oof, histograms)
-        print(f"post-processing searched on the out-of-fold images: threshold {chosen.threshold}, min_area "
-              f"{chosen.min_area}: CV {chosen.metric} {chosen.score:.4f} (at {chosen.default_threshold} without "
-              f"min_area: {chosen.default_score:.4f}) -> {RunFiles.of(cfg).postprocess}")
+        chosen = write_oof_analysis(cfg, oof, np.stack(found.histograms), found.threshold_scores())
+        grid = found.grid
+        how = (f"exact over {len(grid)} thresholds" if METRICS[metric].form == "counts" else
+               f"on {len(grid)} thresholds {grid[0]}-{grid[-1]} only: {metric} counts objects, which the level "
+               "histograms cannot")
+        print(f"post-processing searched on the out-of-fold images for {metric} ({how}): threshold "
+              f"{chosen.threshold}, min_area {chosen.min_area}: CV {metric} {chosen.score:.4f} (at "
+              f"{chosen.default_threshold} without min_area: {chosen.default_score:.4f}) -> {files.postprocess}")
     else:
-        atomic_write(RunFiles.of(cfg).oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
-    oof_path = RunFiles.of(cfg).oof_csv
+        atomic_write(files.oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
+    extra = [metric] if metric not in ("dice", "jaccard") else []
     for fold, group in oof.groupby("fold"):
-        print(f"fold {fold}: out-of-fold Dice {group['dice'].mean():.4f}, IoU {group['jaccard'].mean():.4f} "
-              f"on {len(group)} images")
-    print(f"out-of-fold Dice (mean per image): {oof['dice'].mean():.4f}  ({oof_path})")
-    return {"oof": oof_path, "oof_dice": float(oof["dice"].mean())}
+        others = "".join(f", {name} {group[name].mean():.4f}" for name in extra)
+        print(f"fold {fold}: out-of-fold Dice {group['dice'].mean():.4f}, IoU {group['jaccard'].mean():.4f}"
+              f"{others} on {len(group)} images")
+    others = "".join(f", {name} {oof[name].mean():.4f}" for name in extra)
+    print(f"out-of-fold (mean per image, at train.threshold): Dice {oof['dice'].mean():.4f}, "
+          f"IoU {oof['jaccard'].mean():.4f}{others}  ({files.oof_csv})")
+    return {"oof": files.oof_csv, "oof_dice": float(oof["dice"].mean()), f"oof_{metric}": float(oof[metric].mean())}

@@ -1,4 +1,4 @@
-"""Losses of the paper and of the Carvana model: BCE - w * log(soft Jaccard | soft Dice).
+"""Losses of the paper and of the Carvana model, BCE - w * log(soft Jaccard | soft Dice), and the Lovasz hinge.
 
 The functional core works on logits and targets of shape (B, C, H, W); the ``nn.Module`` wrapper only
 holds the settings. Reductions run in float32 even under mixed precision: half-precision sums over a
@@ -7,6 +7,10 @@ holds the settings. Reductions run in float32 even under mixed precision: half-p
 With several classes the overlap is taken per class over the batch and the logs averaged, so that a small
 class weighs as much as a large one. ``activation="softmax"`` (exclusive classes) has one more channel, the
 background first: cross-entropy replaces BCE and the overlaps are those of the classes' softmax probabilities.
+
+The Lovasz hinge (Berman, Rannen Triki and Blaschko, "The Lovasz-Softmax loss: a tractable surrogate for the
+optimization of the intersection-over-union measure in neural networks", CVPR 2018) is a convex surrogate of
+each image's IoU: the loss the IoU-scored TGS Salt competition's top solutions trained on.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from torch import nn
 from ternaus.registry import LOSSES
 
 __all__ = ["soft_jaccard", "soft_dice", "bce_overlap_loss", "softmax_overlap_loss", "bce_dice_loss",
-           "bce_jaccard_loss", "SegmentationLoss", "EPS", "probabilities", "class_overlaps", "class_index_targets"]
+           "bce_jaccard_loss", "SegmentationLoss", "EPS", "probabilities", "class_overlaps", "class_index_targets",
+           "lovasz_gradient", "lovasz_hinge", "lovasz_hinge_loss", "lovasz_hinge_elu_loss"]
 
 EPS = 1e-15  # as in the reference code: only guards the all-empty batch
 
@@ -105,6 +110,61 @@ def bce_jaccard_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float 
                      activation: str = "sigmoid") -> torch.Tensor:
     """BCE - weight * log(soft Jaccard), the paper's loss (cross-entropy instead of BCE with softmax)."""
     return _overlap_loss(logits, targets, "bce_jaccard", weight, activation)
+
+
+# ---------------------------------------------------------------- the Lovasz hinge
+
+
+def lovasz_gradient(sorted_targets: torch.Tensor) -> torch.Tensor:
+    """(N, P) 0/1 targets of N images, each image's pixels sorted by decreasing error -> (N, P): the gradient of
+    the Lovasz extension of the Jaccard loss with respect to the sorted errors (the paper's Algorithm 1).
+
+    With g = the number of true pixels, after the first k sorted pixels (k = 1..P) the Jaccard loss of
+    "those k are wrong" is J_k = 1 - (g - true pixels among them) / (g + false pixels among them); the gradient
+    is J_1, J_2 - J_1, ..., J_P - J_(P-1). The union is never 0: for an empty mask the first pixel is false."""
+    total = sorted_targets.sum(1, keepdim=True)
+    intersection = total - sorted_targets.cumsum(1)
+    union = total + (1 - sorted_targets).cumsum(1)
+    jaccard = 1.0 - intersection / union
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+
+
+def lovasz_hinge(logits: torch.Tensor, targets: torch.Tensor, elu: bool = False) -> torch.Tensor:
+    """Mean over images (and classes) of the binary Lovasz hinge of each (image, class) plane, in float32.
+
+    ``logits``, ``targets`` (B, C, H, W). Per plane: signs s = 2y - 1, hinge errors e = 1 - logit * s, sorted in
+    decreasing order; loss = sum over the sorted pixels of f(e) * lovasz_gradient, with f(e) = max(e, 0)
+    (the paper) or, with ``elu``, elu(e) + 1 (a smooth, everywhere positive variant several TGS Salt solutions
+    trained with). An empty mask is scored too: its loss is f of its largest error."""
+    logits = logits.float().flatten(2).flatten(0, 1)  # (B * C, H * W): one row per plane
+    targets = targets.float().flatten(2).flatten(0, 1)
+    errors = 1.0 - logits * (2.0 * targets - 1.0)
+    sorted_errors, order = torch.sort(errors, dim=1, descending=True)
+    gradient = lovasz_gradient(targets.gather(1, order))
+    hinged = F.elu(sorted_errors) + 1.0 if elu else F.relu(sorted_errors)
+    return (hinged * gradient).sum(1).mean()
+
+
+def _lovasz_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float, activation: str,
+                 elu: bool) -> torch.Tensor:
+    if activation != "sigmoid":
+        raise ValueError("the Lovasz hinge is binary: it needs model.activation=sigmoid")
+    loss = lovasz_hinge(logits, targets, elu)
+    if weight == 1:
+        return loss
+    return weight * loss + (1.0 - weight) * F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+def lovasz_hinge_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float = 1.0,
+                      activation: str = "sigmoid") -> torch.Tensor:
+    """weight * Lovasz hinge + (1 - weight) * BCE, weight in [0, 1]: 1 (the default) is the Lovasz hinge alone."""
+    return _lovasz_loss(logits, targets, weight, activation, elu=False)
+
+
+def lovasz_hinge_elu_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float = 1.0,
+                          activation: str = "sigmoid") -> torch.Tensor:
+    """``lovasz_hinge_loss`` with elu(e) + 1 in place of max(e, 0)."""
+    return _lovasz_loss(logits, targets, weight, activation, elu=True)
 
 
 class SegmentationLoss(nn.Module):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["Ref", "ImageNetWeights", "ModelSpec", "MODELS", "LOSSES", "METRICS", "TTAS", "LAYOUTS", "REGISTRIES"]
+__all__ = ["Ref", "ImageNetWeights", "ModelSpec", "MetricSpec", "MODELS", "LOSSES", "METRICS", "TTAS", "LAYOUTS",
+           "REGISTRIES"]
 
 
 @dataclass(frozen=True)
@@ -86,16 +87,35 @@ MODELS: dict[str, ModelSpec] = {
                            size_multiple=64, options=("transposed",)),
 }
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """One ``postprocess.metric``: its per-image function in ``ternaus.metrics`` and the form it takes.
+
+    ``"counts"``: ``(overlap, predicted, target)`` pixel counts (numpy arrays of any shape) -> scores of that
+    shape; the out-of-fold search then scores every threshold exactly from level histograms. ``"objects"``:
+    ``(predicted, truth)``, lists of boolean object masks -> one image's score; the search tries a coarser grid
+    of thresholds on the out-of-fold probabilities."""
+
+    score: Ref
+    form: Literal["counts", "objects"]
+    title: str  # how the logs and the report name it
+
+
 # train.loss.name: functions (logits, targets, weight, activation) -> scalar loss
 LOSSES: dict[str, Ref] = {
     "bce_dice": Ref("ternaus.losses", "bce_dice_loss"),
     "bce_jaccard": Ref("ternaus.losses", "bce_jaccard_loss"),
+    "lovasz_hinge": Ref("ternaus.losses", "lovasz_hinge_loss"),
+    "lovasz_hinge_elu": Ref("ternaus.losses", "lovasz_hinge_elu_loss"),
 }
 
-# postprocess.metric: per-image scores from pixel counts (overlap, predicted, target) -> score
-METRICS: dict[str, Ref] = {
-    "dice": Ref("ternaus.metrics", "dice_from_counts"),
-    "jaccard": Ref("ternaus.metrics", "jaccard_from_counts"),
+# postprocess.metric: the competition's per-image metric, averaged over images (or (image, class) pairs)
+_METRICS = "ternaus.metrics"
+METRICS: dict[str, MetricSpec] = {
+    "dice": MetricSpec(Ref(_METRICS, "dice_from_counts"), "counts", "Dice"),
+    "jaccard": MetricSpec(Ref(_METRICS, "jaccard_from_counts"), "counts", "IoU"),
+    "iou_ap": MetricSpec(Ref(_METRICS, "iou_ap_from_counts"), "counts", "mean precision over IoU 0.50-0.95"),
+    "f2_instances": MetricSpec(Ref(_METRICS, "f2_instances"), "objects", "F2 over IoU 0.50-0.95, per object"),
 }
 
 # predict.tta: ternaus.tta.TTA objects

@@ -21,6 +21,7 @@ from ternaus.data.files import read_image, read_prediction
 from ternaus.data.layouts import list_train, load_masks, mask_spec, test_rows
 from ternaus.io import atomic_write_bytes, atomic_write_text
 from ternaus.plots import svg_line_chart
+from ternaus.registry import METRICS
 from ternaus.run_files import RunFiles, folds_to_train
 from ternaus.submission import masks_to_encode
 
@@ -28,15 +29,21 @@ __all__ = ["build_report", "cv_table", "pick_examples", "disagreement", "montage
 
 GAP = 4  # pixels between the tiles of a montage row
 TP, FP, FN = (40, 200, 40), (230, 30, 30), (40, 90, 255)  # RGB
-CV_COLUMNS = {"dice": "Dice", "jaccard": "IoU", "dice_pp": "Dice, post-processed", "jaccard_pp": "IoU, post-processed"}
+
+
+def cv_columns(metric: str = "dice") -> dict[str, str]:
+    """The CV table's columns and headers: Dice, IoU and the competition's metric, then the same post-processed."""
+    plain = {"dice": "Dice", "jaccard": "IoU"}
+    plain.setdefault(metric, metric)
+    return plain | {f"{c}_pp": f"{name}, post-processed" for c, name in plain.items()}
 
 
 # ---------------------------------------------------------------- pure parts
 
 
-def cv_table(oof: pd.DataFrame) -> pd.DataFrame:
+def cv_table(oof: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """Mean per-image scores per fold and over all out-of-fold images (the CV score), with image counts."""
-    columns = [c for c in CV_COLUMNS if c in oof.columns]
+    columns = [c for c in cv_columns(metric) if c in oof.columns]
     per_fold = oof.groupby("fold")[columns].mean()
     per_fold.insert(0, "images", oof.groupby("fold").size())
     per_fold.index = [f"fold {k}" for k in per_fold.index]
@@ -116,20 +123,23 @@ FOLD_CHARTS = (("loss", "loss", {"train": "train_loss", "validation": "val_loss"
                ("learning rate", "lr", {"lr": "lr"}))
 
 
-def fold_charts(fold: int, log: pd.DataFrame) -> str:
-    """Loss, validation scores and learning rate by epoch; a column an older log lacks is left out."""
+def fold_charts(fold: int, log: pd.DataFrame, metric: str = "dice") -> str:
+    """Loss, validation scores (Dice, IoU and the competition's metric) and learning rate by epoch; a column an
+    older log lacks is left out."""
     epochs = log["epoch"].tolist()
     charts = []
     for title, y_label, columns in FOLD_CHARTS:
+        if title == "validation" and metric not in ("dice", "jaccard"):
+            columns = columns | {metric: f"val_{metric}"}
         series = {name: (epochs, log[column].tolist()) for name, column in columns.items() if column in log}
         charts.append(svg_line_chart(series, f"fold {fold}: {title}", "epoch", y_label, 320, 220))
     return f'<div class="fold" id="curves-fold-{fold}">' + "".join(charts) + "</div>"
 
 
-def curves_section(logs: dict[int, pd.DataFrame]) -> str:
+def curves_section(logs: dict[int, pd.DataFrame], metric: str = "dice") -> str:
     if not logs:
         return "<p>No training logs (fold_K/log.csv): run train.py.</p>"
-    return "\n".join(fold_charts(fold, log) for fold, log in logs.items())
+    return "\n".join(fold_charts(fold, log, metric) for fold, log in logs.items())
 
 
 def search_chart(path: Path, metric: str) -> str:
@@ -143,18 +153,20 @@ def search_chart(path: Path, metric: str) -> str:
                           f"CV {metric} by threshold (out-of-fold)", "threshold", metric, 420, 240)
 
 
-def cv_section(oof: pd.DataFrame | None, post: str, chart: str = "") -> str:
+def cv_section(oof: pd.DataFrame | None, post: str, chart: str = "", metric: str = "dice") -> str:
     if oof is None:
         return "<p>No oof.csv: run predict.py (with predict.oof=true).</p>"
-    table = cv_table(oof)
-    head = "".join(f"<th>{escape(CV_COLUMNS.get(c, c))}</th>" for c in table.columns)
+    table = cv_table(oof, metric)
+    headers = cv_columns(metric)
+    head = "".join(f"<th>{escape(headers.get(c, c))}</th>" for c in table.columns)
     body = []
     for name, row in table.iterrows():
         cells = "".join(f"<td>{int(v)}</td>" if c == "images" else f"<td>{v:.4f}</td>" for c, v in row.items())
         body.append(f"<tr><th>{escape(name)}</th>{cells}</tr>")
     return (f'<table class="cv"><tr><th></th>{head}</tr>{"".join(body)}</table>'
             f"<p>Mean per-image scores of each fold's held-out images, predicted by the model that did not train on "
-            f"them. Post-processing: {escape(post)}.</p>{chart}")
+            f"them. The competition's metric (postprocess.metric): {escape(metric)}, "
+            f"{escape(METRICS[metric].title)}. Post-processing: {escape(post)}.</p>{chart}")
 
 
 def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bool, post: tuple[float, int]) -> str:
@@ -228,9 +240,10 @@ def build_report(cfg: Config) -> Path:
     oof = pd.read_csv(oof_path, dtype={"id": str}) if oof_path.is_file() else None
     threshold, min_area, how = resolve_postprocessing(cfg)
     post = (threshold, min_area)
-    sections = [("curves", "Training curves", curves_section(read_logs(cfg))),
-                ("cv", "Cross-validation", cv_section(oof, how, search_chart(
-                    files.postprocess_search, cfg.postprocess.metric))),
+    metric = cfg.postprocess.metric
+    sections = [("curves", "Training curves", curves_section(read_logs(cfg), metric)),
+                ("cv", "Cross-validation", cv_section(oof, how, search_chart(files.postprocess_search, metric),
+                                                      metric)),
                 ("worst", "Worst out-of-fold images", examples_section(cfg, out, oof, True, post)),
                 ("best", "Best out-of-fold images", examples_section(cfg, out, oof, False, post)),
                 ("test", "Test predictions", test_section(cfg, out, post))]

@@ -25,11 +25,12 @@ from ternaus.data.files import CSV_ERRORS, image_size, read_prediction
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
 from ternaus.io import atomic_write
+from ternaus.metrics import instances
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
 from ternaus.run_files import RunFiles
 
 __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "SubmissionFormat",
-           "submission_format", "masks_to_encode", "image_rows", "instances", "order_like_sample"]
+           "submission_format", "masks_to_encode", "image_rows", "order_like_sample"]
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,6 @@ def masks_to_encode(probs: np.ndarray, cuts: list[float], encode_size: tuple[int
     masks = probs >= cut
     masks[small] = False
     return masks
-
-
-def instances(mask: np.ndarray) -> list[np.ndarray]:
-    """The 8-connected components of a 2-D mask, one mask each, in the order OpenCV labels them."""
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return [labels == label for label in range(1, count)]
 
 
 def image_rows(image: str, masks: np.ndarray, fmt: SubmissionFormat) -> list[tuple[str, ...]]:

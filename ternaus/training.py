@@ -1,7 +1,8 @@
 """Training: one model per fold (UNet11 by default), Adam with the Carvana cyclic schedule, validation every epoch.
 
 Each fold writes ``fold_K/last.pt`` (every epoch, and every ``train.checkpoint_every`` steps),
-``fold_K/best.pt`` (best validation Dice) and ``fold_K/log.csv``. The shuffle of an epoch is drawn from
+``fold_K/best.pt`` (the best validation score of ``postprocess.metric``, the competition's metric) and
+``fold_K/log.csv``. The shuffle of an epoch is drawn from
 (seed, fold, epoch) and each image's augmentation from its position in the epoch, and ``last.pt`` holds
 the generators' states and the log, so a run killed at any moment and started again ends exactly where
 an uninterrupted one would.
@@ -15,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from ternaus.analysis import TrueObjects, true_objects
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import FoldState, resume_fold_state, save_fold_state, unwrap
 from ternaus.config import Config, class_names, save_config, thresholds
@@ -31,7 +34,7 @@ from ternaus.distributed import World, close_world, init_world, max_over_world, 
 from ternaus.errors import ConfigError, DataError, TrainingError
 from ternaus.io import atomic_write, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss, probabilities
-from ternaus.metrics import dice_per_image, jaccard_per_image, per_image_class
+from ternaus.metrics import class_scores
 from ternaus.models import build_model, set_encoder_frozen
 from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
@@ -96,6 +99,7 @@ class FoldData:
     val_loader: DataLoader
     drop_last: bool
     world: World
+    truth: TrueObjects | None = None  # the validation images' true objects, where the masks CSV lists them
 
     def train_loader(self, cfg: Config, runtime: Runtime, seed: int, start_step: int) -> DataLoader:
         sampler = EpochSampler(len(self.train_set), seed, start_step * cfg.train.batch_size, self.world.rank,
@@ -113,13 +117,16 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
                         "run prepare_folds.py again with this config")
     masks = mask_spec(cfg)
     train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment), masks=masks)
-    # Each rank validates its own share, without padding, so that every image is counted exactly once.
-    val_set = SegmentationDataset(val_rows[world.rank::world.size], geometry, True, masks=masks)
+    # Each rank validates its own share, without padding, so that every image is counted exactly once. Resized
+    # input is scored against the original masks (the loss still sees them resized, as in training): a mask
+    # resized down and back up is not the mask the competition scores.
+    val_set = SegmentationDataset(val_rows[world.rank::world.size], geometry, True, masks=masks,
+                                  mask_at_input_size=geometry.input_size is None)
     # Drop a last batch of one: a single image gives a noisy Adam step at full resolution.
     per_rank = -(-len(train_rows) // world.size)
     drop_last = per_rank % cfg.train.batch_size == 1 and per_rank > 1
     val_loader = build_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
-    return FoldData(train_set, val_loader, drop_last, world)
+    return FoldData(train_set, val_loader, drop_last, world, true_objects(cfg, val_rows))
 
 
 # ---------------------------------------------------------------- one epoch
@@ -194,41 +201,60 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
 
 
 def _image_scores(logit: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], geometry: Geometry,
-                  cut: torch.Tensor, activation: str) -> torch.Tensor:
-    """[Dice, Jaccard, Dice of each class] of one image at its own size; Dice and Jaccard are class means."""
-    pred = probabilities(geometry.restore(logit, size)[None], activation) >= cut
-    target = (geometry.restore(mask, size) > 0.5)[None]
-    dice = per_image_class(dice_per_image, pred, target)[0]
-    jaccard = per_image_class(jaccard_per_image, pred, target)[0]
-    return torch.cat([dice.mean()[None], jaccard.mean()[None], dice]).cpu()
+                  cut: torch.Tensor, activation: str, metric: str, truth: list[np.ndarray] | None) -> torch.Tensor:
+    """[Dice, Jaccard, metric, Dice of each class] of one image at its own size, the first three class means.
+
+    ``mask``: the original mask (batch padding at the bottom and right) in resize mode, the network-sized one
+    (cropped back exactly) in pad mode."""
+    pred = probabilities(geometry.restore(logit, size)[None], activation)[0] >= cut[0]
+    height, width = size
+    target = (mask[:, :height, :width] if geometry.input_size is not None else geometry.restore(mask, size)) > 0.5
+    scores = class_scores(metric, pred, target, truth)
+    means = [scores["dice"].mean(), scores["jaccard"].mean(), scores[metric].mean()]
+    return torch.from_numpy(np.concatenate([means, scores["dice"]]))
+
+
+def _network_masks(masks: torch.Tensor, sizes: list[list[int]], geometry: Geometry) -> torch.Tensor:
+    """The masks the loss compares the network's output with, in resize mode: the originals (batch padding
+    cropped) resized exactly as the training masks are."""
+    return torch.stack([torch.from_numpy(geometry.masks_to_input(np.ascontiguousarray(m[:, :h, :w].numpy())))
+                        for m, (h, w) in zip(masks, sizes)])
 
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_fn: SegmentationLoss,
              geometry: Geometry, threshold: float | list[float], world: World = World(),
-             classes: list[str] | None = None) -> dict[str, float]:
-    """Mean per-image Dice and Jaccard at ``threshold`` (one, or one per class), on each image's own area
-    (padding cropped); with several classes the mean over (image, class) pairs, and each class's Dice.
+             classes: list[str] | None = None, metric: str = "dice",
+             truth: TrueObjects | None = None) -> dict[str, float]:
+    """Mean per-image Dice, Jaccard and ``metric`` (``postprocess.metric``; ``val_<metric>`` when it is neither)
+    at ``threshold`` (one, or one per class), on each image's own area and its original mask; with several
+    classes the means over (image, class) pairs, and each class's Dice. ``truth``: the true objects of a metric
+    of objects, where the masks CSV lists them (else each true mask's connected components).
 
     The loss is each batch's loss weighted by its image count. Under DDP the sums of every rank's share
     are added up, so each validation image counts exactly once whatever the number of ranks."""
     model.eval()
     activation = getattr(loss_fn, "activation", "sigmoid")
     n_classes = len(classes) if classes else 1
-    # [images, loss sum, Dice sum, Jaccard sum, each class's Dice sum], in float64 so that the mean does not
-    # depend on the order; the same length on every rank, even one with no image to validate.
-    sums = torch.zeros(4 + n_classes, dtype=torch.float64)
+    # [images, loss sum, Dice sum, Jaccard sum, metric sum, each class's Dice sum], in float64 so that the mean
+    # does not depend on the order; the same length on every rank, even one with no image to validate.
+    sums = torch.zeros(5 + n_classes, dtype=torch.float64)
     cut = torch.tensor(thresholds(threshold, n_classes), device=runtime.device).view(1, -1, 1, 1)
     for batch in loader:
         images = normalise_on_device(runtime.to_device(batch["image"]))
-        masks = batch["mask"].to(runtime.device).float()
+        sizes = batch["size"].tolist()
+        masks = batch["mask"]
+        net_masks = _network_masks(masks, sizes, geometry) if geometry.input_size is not None else masks
         with runtime.autocast():
             logits = model(images)
-        sums[:2] += torch.tensor([len(images), loss_fn(logits, masks).item() * len(images)], dtype=torch.float64)
-        for logit, mask, size in zip(logits.float(), masks, batch["size"].tolist()):
-            sums[2:] += _image_scores(logit, mask, tuple(size), geometry, cut, activation).double()
-    count, loss, dice, jaccard, *per_class = sum_over_world(sums, world).tolist()
+        loss = loss_fn(logits, net_masks.to(runtime.device).float()).item()
+        sums[:2] += torch.tensor([len(images), loss * len(images)], dtype=torch.float64)
+        for image_id, logit, mask, size in zip(batch["id"], logits.float(), masks.to(runtime.device), sizes):
+            objects = truth(image_id, tuple(size)) if truth is not None else None
+            sums[2:] += _image_scores(logit, mask, tuple(size), geometry, cut, activation, metric, objects)
+    count, loss, dice, jaccard, score, *per_class = sum_over_world(sums, world).tolist()
     scores = {"val_loss": loss / count, "val_dice": dice / count, "val_jaccard": jaccard / count}
+    scores[f"val_{metric}"] = score / count  # the same value again for dice and jaccard
     if len(per_class) > 1:
         names = classes or [str(k + 1) for k in range(len(per_class))]
         scores.update({f"val_dice_{name}": value / count for name, value in zip(names, per_class)})
@@ -337,24 +363,28 @@ def _quiet(*args, **kwargs) -> None:
 
 
 def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -> None:
-    _check_scores({"val_loss": row["val_loss"], "val_dice": row["val_dice"]}, desc)
+    metric = cfg.postprocess.metric
+    key = f"val_{metric}"
+    _check_scores({"val_loss": row["val_loss"], "val_dice": row["val_dice"], key: row[key]}, desc)
     files = RunFiles.of(cfg)
     state.scheduler.step()
     state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, None
-    improved = row["val_dice"] > state.best_score
-    state.best_score = max(state.best_score, row["val_dice"])
+    improved = row[key] > state.best_score
+    state.best_score = max(state.best_score, row[key])
     state.log.append(row)
     if improved:
         save_fold_state(state, files.best(fold), cfg, fold)
     save_fold_state(state, files.last(fold), cfg, fold)
     _write_log(files.log(fold), state.log, state.world)
     if state.world.is_main:
+        other = f"  {metric} {row[key]:.4f}" if metric not in ("dice", "jaccard") else ""
         print(f"{desc}: loss {row['train_loss']:.4f}  val dice {row['val_dice']:.4f}  "
-              f"jaccard {row['val_jaccard']:.4f}{'  *best' if improved else ''}")
+              f"jaccard {row['val_jaccard']:.4f}{other}{'  *best' if improved else ''}")
 
 
 def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, world: World = World()) -> float:
-    """Train fold ``fold`` to ``train.epochs``, resuming from ``last.pt`` when present; returns the best Dice."""
+    """Train fold ``fold`` to ``train.epochs``, resuming from ``last.pt`` when present; returns the best
+    validation score of ``postprocess.metric``."""
     state = _start_fold(cfg, fold, runtime, world)
     data = fold_data(cfg, items, fold, runtime, world)
     geometry = geometry_of(cfg)
@@ -371,7 +401,7 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
                                      lambda: _save_progress(state, cfg, fold))
         # The plain model: each rank validates a different number of batches, with no collective inside.
         scores = validate(unwrap(state.model), data.val_loader, runtime, state.loss_fn, geometry,
-                          cfg.train.threshold, world, class_names(cfg))
+                          cfg.train.threshold, world, class_names(cfg), cfg.postprocess.metric, data.truth)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
                "time_s": round(time.perf_counter() - started, 2)}
         _end_epoch(state, cfg, fold, row, desc)
@@ -379,7 +409,8 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
 
 
 def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
-    """Train ``fold``, or every fold of ``train.folds`` (all when null); returns the best Dice per fold.
+    """Train ``fold``, or every fold of ``train.folds`` (all when null); returns the best validation score
+    (``postprocess.metric``) per fold.
 
     Under ``torchrun`` every process trains the same fold with DistributedDataParallel, one GPU each."""
     world = init_world()

@@ -107,7 +107,8 @@ def test_every_registry_entry_loads_and_is_what_its_registry_promises():
     for spec in MODELS.values():
         assert issubclass(spec.model_class, TernausNet)
         assert spec.model_class.SIZE_MULTIPLE == spec.size_multiple == 2 ** spec.halvings
-    assert all(callable(ref.load()) for ref in [*LOSSES.values(), *METRICS.values()])
+    assert all(callable(ref.load()) for ref in [*LOSSES.values(), *(spec.score for spec in METRICS.values())])
+    assert {spec.form for spec in METRICS.values()} == {"counts", "objects"}
     assert all(isinstance(ref.load(), TTA) for ref in TTAS.values())
     wanted = [name for name in vars(Layout) if not name.startswith("_")]
     assert wanted == ["list_train", "test_rows", "load_masks", "missing_mask"]

@@ -19,7 +19,7 @@ import prepare_folds
 import train
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.config import load_config
-from ternaus.evaluate import score_against_truth
+from ternaus.evaluate import score_submission
 from ternaus.fixtures.competitions import GENERATORS, TRUTH
 from ternaus.rle import RleFormat, decode_rle
 from ternaus.submission import masks_to_encode
@@ -59,10 +59,13 @@ def run_competition(name: str, tmp: Path) -> Run:
     for stage in (prepare_folds, train, predict, make_submission):
         assert stage.main(args) == 0, f"{stage.__name__} failed on the {name} fixture"
     run = Run(name, root, tmp / "run", args)
-    truth = load_config(args[1], args[2:] + TRUTH[name])
+    metric = run.cfg.postprocess.metric
+    oof = pd.read_csv(run.out / "oof.csv")
+    test = score_submission(run.cfg, run.out / run.cfg.submission.filename, root / TRUTH[name], None,
+                            tuple(dict.fromkeys((metric, "dice"))))
     FIGURES[name] = {"seconds": round(time.perf_counter() - started, 1),
-                     "oof_dice": round(float(pd.read_csv(run.out / "oof.csv")["dice"].mean()), 4),
-                     "test_dice": round(score_against_truth(run.cfg, run.out / run.cfg.submission.filename, truth), 4)}
+                     **{f"oof_{k}": round(float(oof[k].mean()), 4) for k in dict.fromkeys(("dice", metric))},
+                     **{f"test_{k}": round(v, 4) for k, v in test.items()}}
     print(f"{name}: {FIGURES[name]}")
     return run
 
@@ -92,7 +95,7 @@ def test_tgs_greyscale_101_like_images_pad_crop_and_submit_column_major(runs):
         probs = run.prediction(stem)[0]
         assert probs.shape == (29, 29)  # padded to 32 x 32 for the network, cropped back
         assert np.array_equal(decode_rle(rle, probs.shape, COLUMN_MAJOR), run.submitted(probs))
-    assert 0.0 <= FIGURES["tgs"]["test_dice"] <= 1.0
+    assert 0.0 <= FIGURES["tgs"]["test_dice"] <= 1.0 and 0.0 <= FIGURES["tgs"]["test_iou_ap"] <= 1.0
 
 
 def test_airbus_instances_are_unioned_for_training_and_split_into_rows_for_the_submission(runs):

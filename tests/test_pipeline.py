@@ -177,30 +177,36 @@ def test_fold_average_and_uint8_rounding():
 
 @pytest.mark.slow
 def test_evaluate_scores_the_submission_against_the_hidden_masks(pipeline_run, tiny_dataset):
-    out, _, _ = pipeline_run
+    out, overrides, _ = pipeline_run
     from ternaus.evaluate import score_submission
 
-    score = score_submission(out / "submission.csv.gz", tiny_dataset / "test_masks")
+    cfg = load_config(ROOT / "configs/synthetic.yaml", overrides)
+    score = score_submission(cfg, out / "submission.csv.gz", tiny_dataset / "test_masks")["dice"]
     assert 0.0 <= score <= 1.0
-    result = subprocess.run([sys.executable, "-m", "ternaus.evaluate", str(out / "submission.csv.gz"),
-                             str(tiny_dataset / "test_masks"), "--oof", str(out / "oof.csv")],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert f"submission Dice (mean per image): {score:.4f}" in result.stdout
-    assert "out-of-fold Dice (mean per image): " in result.stdout
+    result = subprocess.run([sys.executable, "-m", "ternaus.evaluate", "--config", str(ROOT / "configs/synthetic.yaml"),
+                             str(out / "submission.csv.gz"), str(tiny_dataset / "test_masks"), *overrides,
+                             "--oof", str(out / "oof.csv")], cwd=ROOT, capture_output=True, text=True)
+    assert f"submission dice (mean per image; Dice): {score:.4f}" in result.stdout, result.stderr
+    assert "out-of-fold dice (mean per image, at train.threshold): " in result.stdout
 
 
 def test_evaluate_gives_one_for_the_truth_itself(tiny_dataset, tmp_path):
+    """Carvana's format: the truth as mask GIFs, or as a train_masks.csv-like CSV; one image emptied costs its
+    Dice (1 of 16 images with a car: 15/16)."""
     from ternaus.data.files import read_mask
     from ternaus.evaluate import score_submission
     from ternaus.rle import rle_encode
 
+    cfg = load_config(ROOT / "configs/synthetic.yaml", [f"data.root={tiny_dataset}"])
     names = sorted(p.name for p in (tiny_dataset / "test").iterdir())
     rles = [rle_encode(read_mask(tiny_dataset / "test_masks" / n.replace(".jpg", "_mask.gif"))) for n in names]
     pd.DataFrame({"img": names, "rle_mask": rles}).to_csv(tmp_path / "truth.csv", index=False)
-    assert score_submission(tmp_path / "truth.csv", tiny_dataset / "test_masks") == 1.0
+    assert score_submission(cfg, tmp_path / "truth.csv", tiny_dataset / "test_masks") == {"dice": 1.0}
     rles[0] = ""
     pd.DataFrame({"img": names, "rle_mask": rles}).to_csv(tmp_path / "one_empty.csv", index=False)
-    assert score_submission(tmp_path / "one_empty.csv", tiny_dataset / "test_masks") == pytest.approx(15 / 16)
+    assert score_submission(cfg, tmp_path / "one_empty.csv", tiny_dataset / "test_masks")["dice"] == \
+        pytest.approx(15 / 16)
+    assert score_submission(cfg, tmp_path / "one_empty.csv", tmp_path / "truth.csv")["dice"] == pytest.approx(15 / 16)
 
 
 def test_png_writer_keeps_a_bounded_queue_and_writes_atomically(tmp_path, monkeypatch):

@@ -143,6 +143,9 @@ def test_pure_parts():
     assert pick_examples(oof, "dice", 2, worst=True)["id"].tolist() == ["a", "b"]
     assert cv_table(oof).loc["all (CV)", "dice"] == pytest.approx(19 / 30)
     assert cv_table(oof).loc["fold 1", "images"] == 2
+    tgs = oof.assign(iou_ap=[0.0, 1.0, 0.4], iou_ap_pp=[1.0, 1.0, 0.4], other=1.0)
+    assert list(cv_table(tgs, "iou_ap").columns) == ["images", "dice", "iou_ap", "iou_ap_pp"]
+    assert cv_table(tgs, "iou_ap").loc["all (CV)", "iou_ap_pp"] == pytest.approx(2.4 / 3)
     assert nice_ticks(0.0, 0.93) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert nice_ticks(1, 10) == [0, 2.5, 5, 7.5, 10] and nice_ticks(0.3, 0.3) == [0.28, 0.29, 0.3, 0.31, 0.32]
     svg = svg_line_chart({"a": ([1, 2], [0.5, float("nan")])}, "t", "x", "y")
