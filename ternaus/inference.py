@@ -43,8 +43,8 @@ from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
-__all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter",
-           "fixed_batches"]
+__all__ = ["predict", "predict_test", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard",
+           "PngWriter", "fixed_batches"]
 
 
 # ---------------------------------------------------------------- the functional core

@@ -397,15 +397,16 @@ def test_unreadable_weight_files_say_what_they_are_never_to_load_them_unsafely(t
     (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:300])
     expected = {"page.pth": "is a web page (HTML), not weights", "whole.pth": "torch.nn.modules.linear.Linear",
                 "empty.pth": "is empty (0 bytes)", "cut.pth": "is damaged (cut short"}
+    model = UNet11()
     for name, words in expected.items():
-        for load in (lambda p: load_weights(UNet11(), p), read_checkpoint):
+        for load in (lambda p: load_weights(model, p), read_checkpoint):
             with pytest.raises(WeightsError) as caught:
                 load(tmp_path / name)
             message = str(caught.value)
             assert name in message and words in message, message
             assert "weights_only" not in message and "arbitrary code" not in message, message
     with pytest.raises(WeightsError, match="save the weights alone: torch.save"):
-        load_weights(UNet11(), tmp_path / "whole.pth")
+        load_weights(model, tmp_path / "whole.pth")
 
 
 def test_upper_case_jpg_is_refused_with_renaming_as_the_fix(tmp_path):

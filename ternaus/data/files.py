@@ -185,8 +185,8 @@ def normalise_mask_values(mask: np.ndarray, source: str) -> np.ndarray:
     for full in (255, 65535):
         if values <= {0, full}:
             return (mask == full).astype(np.uint8)
-    raise DataError(f"mask {source} holds values {sorted(values)[:8]}; expected 0/1 or 0/255 (0/65535 in a 16-bit "
-                    "file): a binary mask: save it with exactly two values")
+    raise DataError(f"mask {source} holds values {sorted(values)[:8]}; expected 0/1 or 0/255 (or 0/65535 in a 16-bit "
+                    "file) for a binary mask: save it with exactly two values")
 
 
 def _open_mask(path: Path) -> Image.Image:
