@@ -168,7 +168,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit greyscale (TGS's non-empty masks)
 
 
-def distinct_values(array: np.ndarray) -> np.ndarray:
+def _distinct_values(array: np.ndarray) -> np.ndarray:
     """The sorted values present; 8-bit ones counted (a Carvana mask in 1 ms, where sorting takes 40)."""
     if array.dtype in (np.bool_, np.uint8) and array.size:
         rows = np.ascontiguousarray(array).view(np.uint8).reshape(len(array) if array.ndim > 1 else 1, -1)
@@ -179,7 +179,7 @@ def distinct_values(array: np.ndarray) -> np.ndarray:
 
 def normalise_mask_values(mask: np.ndarray, source: str) -> np.ndarray:
     """0/1 uint8 from a binary mask's values: 0/1, 0/255, or 0/65535 in a 16-bit file; others refused."""
-    values = set(distinct_values(mask).tolist())
+    values = set(_distinct_values(mask).tolist())
     if values <= {0, 1}:
         return mask.astype(np.uint8, copy=False)
     for full in (255, 65535):
@@ -230,7 +230,7 @@ def _palette_shown(img: Image.Image) -> np.ndarray:
     palette = np.zeros((256, 3), np.uint8)
     colours = np.array(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
     palette[: len(colours)] = colours
-    used = palette[distinct_values(index)]
+    used = palette[_distinct_values(index)]
     if (used == used[:, :1]).all():
         return cv2.LUT(index, palette[:, 0])
     return index
