@@ -22,7 +22,7 @@ from ternaus.distributed import World
 from ternaus.errors import TrainingError, WeightsError
 from ternaus.io import atomic_write
 from ternaus.runtime import Runtime, rng_states, set_rng_states
-from ternaus.weights import fit_state_dict
+from ternaus.weights import fit_state_dict, unreadable_weights
 
 __all__ = ["save_checkpoint", "read_checkpoint", "unwrap", "FoldState", "save_fold_state", "resume_fold_state"]
 
@@ -60,8 +60,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a bad file gets one clear message whatever torch raised
-        raise WeightsError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err)[:200]}); "
-                           "move it away, or start the fold over with train.resume=false") from None
+        raise WeightsError(f"cannot read checkpoint {path}: {unreadable_weights(Path(path), err)}. To start the "
+                           "fold over instead, move it away or set train.resume=false") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise WeightsError(f"{path} is not a checkpoint written by train.py (no 'model' entry)")
     return ckpt

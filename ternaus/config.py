@@ -53,6 +53,10 @@ class DataConfig:
     layout: str = "carvana"
     # null: full resolution, reflect-padded to a multiple of 32 (64 for albunet34; the Carvana recipe); [H, W]: resize.
     input_size: list[int] | None = None
+    # 16-bit images: the value that becomes 255 (4095 for 12-bit data, 65535 for the full range), the rest scaled
+    # in proportion; a larger value in an image is refused. null: a 16-bit image is refused, with its largest
+    # value. 8-bit images are read as they are; masks are never scaled (docs/stages.md, how files are read).
+    image_max: int | None = None
     train_dir: str = "train"
     masks_dir: str = "train_masks"
     # Used when a mask GIF is missing from masks_dir (Kaggle ships both).
@@ -371,6 +375,8 @@ def _validate_values(cfg: Config) -> list[str]:
         errors.append(f"train.weight_decay: must be 0 or more, got {cfg.train.weight_decay}")
     errors += _validate_lovasz(cfg)
     errors += _validate_input_size(cfg.data.input_size, cfg.model.name)
+    if isinstance(cfg.data.image_max, int) and not 1 <= cfg.data.image_max <= 65535:
+        errors.append(f"data.image_max: a 16-bit value from 1 to 65535, got {cfg.data.image_max}")
     errors += _validate_model_options(cfg.model)
     if isinstance(cfg.model.init, str) and cfg.model.init not in ("lecun", "imagenet") \
             and not Path(cfg.model.init).is_file():

@@ -35,7 +35,7 @@ from ternaus.analysis import (
     write_oof_analysis,
 )
 from ternaus.config import Config, class_names, save_config, thresholds
-from ternaus.data.dataset import SegmentationDataset, normalise_on_device
+from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, same_size_batches
 from ternaus.data.files import check_image_files, prediction_image
 from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, test_rows, train_items
@@ -48,12 +48,12 @@ from ternaus.models import new_model
 from ternaus.registry import METRICS
 from ternaus.run_files import RunFiles, folds_to_train, predictions_record, read_folds
 from ternaus.runtime import Runtime
-from ternaus.training import build_loader
+from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
-__all__ = ["predict", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter",
-           "fixed_batches", "oof_record", "OofScores"]
+__all__ = ["predict", "predict_test", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard",
+           "PngWriter", "fixed_batches", "oof_record", "OofScores"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -123,7 +123,8 @@ def prediction_fingerprint(cfg: Config, paths: dict[int, Path], runtime: Runtime
         with open(path, "rb") as f:
             digests[str(fold)] = hashlib.file_digest(f, "sha256").hexdigest()
     fingerprint = {"checkpoints": digests, "model": cfg.model.name, "num_classes": cfg.model.num_classes,
-                   "tta": cfg.predict.tta, "input_size": cfg.data.input_size, "batch_size": cfg.predict.batch_size,
+                   "tta": cfg.predict.tta, "input_size": cfg.data.input_size, "image_max": cfg.data.image_max,
+                   "batch_size": cfg.predict.batch_size, "batches": "one input size each",
                    "runtime": runtime.describe()}
     return json.loads(json.dumps(fingerprint))
 
@@ -183,10 +184,13 @@ class Shard:
         return batches[self.index:: self.count]
 
 
-def fixed_batches(ids: list[str], batch_size: int) -> list[list[str]]:
+def fixed_batches(ids: list[str], batch_size: int, shapes: list[tuple[int, int]] | None = None) -> list[list[str]]:
     """The test list cut into batches that never change: a resumed run or a shard batches every image exactly
-    as one uninterrupted process does, so its PNGs come out byte-identical."""
-    return [ids[i: i + batch_size] for i in range(0, len(ids), batch_size)]
+    as one uninterrupted process does, so its PNGs come out byte-identical. With ``shapes`` (each id's
+    network-input shape) a batch holds one shape only, so no image is padded to a batch-mate's size and a PNG
+    does not depend on its batch-mates (``data.dataset.same_size_batches``)."""
+    batches = same_size_batches(shapes if shapes is not None else [(0, 0)] * len(ids), batch_size)
+    return [[ids[i] for i in batch] for batch in batches]
 
 
 def batches_to_do(batches: list[list[str]], done: set[str]) -> list[list[str]]:
@@ -229,8 +233,8 @@ class PngWriter:
 def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config, runtime: Runtime,
             mask_at_input_size: bool = True) -> DataLoader:
     dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size,
-                                  masks=mask_spec(cfg))
-    return build_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
+                                  masks=mask_spec(cfg), image_max=cfg.data.image_max)
+    return same_size_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
 
 
 def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, rows: list[dict],
@@ -240,7 +244,8 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, r
     image_paths = {row["id"]: row["image"] for row in rows}
     ids = list(image_paths)
     out_dir = RunFiles.of(cfg).predictions
-    mine = shard.take(fixed_batches(ids, cfg.predict.batch_size))
+    shapes = input_shapes(rows, geometry_of(cfg))
+    mine = shard.take(fixed_batches(ids, cfg.predict.batch_size, shapes))
     ids = [i for batch in mine for i in batch]
     done = predictions_to_keep(out_dir, ids, fingerprint, cfg.predict.resume, shard)
     batches = batches_to_do(mine, done)
@@ -259,8 +264,8 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
     starts = np.cumsum([0] + [len(b) for b in batches])
     batch_sampler = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
     geometry = geometry_of(cfg)
-    loader = build_loader(SegmentationDataset(rows, geometry, False), cfg.predict.batch_size, runtime,
-                          cfg.data.num_workers, batch_sampler=batch_sampler)
+    dataset = SegmentationDataset(rows, geometry, False, image_max=cfg.data.image_max)
+    loader = build_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers, batch_sampler=batch_sampler)
     writer = PngWriter(cfg.predict.writer_threads)
     try:
         for batch in tqdm(loader, desc="predict test", dynamic_ncols=True):

@@ -197,7 +197,7 @@ def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarra
     probs = read_probability(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", cfg.model.num_classes)
     if probs is None:
         return None
-    image = read_image(row["image"])
+    image = read_image(row["image"], cfg.data.image_max)
     truth = load_masks(row, image.shape[:2], mask_spec(cfg))[0] > 0  # class 0, from whichever layout
     return [image, truth.astype(np.uint8) * 255, probs, disagreement(image, truth, thresholded(probs, *post))]
 
@@ -210,7 +210,7 @@ def test_section(cfg: Config, out: Path, post: tuple[float, int]) -> str:
         probs = read_probability(pred_dir / f"{image_id}.png", cfg.model.num_classes)
         if probs is None:
             return f"<p>No test predictions in {escape(str(pred_dir))}: run predict.py.</p>"
-        image = read_image(row["image"])
+        image = read_image(row["image"], cfg.data.image_max)
         mask = thresholded(probs, *post)
         overlay = disagreement(image, mask, mask)
         name = write_png(out / f"test_{rank:02d}.png", montage_row([image, probs, overlay], cfg.report.tile_height))

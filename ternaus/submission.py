@@ -29,8 +29,8 @@ from ternaus.metrics import instances
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
 from ternaus.run_files import RunFiles
 
-__all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "SubmissionFormat",
-           "submission_format", "masks_to_encode", "image_rows", "order_like_sample"]
+__all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "overlapping_objects",
+           "SubmissionFormat", "submission_format", "masks_to_encode", "image_rows", "order_like_sample"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,33 @@ def check_rle(rle: str, size: int, fmt: RleFormat = CARVANA_RLE) -> str | None:
     return None
 
 
+def overlapping_objects(rles: list[str], fmt: RleFormat = CARVANA_RLE) -> list[tuple[int, int]]:
+    """The pairs (i, j), i < j, of ``rles`` (one image's objects, each a valid RLE in ``fmt``) that share a
+    pixel: a sweep over the runs sorted by start, keeping the runs still open."""
+    runs = sorted((int(start), int(start + length), k) for k, rle in enumerate(rles)
+                  for start, length in zip(*absolute_runs(rle, fmt)))
+    pairs, open_runs = set(), []
+    for start, end, k in runs:
+        open_runs = [(stop, j) for stop, j in open_runs if stop > start]
+        pairs.update((min(j, k), max(j, k)) for _, j in open_runs if j != k)
+        open_runs.append((end, k))
+    return sorted(pairs)
+
+
+def _overlap_problems(path: Path, rows: list[tuple[int, tuple[str, ...], str]], fmt: RleFormat) -> list[str]:
+    """One line per pair of rows of one image whose objects overlap (rows: instance); ``rows``: the (line, key,
+    RLE) of each row whose RLE is valid."""
+    by_image: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+    for line, key, rle in rows:
+        by_image.setdefault(key, []).append((line, rle))
+    problems = []
+    for key, objects in by_image.items():
+        for a, b in overlapping_objects([rle for _, rle in objects], fmt) if len(objects) > 1 else []:
+            problems.append(f"{path} lines {objects[a][0]} and {objects[b][0]} ({_name(key)}): the objects overlap; "
+                            "each pixel may belong to one object only (the metric refuses overlapping objects)")
+    return problems
+
+
 def _expected_keys(cfg: Config, fmt: SubmissionFormat) -> dict[tuple[str, ...], int]:
     """Every row key the test set calls for, with the pixel count its RLE is checked against."""
     expected = {}
@@ -186,11 +213,16 @@ def check_submission(path: str | Path, cfg: Config) -> list[str]:
                                                   for k, n in counts[counts > 1].items()]
     problems += [f"{path}: {_name(k)} is missing" for k in expected if k not in counts.index]
     problems += [f"{path}: {_name(k)!r} is not a test image" for k in counts.index if k not in expected]
+    valid = []
     for line, key, rle in zip(table.index, keys, table[fmt.columns[fmt.rle_column]]):
         if key in expected:
             problem = check_rle(rle, expected[key], fmt.rle)
             if problem:
                 problems.append(f"{path} line {line} ({_name(key)}): the RLE {problem}")
+            else:
+                valid.append((line, key, rle))
+    if fmt.rows == "instance":
+        problems += _overlap_problems(path, valid, fmt.rle)
     return problems
 
 

@@ -26,7 +26,7 @@ from ternaus.analysis import TrueObjects, true_objects
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import FoldState, resume_fold_state, save_fold_state, unwrap
 from ternaus.config import Config, class_names, save_config, thresholds
-from ternaus.data.dataset import SegmentationDataset, normalise_on_device, pad_collate
+from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, pad_collate, same_size_batches
 from ternaus.data.files import check_image_files
 from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, train_items
@@ -39,8 +39,8 @@ from ternaus.models import build_model, set_encoder_frozen
 from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
 
-__all__ = ["train", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader", "fold_data", "train_step",
-           "validate", "new_fold_state"]
+__all__ = ["train", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader", "same_size_loader", "fold_data",
+           "train_step", "validate", "new_fold_state"]
 
 
 def carvana_lr_factor(epoch: int, cycle_len: int = 5, cycle_step: int = 2) -> float:
@@ -93,6 +93,13 @@ def build_loader(dataset: Dataset, batch_size: int, runtime: Runtime, num_worker
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last, **common)
 
 
+def same_size_loader(dataset: SegmentationDataset, batch_size: int, runtime: Runtime, num_workers: int) -> DataLoader:
+    """In order, in batches of one network-input size (validation, out-of-fold scores): no image is zero-padded
+    to a batch-mate's size, so each prediction is the one the image gets alone."""
+    batches = same_size_batches(input_shapes(dataset.rows, dataset.geometry), batch_size)
+    return build_loader(dataset, batch_size, runtime, num_workers, batch_sampler=batches)
+
+
 @dataclass
 class FoldData:
     train_set: SegmentationDataset
@@ -115,17 +122,18 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
     if not train_rows or not val_rows:
         raise DataError(f"fold {fold} has {len(train_rows)} training and {len(val_rows)} validation images; "
                         "run prepare_folds.py again with this config")
-    masks = mask_spec(cfg)
-    train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment), masks=masks)
+    masks, image_max = mask_spec(cfg), cfg.data.image_max
+    train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment), masks=masks,
+                                    image_max=image_max)
     # Each rank validates its own share, without padding, so that every image is counted exactly once. Resized
     # input is scored against the original masks (the loss still sees them resized, as in training): a mask
     # resized down and back up is not the mask the competition scores.
     val_set = SegmentationDataset(val_rows[world.rank::world.size], geometry, True, masks=masks,
-                                  mask_at_input_size=geometry.input_size is None)
+                                  mask_at_input_size=geometry.input_size is None, image_max=image_max)
     # Drop a last batch of one: a single image gives a noisy Adam step at full resolution.
     per_rank = -(-len(train_rows) // world.size)
     drop_last = per_rank % cfg.train.batch_size == 1 and per_rank > 1
-    val_loader = build_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
+    val_loader = same_size_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
     return FoldData(train_set, val_loader, drop_last, world, true_objects(cfg, val_rows))
 
 

@@ -11,6 +11,8 @@ with every path looked at and how to fetch it on a machine with internet.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,45 @@ from torch import nn
 from ternaus.errors import WeightsError
 from ternaus.registry import MODELS, ModelSpec
 
-__all__ = ["load_weights", "fit_state_dict", "load_imagenet_encoder", "imagenet_weight_candidates", "spec_of"]
+__all__ = ["load_weights", "fit_state_dict", "load_imagenet_encoder", "imagenet_weight_candidates", "spec_of",
+           "unreadable_weights"]
 
 
 # ---------------------------------------------------------------- whole-network checkpoints
+
+
+ZIP_START, PICKLE_START = b"PK", b"\x80"  # torch.save's zip archive; the legacy format's pickle protocol
+
+
+def _file_start(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(512)
+    except OSError:
+        return b""
+
+
+def unreadable_weights(path: Path, err: Exception) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is, and what to do, in words of this project:
+    never PyTorch's advice to load it with ``weights_only=False``, which would run code stored in the file."""
+    head = _file_start(path)
+    if not head:
+        return "the file is empty (0 bytes); copy or download it again"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<!--")):
+        return ("the file is a web page (HTML), not weights: the download saved the page in front of the file (a "
+                "sign-in or a virus-scan notice); download the file itself")
+    if not head.startswith((ZIP_START, PICKLE_START)):
+        return f"the file is not a PyTorch weights file (it starts with {head[:16]!r}); check the path"
+    if isinstance(err, pickle.UnpicklingError):
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+        held = f" ({', '.join(names)})" if names else ""
+        return (f"the file holds Python objects besides tensors{held}, such as a whole pickled model; reading "
+                "those would run code stored in the file, which this project never does. On the machine that "
+                "made it, save the weights alone: torch.save(model.state_dict(), PATH)")
+    if isinstance(err, (RuntimeError, EOFError)):
+        return "the file is damaged (cut short, or changed since it was saved); copy or download it again"
+    first_line = next((line for line in str(err).splitlines() if "weights_only" not in line), "")
+    return f"{type(err).__name__}: {first_line[:200]}"
 
 
 def _torch_load(path: Path) -> Any:
@@ -32,7 +69,7 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same, clear message
-        raise WeightsError(f"cannot read weights file {path}: {err}") from None
+        raise WeightsError(f"cannot read weights file {path}: {unreadable_weights(path, err)}") from None
 
 
 def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

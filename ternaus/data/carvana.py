@@ -37,6 +37,12 @@ def _ids_in(folder: Path, suffix: str) -> list[str]:
         raise DataError(f"folder {folder} does not exist; check data.root and the data.*_dir keys")
     names = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
     others = sorted(n for n in names if not n.endswith(suffix))
+    spellings = (suffix, ".jpeg") if suffix == ".jpg" else (suffix,)  # the same files under another name
+    renamable = [n for n in others if n.lower().endswith(spellings)]
+    if renamable:
+        raise DataError(f"{folder} holds {len(renamable)} file(s) whose names do not end in {suffix} exactly, e.g. "
+                        f"{renamable[:3]}; renaming them to end in {suffix} (lower case) is enough, the files "
+                        "need no conversion")
     if others:
         raise DataError(f"{folder} holds {len(others)} file(s) that are not *{suffix} and would be skipped, "
                         f"e.g. {others[:3]}; convert them to {suffix} or move them out")

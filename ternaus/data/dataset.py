@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from ternaus.data.files import read_image
+from ternaus.data.files import image_size, read_image
 from ternaus.data.geometry import Geometry
 from ternaus.data.layouts import MaskSpec, load_masks
 from ternaus.errors import DataError
 
-__all__ = ["SegmentationDataset", "pad_collate", "normalise_on_device", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["SegmentationDataset", "pad_collate", "normalise_on_device", "input_shapes", "same_size_batches",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,11 +38,33 @@ def _pad_to_largest(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """``default_collate``, except that images (and masks) of different sizes in one batch are padded with zeros
     at the bottom and right to the largest: each item's ``size`` and its own padding are kept, so the
-    predictions are restored exactly (``Geometry.restore`` crops from the top left)."""
+    predictions are restored exactly (``Geometry.restore`` crops from the top left). Only training batches mix
+    sizes; prediction and validation batch images of one size together (``same_size_batches``)."""
     for key in ("image", "mask"):
         if key in items[0] and len({tuple(item[key].shape) for item in items}) > 1:
             items = [{**item, key: padded} for item, padded in zip(items, _pad_to_largest([i[key] for i in items]))]
     return default_collate(items)
+
+
+def input_shapes(rows: list[dict], geometry: Geometry) -> list[tuple[int, int]]:
+    """Each row's network-input (h, w): one size when resizing, else each image's padded size (from its header)."""
+    if geometry.input_size is not None:
+        return [geometry.input_shape(0, 0)] * len(rows)
+    return [geometry.input_shape(*image_size(row["image"])) for row in rows]
+
+
+def same_size_batches(shapes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices cut into batches of at most ``batch_size`` whose items share one network-input shape, ordered by
+    their first index; with a single shape, plain consecutive batches.
+
+    Zero-padding an image to a bigger batch-mate's size (pad_collate) changes what the convolutions see near its
+    edges, so a prediction would depend on its batch-mates; same-size batches never pad. The batches depend
+    only on the list, so a resumed or sharded prediction cuts them as one uninterrupted run does."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(index)
+    batches = [members[i: i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
+    return sorted(batches, key=lambda batch: batch[0])
 
 
 class SegmentationDataset(Dataset):
@@ -50,13 +73,15 @@ class SegmentationDataset(Dataset):
     ``rows`` hold ``id``, ``image`` and the layout's mask keys; ``masks`` (a MaskSpec) says how to read them.
     ``transform`` is a joint transforms.v2 pipeline applied to the network-sized image and mask. With
     ``mask_at_input_size`` false the mask keeps the image's own size (for scoring at the original resolution).
+    ``image_max`` (``data.image_max``) scales 16-bit images (``files.read_image``).
     """
 
     def __init__(self, rows: list[dict], geometry: Geometry, with_masks: bool, transform: Any = None,
-                 mask_at_input_size: bool = True, masks: MaskSpec = MaskSpec()):
+                 mask_at_input_size: bool = True, masks: MaskSpec = MaskSpec(), image_max: int | None = None):
         self.rows, self.geometry, self.with_masks, self.transform = rows, geometry, with_masks, transform
         self.mask_at_input_size = mask_at_input_size
         self.masks = masks
+        self.image_max = image_max
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,7 +90,7 @@ class SegmentationDataset(Dataset):
         # (index, seed): the augmentation is drawn from ``seed`` alone (see training.EpochSampler).
         index, seed = key if isinstance(key, tuple) else (key, None)
         row = self.rows[index]
-        image = read_image(row["image"])
+        image = read_image(row["image"], self.image_max)
         size = image.shape[:2]
         item = {"id": row["id"], "size": torch.tensor(size),
                 # A (3, H, W) view of the decoded H x W x 3 memory: OpenCV augmentations use that memory as it

@@ -1,12 +1,18 @@
 """Reading and checking files: images, masks, prediction PNGs, and the CSVs that list them.
 
 Images are read with OpenCV (RGB uint8), masks with Pillow (Carvana's masks are palette GIFs, which OpenCV
-cannot read). Binary masks are 0/1; 0/255 files are accepted and normalised; anything else is refused.
-A prediction PNG holds uint8 probabilities, the classes stacked top to bottom.
+cannot read). Every reader keeps the stored pixel order, whatever an EXIF or TIFF orientation tag says: the
+frame competitions' masks and RLE use. 16-bit images are scaled by ``data.image_max`` or refused.
+
+A binary mask means what a viewer shows: 0/1, 0/255 (or 0/65535 in a 16-bit file) grey levels, a palette of
+greys read as the greys it shows (white is the object), a palette of colours read by index; with an alpha
+channel that is not everywhere opaque, the shape is its opaque part. Anything else is refused. Class-index
+masks are read by index. A prediction PNG holds uint8 probabilities, the classes stacked top to bottom.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -68,8 +74,68 @@ def check_image_files(paths: list[Path]) -> None:
         raise DataError(listing(f"{len(problems)} of {len(paths)} image file(s) cannot be used", problems))
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 array (H, W, 3); a truncated JPEG is refused as such, by the same test the early check uses."""
+ORIENTATION_TAG = 274  # TIFF and EXIF: how the stored rows map to the displayed picture
+# OpenCV turns a JPEG, PNG or WebP by its EXIF orientation unless told not to; its TIFF decoder (and Pillow's)
+# turns a TIFF whatever the flags say, so a TIFF's tag is set to "as stored" before decoding (_as_stored).
+IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _tiff_orientation_at(data: bytes) -> tuple[int, str] | None:
+    """(offset, byte order) of the orientation value in a TIFF's first directory, or None (not a TIFF, no tag)."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None:
+        return None
+    try:
+        version = struct.unpack_from(order + "H", data, 2)[0]
+        if version == 42:  # classic TIFF: 4-byte offsets, 12-byte entries
+            directory, = struct.unpack_from(order + "I", data, 4)
+            count, = struct.unpack_from(order + "H", data, directory)
+            first, entry, value = directory + 2, 12, 8
+        elif version == 43:  # BigTIFF: 8-byte offsets, 20-byte entries
+            directory, = struct.unpack_from(order + "Q", data, 8)
+            count, = struct.unpack_from(order + "Q", data, directory)
+            first, entry, value = directory + 8, 20, 12
+        else:
+            return None
+        for at in range(first, first + count * entry, entry):
+            if struct.unpack_from(order + "H", data, at)[0] == ORIENTATION_TAG:
+                return at + value, order
+    except struct.error:  # a cut-short file: the decoder reports it
+        return None
+    return None
+
+
+def _as_stored(data: bytes) -> bytes:
+    """The file's bytes with a TIFF orientation tag set to 1 (rows top to bottom as stored); others unchanged."""
+    found = _tiff_orientation_at(data)
+    if found is None:
+        return data
+    at, order = found
+    patched = bytearray(data)
+    struct.pack_into(order + "H", patched, at, 1)
+    return bytes(patched)
+
+
+def _to_eight_bits(image: np.ndarray, path: Path, image_max: int | None) -> np.ndarray:
+    """A 16-bit image scaled so that ``image_max`` becomes 255: never the silent top byte OpenCV would keep."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise DataError(f"image {path} holds {image.dtype} values; save it with 8- or 16-bit integers")
+    top = int(image.max(initial=0))
+    if image_max is None:
+        raise DataError(f"image {path} is 16-bit (largest value {top}); set data.image_max to the largest value "
+                        "the images can hold (4095 for 12-bit data, 65535 for the full range): it becomes 255")
+    if top > image_max:
+        raise DataError(f"image {path} holds {top}, above data.image_max={image_max}; set data.image_max to the "
+                        "largest value the images can hold")
+    return np.round(image * (255.0 / image_max)).astype(np.uint8)
+
+
+def read_image(path: str | Path, image_max: int | None = None) -> np.ndarray:
+    """RGB uint8 array (H, W, 3) in the stored pixel order (orientation tags ignored); a 16-bit image scaled by
+    ``image_max`` (``data.image_max``: the value that becomes 255), or refused without it. A truncated JPEG is
+    refused as such, by the same test the early check uses."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -78,17 +144,19 @@ def read_image(path: str | Path) -> np.ndarray:
     problem = _bytes_problem(path, len(data), data[:2], data[-TAIL:])
     if problem:
         raise DataError(problem)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), IMAGE_FLAGS)
     if image is None:
         raise DataError(f"image {path} cannot be decoded (not an image); replace or remove it")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_to_eight_bits(image, path, image_max), cv2.COLOR_BGR2RGB)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) from the file header, without decoding the pixels."""
+    """(H, W) as stored, from the file header, without decoding the pixels (Pillow reports a turned TIFF's
+    displayed size: its directory's width and length are read instead)."""
     try:
         with Image.open(path) as img:
-            width, height = img.size
+            tags = getattr(img, "tag_v2", None)
+            width, height = (tags[256], tags[257]) if tags is not None else img.size
     except Exception as err:  # noqa: BLE001
         raise DataError(f"{path} is not a readable image ({err}); replace it") from None
     return height, width
@@ -97,38 +165,109 @@ def image_size(path: str | Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- masks
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's 16-bit greyscale (TGS's non-empty masks)
+
+
+def _distinct_values(array: np.ndarray) -> np.ndarray:
+    """The sorted values present; 8-bit ones counted (a Carvana mask in 1 ms, where sorting takes 40)."""
+    if array.dtype in (np.bool_, np.uint8) and array.size:
+        rows = np.ascontiguousarray(array).view(np.uint8).reshape(len(array) if array.ndim > 1 else 1, -1)
+        counts = cv2.calcHist([rows], [0], None, [256], [0, 256])
+        return np.flatnonzero(counts.ravel())
+    return np.unique(array)
+
+
 def normalise_mask_values(mask: np.ndarray, source: str) -> np.ndarray:
-    values = np.unique(mask)
-    if np.isin(values, (0, 1)).all():
+    """0/1 uint8 from a binary mask's values: 0/1, 0/255, or 0/65535 in a 16-bit file; others refused."""
+    values = set(_distinct_values(mask).tolist())
+    if values <= {0, 1}:
         return mask.astype(np.uint8, copy=False)
-    if np.isin(values, (0, 255)).all():
-        return (mask == 255).astype(np.uint8)
-    raise DataError(f"mask {source} holds values {values[:8].tolist()}; expected 0/1 or 0/255 "
-                    "(a binary mask: save it with exactly two values)")
+    for full in (255, 65535):
+        if values <= {0, full}:
+            return (mask == full).astype(np.uint8)
+    raise DataError(f"mask {source} holds values {sorted(values)[:8]}; expected 0/1 or 0/255 (or 0/65535 in a 16-bit "
+                    "file) for a binary mask: save it with exactly two values")
+
+
+def _open_mask(path: Path) -> Image.Image:
+    """The decoded mask image (its pixels loaded, so a damaged file is refused here)."""
+    try:
+        img = Image.open(path)
+        try:
+            img.load()
+        except BaseException:
+            img.close()
+            raise
+    except FileNotFoundError:
+        raise DataError(f"mask {path} does not exist") from None
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a bad file
+        raise DataError(f"mask {path} cannot be read ({err}); replace it") from None
+    return img
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return "A" in img.getbands() or "transparency" in img.info
+
+
+def _alpha_shape(img: Image.Image, path: Path) -> np.ndarray | None:
+    """The shape held by a mask's alpha: opaque pixels are the object. None when every pixel is opaque (the
+    colours hold the shape); refused when the opaque pixels show more than one colour (which is meant?)."""
+    rgba = np.array(img.convert("RGBA"))
+    alpha = rgba[..., 3]
+    if alpha.min(initial=255) == 255:
+        return None
+    opaque = rgba[..., :3][alpha > 0]
+    if len(opaque) and (opaque != opaque[0]).any():
+        raise DataError(f"mask {path} draws shapes in its colours and in its alpha channel; save the mask with "
+                        "the shape in one of them (opaque = object, or white on black without transparency)")
+    return normalise_mask_values(alpha, f"{path} (its alpha channel)")
+
+
+def _palette_shown(img: Image.Image) -> np.ndarray:
+    """A palette mask's pixels: the grey levels its palette shows when every colour used is a grey (white is the
+    object, whatever its index); the indices themselves when colours are used (class-index palettes)."""
+    index = np.array(img)
+    palette = np.zeros((256, 3), np.uint8)
+    colours = np.array(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
+    palette[: len(colours)] = colours
+    used = palette[_distinct_values(index)]
+    if (used == used[:, :1]).all():
+        return cv2.LUT(index, palette[:, 0])
+    return index
+
+
+def _mask_pixels(img: Image.Image, path: Path) -> np.ndarray:
+    if _has_alpha(img):
+        shape = _alpha_shape(img, path)
+        if shape is not None:
+            return shape
+        if img.mode in ("RGBA", "LA", "PA"):
+            img = img.convert("RGBA").convert("L")
+    if img.mode == "P":
+        return _palette_shown(img)
+    if img.mode in ("L", "1", *SIXTEEN_BIT_MODES):
+        return np.array(img)
+    return np.array(img.convert("L"))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """uint8 0/1 array (H, W) from a GIF or PNG mask."""
+    """uint8 0/1 array (H, W) from a GIF or PNG mask, as a viewer shows it (see the module's docstring), in the
+    stored pixel order."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            mask = np.array(img.convert("L") if img.mode not in ("P", "L", "1") else img)
-    except FileNotFoundError:
-        raise DataError(f"mask {path} does not exist") from None
-    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a bad file
-        raise DataError(f"mask {path} cannot be read ({err}); replace it") from None
-    return normalise_mask_values(mask, str(path))
+    with _open_mask(path) as img:
+        pixels = _mask_pixels(img, path)
+    return normalise_mask_values(pixels, str(path))
 
 
 def read_class_mask(path: str | Path, num_classes: int) -> np.ndarray:
-    """(C, H, W) 0/1 planes from a class-index PNG: pixel value k is class k (1..C), 0 the background."""
-    try:
-        with Image.open(path) as img:
-            index = np.array(img.convert("L") if img.mode not in ("P", "L") else img)
-    except FileNotFoundError:
-        raise DataError(f"mask {path} does not exist") from None
-    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a bad file
-        raise DataError(f"mask {path} cannot be read ({err}); replace it") from None
+    """(C, H, W) 0/1 planes from a class-index PNG: pixel value k is class k (1..C), 0 the background; a palette
+    PNG is read by index whatever colours it shows. A transparent part is refused (an index cannot be in it)."""
+    path = Path(path)
+    with _open_mask(path) as img:
+        if "A" in img.getbands() and np.array(img.getchannel("A")).min(initial=255) < 255:
+            raise DataError(f"class-index mask {path} has transparent pixels; save the class indices without an "
+                            "alpha channel (0 background, k for class k)")
+        index = np.array(img if img.mode in ("P", "L", *SIXTEEN_BIT_MODES) else img.convert("L"))
     if index.max(initial=0) > num_classes:
         raise DataError(f"mask {path} holds class index {int(index.max())}, model.num_classes={num_classes}; "
                         "a class-index mask holds 0 (background) to num_classes")

@@ -33,6 +33,12 @@ class Geometry:
         dh, dw = _round_up(height, self.multiple) - height, _round_up(width, self.multiple) - width
         return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
 
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The network input's (h, w) for an image of (H, W): ``input_size``, or the size padded to the multiple."""
+        if self.input_size is not None:
+            return tuple(self.input_size)
+        return _round_up(height, self.multiple), _round_up(width, self.multiple)
+
     def _to_input(self, array: np.ndarray, interpolation: int) -> np.ndarray:
         if self.input_size is not None:
             return cv2.resize(array, self.input_size[::-1], interpolation=interpolation)
@@ -43,14 +49,23 @@ class Geometry:
         return self._to_input(image, cv2.INTER_AREA)
 
     def mask_to_input(self, mask: np.ndarray) -> np.ndarray:
-        # Nearest neighbour keeps a resized mask binary.
-        return self._to_input(mask, cv2.INTER_NEAREST)
+        """A 0/1 mask on its image's network grid: padded as the image is, or resized as the image is (by pixel
+        area) and thresholded at one half, so that a network reproducing it exactly restores to the original
+        mask up to the resize's own loss. (OpenCV's nearest neighbour takes source pixel floor(i * s) for target
+        pixel i, the corner of the area it covers rather than its centre: the mask would land (s - 1) / 2 source
+        pixels lower and further right than its image. Its "exact" variant picks one of the two middle pixels
+        at even scales: half a pixel off.)"""
+        if self.input_size is None:
+            return self._to_input(mask, cv2.INTER_NEAREST)
+        area = cv2.resize(mask.astype(np.float32), self.input_size[::-1], interpolation=cv2.INTER_AREA)
+        return (area >= 0.5).astype(mask.dtype)
 
     def masks_to_input(self, masks: np.ndarray) -> np.ndarray:
         """(C, H, W) -> (C, h, w): OpenCV works on (H, W, C) and drops a single channel."""
         if masks.shape[0] == 1:
             return self.mask_to_input(masks[0])[None]
-        return np.ascontiguousarray(self.mask_to_input(np.ascontiguousarray(masks.transpose(1, 2, 0))).transpose(2, 0, 1))
+        planes_last = np.ascontiguousarray(masks.transpose(1, 2, 0))
+        return np.ascontiguousarray(self.mask_to_input(planes_last).transpose(2, 0, 1))
 
     def restore(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(C, h, w) network-sized maps -> (C, H, W) at the image's own size: crop padding or resize back."""
