@@ -262,4 +262,6 @@ def ensemble(cfg: Config) -> dict:
     result = {"predictions": merge_test(cfg, members, ids), "cv": None}
     if score:
         result["cv"] = score_oof(cfg, members)
+    elif cfg.ensemble.oof:
+        print(f"out-of-fold CV skipped: the search covers one class, model.num_classes={cfg.model.num_classes}")
     return result

@@ -99,28 +99,19 @@ def test_loading_and_checking_every_shipped_config_does_not_import_torch():
 
 
 def test_every_registry_entry_loads_and_is_what_its_registry_promises():
+    from ternaus import registry
     from ternaus.data.layouts import Layout
     from ternaus.models.ternausnet import TernausNet
-    from ternaus.registry import (
-        LAYOUTS,
-        LOSS_OPTIONS,
-        LOSSES,
-        METRICS,
-        MODELS,
-        OPTIMIZERS,
-        REGISTRIES,
-        RULES,
-        SCHEDULES,
-        TTAS,
-    )
+    from ternaus.registry import LAYOUTS, LOSSES, METRICS, MODELS, REGISTRIES, TTAS
     from ternaus.tta import TTA
 
     for spec in MODELS.values():
         assert issubclass(spec.model_class, TernausNet)
         assert spec.model_class.SIZE_MULTIPLE == spec.size_multiple == 2 ** spec.halvings
-    refs = [*LOSSES.values(), *METRICS.values(), *OPTIMIZERS.values(), *SCHEDULES.values(), *RULES.values()]
+    refs = [*LOSSES.values(), *METRICS.values(), *registry.OPTIMIZERS.values(), *registry.SCHEDULES.values(),
+            *registry.RULES.values()]
     assert all(callable(ref.load()) for ref in refs)
-    assert set(LOSS_OPTIONS) <= set(LOSSES)
+    assert set(registry.LOSS_OPTIONS) <= set(LOSSES)
     assert all(isinstance(ref.load(), TTA) for ref in TTAS.values())
     wanted = [name for name in vars(Layout) if not name.startswith("_")]
     assert wanted == ["list_train", "test_rows", "load_masks", "missing_mask"]

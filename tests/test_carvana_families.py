@@ -3,6 +3,8 @@ the decoder's width doubled ("vgg11v1"). Parameter counts worked out by hand, ou
 input size (on the meta device), a forward and backward pass on the CPU, the original layout's keys,
 LinkNet34's ImageNet encoder planted offline (and missing), and the config's checks of their settings."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from test_family import conv, meta_model, plant, resnet34_file_state, resnet34_trunk_parameters
@@ -72,7 +74,8 @@ def family_model(name: str, **options):
         return MODELS[name].new(ModelConfig(name=name, init="pytorch", **options))
 
 
-@pytest.mark.parametrize("name,options,size", [("scratch", {}, (1024, 1024)), ("unet11", {"num_filters": 64}, (1024, 1024)),
+@pytest.mark.parametrize("name,options,size", [("scratch", {}, (1024, 1024)),
+                                               ("unet11", {"num_filters": 64}, (1024, 1024)),
                                                ("linknet34", {}, (1280, 1920)), ("unet11", {}, (1280, 1920))])
 def test_each_family_gives_one_map_per_class_at_its_input_size(name, options, size):
     model = family_model(name, num_classes=2, **options)
@@ -167,3 +170,10 @@ def test_the_scratch_unet_starts_from_pytorchs_own_initialisation():
     assert conv0.bias.abs().sum() > 0  # LeCun would have zeroed it
     assert conv0.weight.abs().max() <= 1 / (3 * 9) ** 0.5  # kaiming_uniform(a=sqrt 5): U(+-1/sqrt(fan_in))
     assert meta_model("unet11").num_filters == 32
+
+
+def test_the_docs_gpu_hour_projection_is_what_the_bench_prints():
+    from bench.carvana_projection import table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "carvana-1st-place.md").read_text()
+    assert table() in page
