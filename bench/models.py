@@ -19,23 +19,28 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import median_seconds, parser, write_section
 from ternaus.registry import MODELS
 
-# (model.name, model.transposed): the original code's default decoder for each model, and the alternative.
-VARIANTS = (("unet11", False), ("unet16", False), ("unet16", True), ("albunet34", False), ("albunet34", True))
+# (model.name, model.transposed, other options): the original code's default decoder for each model, the
+# alternative, and the 1st-place Carvana families (UNet11 with num_filters 64 is their "vgg11v1"; the scratch
+# U-Net and LinkNet34 at their Carvana settings, the classes' defaults).
+VARIANTS = (("unet11", False, {}), ("unet11", False, {"num_filters": 64}), ("unet16", False, {}),
+            ("unet16", True, {}), ("albunet34", False, {}), ("albunet34", True, {}), ("linknet34", False, {}),
+            ("scratch", False, {}))
 
 
-def build(name: str, transposed: bool = False, device: str = "cpu") -> torch.nn.Module:
-    options = {"transposed": True} if transposed else {}
+def build(name: str, transposed: bool = False, device: str = "cpu", **options) -> torch.nn.Module:
+    options = {**options, **({"transposed": True} if transposed else {})}
     with torch.device(device):
         return MODELS[name].model_class(**options).eval()
 
 
-def parameter_count(name: str, transposed: bool = False) -> int:
-    return sum(p.numel() for p in build(name, transposed, "meta").parameters())
+def parameter_count(name: str, transposed: bool = False, **options) -> int:
+    return sum(p.numel() for p in build(name, transposed, "meta", **options).parameters())
 
 
-def forward_flops(name: str, height: int, width: int, transposed: bool = False) -> int:
-    """FLOPs of one forward pass of one image, counted on the meta device."""
-    model = build(name, transposed, "meta")
+def forward_flops(name: str, height: int, width: int, transposed: bool = False, **options) -> int:
+    """FLOPs of one forward pass of one image, counted on the meta device; ``options``: the class's settings
+    (``num_filters=64``, ``widths=[...]``)."""
+    model = build(name, transposed, "meta", **options)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.empty(1, 3, height, width, device="meta"))
@@ -43,27 +48,28 @@ def forward_flops(name: str, height: int, width: int, transposed: bool = False) 
 
 
 @torch.no_grad()
-def cpu_forward_seconds(name: str, size: int, repeats: int, transposed: bool = False) -> float:
-    model = build(name, transposed)
+def cpu_forward_seconds(name: str, size: int, repeats: int, transposed: bool = False, **options) -> float:
+    model = build(name, transposed, **options)
     image = torch.randn(1, 3, size, size)
     return median_seconds(lambda: model(image), repeats)  # the warm-up: allocations, oneDNN's kernel choice
 
 
-def variant_label(name: str, transposed: bool) -> str:
-    if "transposed" not in MODELS[name].options:
-        return name
-    return f"{name} ({'transposed' if transposed else 'bilinear'})"
+def variant_label(name: str, transposed: bool, options: dict | None = None) -> str:
+    settings = ", ".join(f"{key} {value}" for key, value in (options or {}).items())
+    if "transposed" in MODELS[name].options:
+        settings = ", ".join(filter(None, ["transposed" if transposed else "bilinear", settings]))
+    return f"{name} ({settings})" if settings else name
 
 
 def table(size: int, repeats: int) -> str:
     lines = [f"| model | encoder | parameters | GFLOPs at {size}×{size} | CPU forward at {size}×{size} (s) |",
              "|---|---|---|---|---|"]
-    for name, transposed in VARIANTS:
-        params = parameter_count(name, transposed)
-        gflops = forward_flops(name, size, size, transposed) / 1e9
-        seconds = f"{cpu_forward_seconds(name, size, repeats, transposed):.2f}" if repeats else "not timed"
-        lines.append(f"| {variant_label(name, transposed)} | {MODELS[name].encoder} | {params:,} | {gflops:,.1f} | "
-                     f"{seconds} |")
+    for name, transposed, options in VARIANTS:
+        params = parameter_count(name, transposed, **options)
+        gflops = forward_flops(name, size, size, transposed, **options) / 1e9
+        seconds = f"{cpu_forward_seconds(name, size, repeats, transposed, **options):.2f}" if repeats else "not timed"
+        lines.append(f"| {variant_label(name, transposed, options)} | {MODELS[name].encoder} | {params:,} | "
+                     f"{gflops:,.1f} | {seconds} |")
         print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines) + "\n"
 

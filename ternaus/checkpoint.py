@@ -100,10 +100,11 @@ def save_fold_state(state: FoldState, path: Path, cfg: Config, fold: int,
 def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int) -> None:
     """A checkpoint taken inside an epoch continues that epoch's batches: they must be cut the same way."""
     saved = (ckpt.get("config") or {}).get("train", {})
-    for key in ("batch_size", "seed"):
-        if saved.get(key) != getattr(cfg.train, key):
-            raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with train.{key}={saved.get(key)}; "
-                                f"resume with train.{key}={saved.get(key)}, or start over with train.resume=false")
+    for key, before_the_setting in (("batch_size", None), ("seed", None), ("accumulate", 1)):
+        value = saved.get(key, before_the_setting)
+        if value != getattr(cfg.train, key):
+            raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with train.{key}={value}; "
+                                f"resume with train.{key}={value}, or start over with train.resume=false")
     if ckpt.get("world_size", 1) != world_size:
         raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with {ckpt.get('world_size', 1)} "
                             f"process(es); resume with as many (torchrun --nproc_per_node), or start over with "

@@ -25,9 +25,12 @@ from ternaus.registry import MODELS, REGISTRIES
 from ternaus.rle import RleFormat
 
 __all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "LossConfig", "AugmentConfig",
-           "TrainConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "load_config",
+           "TrainConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
+           "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS", "load_config",
            "save_config", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices", "resolve",
            "submission_rows_problem"]
+
+RANDOM_INITS = ("lecun", "pytorch")  # model.init values that start every weight at random
 
 
 @dataclass
@@ -57,6 +60,10 @@ class DataConfig:
     # in proportion; a larger value in an image is refused. null: a 16-bit image is refused, with its largest
     # value. 8-bit images are read as they are; masks are never scaled (docs/stages.md, how files are read).
     image_max: int | None = None
+    # With input_size [H, W]: what predict.py resizes back to each image's own size. "probabilities": the
+    # sigmoid's (or softmax's) output, averaged over TTA and folds; "logits": each network's logits, the sigmoid
+    # after (the 1st-place team's 1024 x 1024 families). Validation always resizes the logits.
+    resize_back: Literal["probabilities", "logits"] = "probabilities"
     train_dir: str = "train"
     masks_dir: str = "train_masks"
     # Used when a mask GIF is missing from masks_dir (Kaggle ships both).
@@ -81,24 +88,36 @@ class FoldsConfig:
     # "none": every image its own group; "pattern": the first group of the regex group_pattern on the id.
     group_by: Literal["car", "none", "pattern"] = "car"
     group_pattern: str | None = None
+    # A CSV that fixes the folds instead of splitting here: a column `id` naming the group (for Carvana the car
+    # id), a column `fold` (0 .. n_folds - 1), any other columns ignored; stratify and seed are then unused.
+    # Every group of the data must be in it; groups the data lacks are ignored. E.g. the 1st-place team's files.
+    from_file: str | None = None
 
 
 @dataclass
 class ModelConfig:
-    # A key of ternaus.registry.MODELS: "unet11" (VGG11 encoder, the paper's), "unet16" (VGG16) or "albunet34"
-    # (ResNet34; sizes multiples of 64).
+    # A key of ternaus.registry.MODELS: "unet11" (VGG11 encoder, the paper's), "unet16" (VGG16), "albunet34"
+    # (ResNet34; sizes multiples of 64), "linknet34" (ResNet34, LinkNet decoder), "scratch" (a plain U-Net with
+    # BatchNorm and no pre-trained encoder; sizes multiples of 2 ** len(widths)).
     name: str = "unet11"
     num_classes: int = 1
     # "sigmoid": one independent probability per class (multi-label, Severstal); "softmax": exclusive classes,
     # the network then has num_classes + 1 outputs, the first for the background.
     activation: Literal["sigmoid", "softmax"] = "sigmoid"
-    # "lecun", "imagenet", or a path to a whole-network checkpoint to fine-tune from.
+    # "lecun", "pytorch" (PyTorch's own default initialisation), "imagenet", or a path to a whole-network
+    # checkpoint to fine-tune from.
     init: str = "imagenet"
     # Explicit ImageNet file of the encoder (vgg11-8a719046.pth, ...) for init=imagenet; else torchvision's cache.
     encoder_weights: str | None = None
     # unet16 and albunet34: the decoder upsamples with ConvTranspose2d(k=4, s=2) instead of bilinear
     # interpolation. (unet11's decoder always uses its own transposed convolutions.)
     transposed: bool = False
+    # unet11: the decoder's base width (null: 32, TernausNet's; 64: the 1st-place team's "vgg11v1").
+    num_filters: int | None = None
+    # scratch: the channels of each down level, its depth their count (null: [32, 64, 128, 256, 512, 1024]),
+    # and of the centre (null: 1024).
+    widths: list[int] | None = None
+    center_width: int | None = None
     # Train the decoder alone for the first N epochs, the encoder's weights (and BatchNorm statistics) frozen,
     # then the whole network: a fresh decoder's large early gradients then cannot wreck a pre-trained encoder.
     freeze_encoder_epochs: int = 0
@@ -107,11 +126,18 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     # A key of ternaus.registry.LOSSES: "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard":
+    # A key of ternaus.registry.LOSSES: "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard":
     # BCE - w*log(soft Jaccard), the paper; "lovasz_hinge": w*Lovasz hinge + (1-w)*BCE, a surrogate of each
     # image's IoU (w in [0, 1]; 1: the Lovasz hinge alone; one class or sigmoid classes); "lovasz_hinge_elu":
-    # the same with elu(e) + 1 in place of the hinge max(e, 0).
+    # the same with elu(e) + 1 in place of the hinge max(e, 0); "bce_dice_edge": BCE + w*(1 - soft Dice), both
+    # weighted by edge_weight on a band around each mask's edge (the 1st-place team's 1024 x 1024 families;
+    # sigmoid only).
     name: str = "bce_dice"
     weight: float = 1.0
+    # bce_dice_edge: the band is where the mask average-pooled over edge_window x edge_window pixels (odd; 41 at
+    # 1024 x 1024) lies strictly between 0.01 and 0.99.
+    edge_window: int = 41
+    edge_weight: float = 3.0
 
 
 @dataclass
@@ -137,11 +163,28 @@ class TrainConfig:
     val_batch_size: int = 4
     # Not scaled with the number of processes: for N GPUs, N * lr (the linear scaling rule) is a start.
     lr: float = 1e-4
-    # "carvana": lr halved every `cycle_step` epochs inside cycles of `cycle_len` epochs; "constant".
-    schedule: Literal["carvana", "constant"] = "carvana"
+    # A key of ternaus.registry.OPTIMIZERS: "adam", "sgd" (with `momentum`, Nesterov off) or "rmsprop" (with
+    # `momentum`; 0.0 is PyTorch's default).
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    # A key of ternaus.registry.SCHEDULES, the learning rate's factor by epoch (counted from 0):
+    # "carvana": halved every `cycle_step` epochs inside cycles of `cycle_len` epochs; "constant";
+    # "step": times `gamma` every `step_epochs` epochs; "cycle": inside cycles of `cycle_len` epochs, times
+    # `gamma` at each of `cycle_milestones` (20, [10, 15], 0.1: the VGG cycle lr, lr/10, lr/100);
+    # "step_then_cycle": "step" before epoch `cycle_start`, "cycle" counted from it.
+    schedule: str = "carvana"
     cycle_len: int = 5
     cycle_step: int = 2
+    gamma: float = 0.5
+    step_epochs: int = 100
+    cycle_milestones: list[int] = field(default_factory=lambda: [2, 4])
+    cycle_start: int = 0
     weight_decay: float = 0.0
+    # Gradients of `accumulate` batches are averaged before each optimiser step: batch_size 1, accumulate 4
+    # steps as batch 4 would, in a quarter of the memory (BatchNorm still sees batches of 1).
+    accumulate: int = 1
+    # Clip the gradients' global L2 norm to this before each step; null: no clipping.
+    clip_grad_norm: float | None = None
     # null: every fold; else the list of folds `train.py` trains and `predict.py` averages.
     folds: list[int] | None = None
     loss: LossConfig = field(default_factory=LossConfig)
@@ -222,6 +265,40 @@ class ReportConfig:
 
 
 @dataclass
+class EnsembleMember:
+    # A run's output_dir once predict.py (or ensemble.py: ensembles nest) has written its predictions there,
+    # and its out-of-fold PNGs for the CV.
+    run: str = ""
+    weight: float = 1.0  # the weights are normalised to sum to 1
+    name: str | None = None  # how the rules and the CV table name it; null: the run folder's name
+
+
+@dataclass
+class TopRuleConfig:
+    """The 1st-place team's "the top is unreliable" rule (``ensemble.rules: [top_unreliable]``)."""
+
+    reference: str | None = None  # the member whose map the rule reads (the team used LinkNet34's)
+    uncertain_low: int = 30  # the reference is uncertain where its level is strictly between these two
+    uncertain_high: int = 210
+    erode_iterations: int = 10  # 3 x 3 erosions of the uncertain band before its regions are measured
+    top_fraction: float = 0.5  # the part of the image, from the top, where the band is looked for
+    min_area: int = 40_000  # pixels the band's biggest region must exceed for the rule to fire
+    margin: int = 50  # pixels the region's bounding box is grown by on each side
+    level: int = 55  # inside the box the mask becomes the convex hull of the reference's biggest region above this
+
+
+@dataclass
+class EnsembleConfig:
+    # The runs merged by ensemble.py: a list of {run: DIR, weight: W, name: NAME}.
+    members: list[EnsembleMember] = field(default_factory=list)
+    # Keys of ternaus.registry.RULES, applied in order after the weighted mean: "top_unreliable".
+    rules: list[str] = field(default_factory=list)
+    top_unreliable: TopRuleConfig = field(default_factory=TopRuleConfig)
+    # Also merge the members' out-of-fold PNGs and report the ensemble's CV beside each member's.
+    oof: bool = True
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/synthetic"
     data: DataConfig = field(default_factory=DataConfig)
@@ -232,6 +309,7 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 # ---------------------------------------------------------------- mapping dicts onto dataclasses
@@ -251,6 +329,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    if _is_dataclass_type(tp):  # a list's items can be sections too (ensemble.members)
+        return _from_dict(tp, value, f"{key}.", errors)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -350,11 +430,13 @@ def _validate_values(cfg: Config) -> list[str]:
     errors = []
     flat = _flatten(config_to_dict(cfg))
     for key, registry in REGISTRIES.items():
-        if not (isinstance(flat[key], str) and flat[key] in registry):
-            errors.append(f"{key}: must be one of {', '.join(registry)}, got {flat[key]!r}")
+        for value in flat[key] if isinstance(flat[key], list) else [flat[key]]:  # a list: each item (ensemble.rules)
+            if not (isinstance(value, str) and value in registry):
+                errors.append(f"{key}: must be one of {', '.join(registry)}, got {value!r}")
     positive = ["folds.n_folds", "train.epochs", "train.batch_size", "train.val_batch_size", "train.cycle_len",
                 "train.cycle_step", "train.log_every", "predict.batch_size", "predict.writer_threads",
-                "model.num_classes", "report.tile_height"]
+                "model.num_classes", "report.tile_height", "train.accumulate", "train.step_epochs",
+                "train.loss.edge_window", "model.num_filters", "model.center_width"]
     errors += [f"{k}: must be at least 1, got {flat[k]}" for k in positive if isinstance(flat[k], int) and flat[k] < 1]
     if isinstance(cfg.folds.n_folds, int) and cfg.folds.n_folds < 2:
         errors.append(f"folds.n_folds: cross-validation needs at least 2 folds, got {cfg.folds.n_folds}")
@@ -368,21 +450,25 @@ def _validate_values(cfg: Config) -> list[str]:
     for key in ("train.threshold", "submission.threshold"):
         errors += _validate_threshold(key, flat[key], cfg.model.num_classes)
     for key in ("data.num_workers", "train.checkpoint_every", "submission.processes", "model.freeze_encoder_epochs",
-                "submission.min_area", "report.worst", "report.best", "report.test_images"):
+                "submission.min_area", "report.worst", "report.best", "report.test_images", "train.cycle_start",
+                *(f"ensemble.top_unreliable.{k}" for k in ("erode_iterations", "min_area", "margin"))):
         if isinstance(flat[key], int) and flat[key] < 0:
             errors.append(f"{key}: must be 0 or more, got {flat[key]}")
     if isinstance(cfg.train.weight_decay, float) and cfg.train.weight_decay < 0:
         errors.append(f"train.weight_decay: must be 0 or more, got {cfg.train.weight_decay}")
     errors += _validate_lovasz(cfg)
-    errors += _validate_input_size(cfg.data.input_size, cfg.model.name)
+    errors += _validate_input_size(cfg.data.input_size, cfg.model)
     if isinstance(cfg.data.image_max, int) and not 1 <= cfg.data.image_max <= 65535:
         errors.append(f"data.image_max: a 16-bit value from 1 to 65535, got {cfg.data.image_max}")
     errors += _validate_model_options(cfg.model)
-    if isinstance(cfg.model.init, str) and cfg.model.init not in ("lecun", "imagenet") \
+    if isinstance(cfg.model.init, str) and cfg.model.init not in (*RANDOM_INITS, "imagenet") \
             and not Path(cfg.model.init).is_file():
-        errors.append(f"model.init: {cfg.model.init!r} is neither 'lecun', 'imagenet' nor an existing checkpoint file")
+        errors.append(f"model.init: {cfg.model.init!r} is neither 'lecun', 'pytorch', 'imagenet' nor an existing "
+                      "checkpoint file")
     errors += _validate_folds_list(cfg.train.folds, cfg.folds.n_folds)
     errors += _validate_competition(cfg)
+    errors += _validate_optimisation(cfg.train, cfg.model.activation)
+    errors += _validate_ensemble(cfg.ensemble)
     return errors
 
 
@@ -398,6 +484,64 @@ def _validate_lovasz(cfg: Config) -> list[str]:
         errors.append(f"train.loss.name: {loss.name} is the binary Lovasz hinge, for model.activation=sigmoid; "
                       "with softmax use bce_dice or bce_jaccard")
     return errors
+
+
+def _validate_optimisation(train: TrainConfig, activation: Any) -> list[str]:
+    """The optimiser, schedule, accumulation and loss settings of the 1st-place recipes."""
+    errors = []
+    checks = [("train.momentum", train.momentum, lambda v: 0.0 <= v < 1.0, "lie in [0, 1)"),
+              ("train.gamma", train.gamma, lambda v: v > 0, "be positive"),
+              ("train.clip_grad_norm", train.clip_grad_norm, lambda v: v > 0, "be positive (or null: no clipping)"),
+              ("train.loss.edge_weight", train.loss.edge_weight, lambda v: v > 0, "be positive")]
+    errors += [f"{key}: must {what}, got {value}" for key, value, ok, what in checks
+               if isinstance(value, float) and not ok(value)]
+    milestones = train.cycle_milestones
+    if isinstance(milestones, list) and isinstance(train.cycle_len, int) and any(
+            isinstance(m, int) and not 0 <= m < train.cycle_len for m in milestones):
+        errors.append(f"train.cycle_milestones: {milestones} must lie in 0 .. {train.cycle_len - 1} "
+                      "(train.cycle_len - 1)")
+    every, accumulate = train.checkpoint_every, train.accumulate
+    if isinstance(every, int) and isinstance(accumulate, int) and accumulate > 0 and every % accumulate:
+        errors.append(f"train.checkpoint_every: {every} is not a multiple of train.accumulate={accumulate}; a "
+                      "checkpoint inside an accumulation would lose its gradients: use a multiple of it")
+    window = train.loss.edge_window
+    if isinstance(window, int) and window > 0 and window % 2 == 0:
+        errors.append(f"train.loss.edge_window: {window} is even; the pooled mask keeps its size only with an odd "
+                      f"window: use {window + 1}")
+    if train.loss.name == "bce_dice_edge" and activation == "softmax":
+        errors.append("train.loss.name: bce_dice_edge weighs sigmoid outputs; with model.activation=softmax use "
+                      "bce_dice or bce_jaccard")
+    return errors
+
+
+def _validate_ensemble(ens: EnsembleConfig) -> list[str]:
+    errors = []
+    names = [member_name(m) for m in ens.members if isinstance(m, EnsembleMember)]
+    for index, member in enumerate(ens.members):
+        if isinstance(member, EnsembleMember) and not (isinstance(member.run, str) and member.run):
+            errors.append(f"ensemble.members[{index}].run: the output_dir of a run that predict.py finished")
+        if isinstance(member, EnsembleMember) and isinstance(member.weight, float) and member.weight < 0:
+            errors.append(f"ensemble.members[{index}].weight: must be 0 or more, got {member.weight}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        errors.append(f"ensemble.members: the name(s) {repeated} are used twice; give each member its own name")
+    top = ens.top_unreliable
+    if isinstance(ens.rules, list) and "top_unreliable" in ens.rules and top.reference not in names:
+        errors.append(f"ensemble.top_unreliable.reference: {top.reference!r} is not a member's name "
+                      f"({', '.join(names) or 'no members'}); the rule reads that member's map")
+    levels = [top.uncertain_low, top.uncertain_high, top.level]
+    if all(isinstance(v, int) for v in levels) and not (0 <= top.uncertain_low < top.uncertain_high <= 255
+                                                        and 0 <= top.level <= 255):
+        errors.append(f"ensemble.top_unreliable: uncertain_low < uncertain_high and level must be uint8 levels "
+                      f"(0..255), got {top.uncertain_low}, {top.uncertain_high}, {top.level}")
+    if isinstance(top.top_fraction, float) and not 0 < top.top_fraction <= 1:
+        errors.append(f"ensemble.top_unreliable.top_fraction: must lie in (0, 1], got {top.top_fraction}")
+    return errors
+
+
+def member_name(member: EnsembleMember) -> str:
+    """An ensemble member's name: ``name``, else its run folder's name."""
+    return member.name or Path(str(member.run)).name
 
 
 def _validate_threshold(key: str, value: Any, num_classes: Any) -> list[str]:
@@ -503,32 +647,43 @@ def thresholds(value: float | list[float], num_classes: int) -> list[float]:
     return list(value) if isinstance(value, list) else [value] * num_classes
 
 
-def _validate_input_size(size: Any, model_name: Any) -> list[str]:
+def _validate_input_size(size: Any, model: ModelConfig) -> list[str]:
     if size is None or not isinstance(size, list):
         return []
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         return [f"data.input_size: expected null or [H, W] with positive integers, got {size}"]
-    name = model_name if isinstance(model_name, str) and model_name in MODELS else "unet11"  # else reported alone
+    name = model.name if isinstance(model.name, str) and model.name in MODELS else "unet11"  # else reported alone
     spec = MODELS[name]
-    multiple = spec.size_multiple
+    multiple = spec.multiple_for(model)
     if any(v % multiple for v in size):
         padded = [-(-v // multiple) * multiple for v in size]
         return [f"data.input_size: {size} is not a multiple of {multiple} ({spec.model.name}, model.name={name}, "
-                f"halves the size {spec.halvings} times); use {padded}"]
+                f"halves the size {multiple.bit_length() - 1} times); use {padded}"]
     return []
 
 
 def _validate_model_options(model: ModelConfig) -> list[str]:
     errors = []
     spec = MODELS.get(model.name) if isinstance(model.name, str) else None
+    for option in ("num_filters", "widths", "center_width"):
+        if spec is not None and getattr(model, option) is not None and option not in spec.options:
+            takes = ", ".join(n for n, s in MODELS.items() if option in s.options)
+            errors.append(f"model.{option}: {model.name} has no such setting (it is {takes}'s): remove it")
+    if isinstance(model.widths, list) and not (model.widths and all(isinstance(w, int) and w > 0
+                                                                     for w in model.widths)):
+        errors.append(f"model.widths: expected a non-empty list of positive channel counts, got {model.widths}")
+    if spec is not None and spec.imagenet is None and model.init == "imagenet":
+        errors.append(f"model.init: {model.name} has no pre-trained encoder; use model.init=pytorch (PyTorch's "
+                      "default initialisation), lecun, or a checkpoint")
     if spec is not None and model.transposed is True and "transposed" not in spec.options:
         errors.append(f"model.transposed: {model.name}'s decoder always uses its own transposed convolutions; "
                       f"the option chooses between bilinear and transposed upsampling for "
                       f"{', '.join(n for n, s in MODELS.items() if 'transposed' in s.options)}: remove it")
-    if isinstance(model.freeze_encoder_epochs, int) and model.freeze_encoder_epochs > 0 and model.init == "lecun":
-        errors.append(f"model.freeze_encoder_epochs: {model.freeze_encoder_epochs} would keep a randomly "
-                      "initialised encoder (model.init=lecun) frozen; use model.init=imagenet or a checkpoint, "
-                      "or set model.freeze_encoder_epochs=0")
+    frozen = model.freeze_encoder_epochs
+    if isinstance(frozen, int) and frozen > 0 and model.init in RANDOM_INITS:
+        errors.append(f"model.freeze_encoder_epochs: {frozen} would keep a randomly "
+                      f"initialised encoder (model.init={model.init}) frozen; use model.init=imagenet or a "
+                      "checkpoint, or set model.freeze_encoder_epochs=0")
     return errors
 
 

@@ -114,7 +114,7 @@ def export(cfg: Config, checkpoint: str | Path, fmt: str, out: str | Path | None
     model = load_weights(new_model(cfg.model), checkpoint)
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
     path = export_model(model, fmt, out, normalise, sigmoid)
-    multiple = MODELS[cfg.model.name].size_multiple
+    multiple = MODELS[cfg.model.name].multiple_for(cfg.model)
     given = "uint8 RGB 0..255" if normalise else "float32, ImageNet-normalised RGB"
     print(f"wrote {path} ({fmt}): input 'image' (batch, 3, H, W) {given}, H and W multiples of {multiple}; "
           f"output '{'probability' if sigmoid else 'logits'}' (batch, {cfg.model.num_classes}, H, W)")

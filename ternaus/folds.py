@@ -1,22 +1,25 @@
 """Folds grouped by an id: for Carvana the car, so that all sixteen views of a car fall in the same fold
 and validation never sees a car the model trained on (splitting by image leaks); for one image per object,
 every image its own group. Optionally the groups' mean mask area, or their share of empty masks (a
-competition with many empty masks), is stratified across folds.
+competition with many empty masks), is stratified across folds. Or the folds come from a file that names each
+group's fold (``folds.from_file``), as the 1st-place Carvana team published theirs.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from ternaus.data.carvana import car_id_of
+from ternaus.data.files import CSV_ERRORS, duplicates
 from ternaus.errors import DataError
 from ternaus.rle import parse_runs
 
-__all__ = ["assign_folds", "mask_area", "group_ids", "group_column"]
+__all__ = ["assign_folds", "mask_area", "group_ids", "group_column", "read_fold_file", "folds_from_file"]
 
 
 def mask_area(rle: str) -> int:
@@ -75,3 +78,46 @@ def assign_folds(table: pd.DataFrame, n_folds: int, stratify: str = "none", seed
     for fold, (_, val_index) in enumerate(splits):
         folds[val_index] = fold
     return table.assign(fold=folds)
+
+
+# ---------------------------------------------------------------- folds given by a file
+
+
+def read_fold_file(path: Path, n_folds: int) -> pd.Series:
+    """The fold of each group named by ``path`` (columns ``id`` and ``fold``, any others ignored), checked: every
+    group once, integer folds exactly 0 .. n_folds - 1."""
+    if not path.is_file():
+        raise DataError(f"folds.from_file: {path} does not exist; give the path of a CSV with columns id,fold "
+                        "(or set folds.from_file=null to split here)")
+    try:
+        table = pd.read_csv(path, dtype={"id": str})
+    except CSV_ERRORS as err:
+        raise DataError(f"folds.from_file: {path} is not a readable CSV ({str(err).strip()[:200]})") from None
+    if not {"id", "fold"} <= set(table.columns) or not pd.api.types.is_integer_dtype(table["fold"]):
+        raise DataError(f"folds.from_file: {path} needs a column 'id' (the group, e.g. the car id) and an integer "
+                        f"column 'fold'; it has {', '.join(map(str, table.columns))}")
+    repeated = duplicates(table["id"])
+    if repeated:
+        raise DataError(f"folds.from_file: {path} names {len(repeated)} group(s) more than once, e.g. {repeated[:3]}")
+    found = sorted(table["fold"].unique().tolist())
+    if found != list(range(n_folds)):
+        raise DataError(f"folds.from_file: {path} holds folds {found}, folds.n_folds={n_folds}: set folds.n_folds="
+                        f"{len(found)} when they are 0 .. {len(found) - 1}")
+    return table.set_index("id")["fold"]
+
+
+def folds_from_file(table: pd.DataFrame, path: Path, n_folds: int, group: str = "car_id") -> pd.DataFrame:
+    """``table`` (id, ``group``) with each group's ``fold`` from ``path`` (``read_fold_file``). A group of the data
+    that the file does not name is refused, naming them; groups only the file names are ignored (a user may hold
+    part of the data). Every fold must keep at least one group of the data."""
+    folds = read_fold_file(path, n_folds)
+    missing = sorted(set(table[group]) - set(folds.index))
+    if missing:
+        raise DataError(f"folds.from_file: {path} does not name {len(missing)} {group} value(s) of the data, e.g. "
+                        f"{missing[:5]}; add them to the file or use another file")
+    assigned = table.assign(fold=table[group].map(folds).astype(np.int64))
+    empty = sorted(set(range(n_folds)) - set(assigned["fold"]))
+    if empty:
+        raise DataError(f"folds.from_file: fold(s) {empty} of {path} hold none of this data's {group} values, so they "
+                        "could not be validated on; use more of the data or a file with fewer folds")
+    return assigned

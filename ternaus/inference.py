@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,9 @@ from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
-__all__ = ["predict", "predict_test", "tta_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard",
-           "PngWriter", "fixed_batches", "oof_record", "OofScores"]
+__all__ = ["predict", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
+           "predict_oof", "Shard", "PngWriter", "fixed_batches", "png_complete", "predictions_to_keep", "write_png",
+           "oof_record", "OofScores"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -72,6 +74,29 @@ def tta_probabilities(models: list[torch.nn.Module], images: torch.Tensor, runti
         probs = merge_tta(probabilities(logits, activation), tta)
         total = probs if total is None else total + probs
     return total / len(models)
+
+
+@torch.no_grad()
+def image_probabilities(models: list[torch.nn.Module], images: torch.Tensor, sizes: list[tuple[int, int]],
+                        runtime: Runtime, geometry: Geometry, tta: str = "hflip", activation: str = "sigmoid",
+                        resize_back: str = "probabilities") -> list[torch.Tensor]:
+    """Each image's (C, H, W) float32 probabilities at its own size ``sizes[i]``, averaged over TTA and ``models``.
+
+    ``resize_back="logits"`` (with a resizing geometry) resizes every view's logits to the image's size before
+    the sigmoid, as the 1st-place team's 1024 x 1024 families did; otherwise the averaged probabilities are
+    restored (a crop of padding is the same either way)."""
+    if resize_back != "logits" or geometry.input_size is None:
+        probs = tta_probabilities(models, images, runtime, tta, activation)
+        return [geometry.restore(maps, size) for maps, size in zip(probs, sizes)]
+    inputs, count = tta_inputs(images, tta), len(images)
+    totals: list[torch.Tensor | float] = [0.0] * count
+    for model in models:
+        with runtime.autocast():
+            logits = model(inputs).float()
+        for i, size in enumerate(sizes):  # the views of image i are rows i, i + count, ... (ternaus.tta)
+            views = torch.stack([geometry.restore(view, size) for view in logits[i::count]])
+            totals[i] = totals[i] + merge_tta(probabilities(views, activation), tta)[0]
+    return [total / len(models) for total in totals]
 
 
 def to_uint8(probs: torch.Tensor) -> torch.Tensor:
@@ -125,7 +150,7 @@ def prediction_fingerprint(cfg: Config, paths: dict[int, Path], runtime: Runtime
     fingerprint = {"checkpoints": digests, "model": cfg.model.name, "num_classes": cfg.model.num_classes,
                    "tta": cfg.predict.tta, "input_size": cfg.data.input_size, "image_max": cfg.data.image_max,
                    "batch_size": cfg.predict.batch_size, "batches": "one input size each",
-                   "runtime": runtime.describe()}
+                   "resize_back": cfg.data.resize_back, "runtime": runtime.describe()}
     return json.loads(json.dumps(fingerprint))
 
 
@@ -200,6 +225,15 @@ def batches_to_do(batches: list[list[str]], done: set[str]) -> list[list[str]]:
 # ---------------------------------------------------------------- writing PNGs on background threads
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Encode ``image`` as PNG and write it atomically to ``path``."""
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    # No fsync for 100,000 PNGs: a resumed run checks each file's end instead (png_complete).
+    atomic_write_bytes(path, encoded.tobytes(), durable=False)
+
+
 class PngWriter:
     """Encode and write PNGs on a thread pool (OpenCV releases the GIL); at most ``2 * threads`` pending."""
 
@@ -208,18 +242,15 @@ class PngWriter:
         self.pending: deque[Future] = deque()
         self.limit = 2 * threads
 
-    def submit(self, path: Path, image: np.ndarray) -> None:
+    def submit(self, path: Path, image: np.ndarray | Callable[[], np.ndarray]) -> None:
+        """Write ``image`` to ``path``; ``image`` may also be a function that makes it, run on the pool too."""
         while len(self.pending) >= self.limit:
             self.pending.popleft().result()
         self.pending.append(self.pool.submit(self._write, path, image))
 
     @staticmethod
-    def _write(path: Path, image: np.ndarray) -> None:
-        ok, encoded = cv2.imencode(".png", image)
-        if not ok:
-            raise OSError(f"PNG encoding failed for {path}")
-        # No fsync for 100,000 PNGs: a resumed run checks each file's end instead (png_complete).
-        atomic_write_bytes(path, encoded.tobytes(), durable=False)
+    def _write(path: Path, image: np.ndarray | Callable[[], np.ndarray]) -> None:
+        write_png(path, image() if callable(image) else image)
 
     def close(self) -> None:
         while self.pending:
@@ -270,11 +301,12 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
     try:
         for batch in tqdm(loader, desc="predict test", dynamic_ncols=True):
             images = normalise_on_device(runtime.to_device(batch["image"]))
-            probs = tta_probabilities(models, images, runtime, cfg.predict.tta, cfg.model.activation)
-            for image_id, maps, size in zip(batch["id"], probs, batch["size"].tolist()):
+            sizes = [tuple(size) for size in batch["size"].tolist()]
+            probs = image_probabilities(models, images, sizes, runtime, geometry, cfg.predict.tta,
+                                        cfg.model.activation, cfg.data.resize_back)
+            for image_id, maps in zip(batch["id"], probs):
                 if image_id not in done:
-                    writer.submit(out_dir / f"{image_id}.png",
-                                  prediction_image(to_uint8(geometry.restore(maps, tuple(size))).cpu().numpy()))
+                    writer.submit(out_dir / f"{image_id}.png", prediction_image(to_uint8(maps).cpu().numpy()))
     finally:
         writer.close()
 
@@ -340,9 +372,11 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
             for batch in tqdm(_loader(rows, geometry, True, cfg, runtime, False), desc=f"out-of-fold {fold}",
                               dynamic_ncols=True):
                 images = normalise_on_device(runtime.to_device(batch["image"]))
-                probs = tta_probabilities([model], images, runtime, cfg.predict.tta, cfg.model.activation)
-                for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], batch["size"].tolist()):
-                    levels = to_uint8(geometry.restore(maps, tuple(size)))
+                sizes = [tuple(size) for size in batch["size"].tolist()]
+                probs = image_probabilities([model], images, sizes, runtime, geometry, cfg.predict.tta,
+                                            cfg.model.activation, cfg.data.resize_back)
+                for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], sizes):
+                    levels = to_uint8(maps)
                     writer.submit(RunFiles.of(cfg).oof_predictions / f"{image_id}.png",
                                   prediction_image(levels.cpu().numpy()))
                     target = mask[:, : size[0], : size[1]].to(runtime.device) > 0  # (batch padding cropped)

@@ -11,7 +11,7 @@ from ternaus.config import Config, save_config
 from ternaus.data.files import image_size, listing
 from ternaus.data.layouts import check_train, list_train, load_masks, mask_spec
 from ternaus.errors import DataError
-from ternaus.folds import assign_folds, group_column, group_ids, mask_area
+from ternaus.folds import assign_folds, folds_from_file, group_column, group_ids, mask_area
 from ternaus.io import atomic_write
 from ternaus.run_files import RunFiles
 
@@ -37,17 +37,25 @@ def prepare_folds(cfg: Config) -> Path:
         raise DataError(listing(f"{len(problems)} problem(s) in the training data under {cfg.data.root}", problems))
     group = group_column(cfg.folds.group_by)
     table[group] = group_ids(table["id"], cfg.folds.group_by, cfg.folds.group_pattern)
-    columns = ["id", group]
-    if cfg.folds.stratify != "none":
-        table["mask_area"] = _mask_areas(table, cfg)
-        columns.append("mask_area")
-    folds = assign_folds(table[columns], cfg.folds.n_folds, cfg.folds.stratify, cfg.folds.seed, group)
+    folds = _split(table, cfg, group)
     files = RunFiles.of(cfg)
     save_config(cfg, files.config("prepare_folds"))
     path = atomic_write(files.folds_csv, lambda tmp: folds.to_csv(tmp, index=False))
     sizes = folds.groupby("fold")[group].nunique().tolist()
     what = "cars" if group == "car_id" else "groups"
     empty = f", {int((folds['mask_area'] == 0).sum())} with empty masks" if "mask_area" in folds else ""
-    print(f"{len(folds)} images of {folds[group].nunique()} {what} in {cfg.folds.n_folds} folds "
+    source = f" as {cfg.folds.from_file} gives them" if cfg.folds.from_file else ""
+    print(f"{len(folds)} images of {folds[group].nunique()} {what} in {cfg.folds.n_folds} folds{source} "
           f"({what} per fold: {sizes}{empty}) -> {path}")
     return path
+
+
+def _split(table: pd.DataFrame, cfg: Config, group: str) -> pd.DataFrame:
+    """The folds of the file ``folds.from_file``, or a split made here (stratified when configured)."""
+    if cfg.folds.from_file:
+        return folds_from_file(table[["id", group]], Path(cfg.folds.from_file), cfg.folds.n_folds, group)
+    columns = ["id", group]
+    if cfg.folds.stratify != "none":
+        table["mask_area"] = _mask_areas(table, cfg)
+        columns.append("mask_area")
+    return assign_folds(table[columns], cfg.folds.n_folds, cfg.folds.stratify, cfg.folds.seed, group)

@@ -1,5 +1,6 @@
-"""Every choice the configuration offers by name: networks, losses, metrics, test-time augmentations and data
-layouts, one dict each, keyed by the config's name for the choice.
+"""Every choice the configuration offers by name: networks, losses, optimisers, learning-rate schedules, metrics,
+test-time augmentations, data layouts and the ensemble's rules, one dict each, keyed by the config's name for the
+choice.
 
 An entry says where its code lives (``Ref``) and loads it on first use, as transformers' auto classes map a
 name to a class: loading and checking a config reads these dicts without importing torch, so a mistyped key
@@ -13,8 +14,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Ref", "ImageNetWeights", "ModelSpec", "MetricSpec", "MODELS", "LOSSES", "METRICS", "TTAS", "LAYOUTS",
-           "REGISTRIES"]
+__all__ = ["Ref", "ImageNetWeights", "ModelSpec", "MetricSpec", "MODELS", "LOSSES", "LOSS_OPTIONS", "OPTIMIZERS",
+           "SCHEDULES", "RULES", "METRICS", "TTAS", "LAYOUTS", "REGISTRIES"]
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,15 @@ class ImageNetWeights:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One ``model.name``: the class, its encoder, torchvision's ImageNet file, the size multiple its input must
-    have, and the config options the class takes besides ``num_classes``."""
+    """One ``model.name``: the class, its encoder, torchvision's ImageNet file (None: trained from scratch), the
+    size multiple its input must have, and the config options the class takes besides ``num_classes``."""
 
     model: Ref
     encoder: str
-    imagenet: ImageNetWeights
+    imagenet: ImageNetWeights | None
     size_multiple: int = 32  # 2 ** (the number of times the network halves the input)
     options: tuple[str, ...] = ()
+    depth_option: str | None = None  # an option whose length is the number of halvings (scratch's widths)
 
     @property
     def model_class(self) -> type:
@@ -62,9 +64,15 @@ class ModelSpec:
     def halvings(self) -> int:
         return self.size_multiple.bit_length() - 1
 
+    def multiple_for(self, model_cfg: Any) -> int:
+        """The size multiple of the network ``model_cfg`` builds: ``size_multiple`` unless its depth is a setting."""
+        depth = getattr(model_cfg, self.depth_option, None) if self.depth_option else None
+        return 2 ** len(depth) if isinstance(depth, list | tuple) and depth else self.size_multiple
+
     def new(self, model_cfg: Any) -> Any:
-        """The architecture alone, with PyTorch's default initialisation."""
-        options = {name: getattr(model_cfg, name) for name in self.options}
+        """The architecture alone, with PyTorch's default initialisation; an option left null (None) takes the
+        class's own default."""
+        options = {name: getattr(model_cfg, name) for name in self.options if getattr(model_cfg, name) is not None}
         # Softmax over exclusive classes has a background channel besides them.
         extra = 1 if getattr(model_cfg, "activation", "sigmoid") == "softmax" else 0
         return self.model_class(num_classes=model_cfg.num_classes + extra, **options)
@@ -72,19 +80,22 @@ class ModelSpec:
 
 _VGG_UNUSED = ("classifier.",)
 _TERNAUSNET = "ternaus.models.ternausnet"
+_RESNET34 = ImageNetWeights(("resnet34-b627a593.pth", "resnet34-333f7ec4.pth"), "resnet34", "", ("fc.",))
 
 # model.name
 MODELS: dict[str, ModelSpec] = {
     "unet11": ModelSpec(Ref(_TERNAUSNET, "UNet11"), "VGG11",
                         ImageNetWeights(("vgg11-8a719046.pth", "vgg11-bbd30ac9.pth"), "vgg11", "features.",
-                                        _VGG_UNUSED)),
+                                        _VGG_UNUSED),
+                        options=("num_filters",)),
     "unet16": ModelSpec(Ref(_TERNAUSNET, "UNet16"), "VGG16",
                         ImageNetWeights(("vgg16-397923af.pth",), "vgg16", "features.", _VGG_UNUSED),
                         options=("transposed",)),
-    "albunet34": ModelSpec(Ref(_TERNAUSNET, "AlbuNet"), "ResNet34",
-                           ImageNetWeights(("resnet34-b627a593.pth", "resnet34-333f7ec4.pth"), "resnet34", "",
-                                           ("fc.",)),
-                           size_multiple=64, options=("transposed",)),
+    "albunet34": ModelSpec(Ref(_TERNAUSNET, "AlbuNet"), "ResNet34", _RESNET34, size_multiple=64,
+                           options=("transposed",)),
+    "linknet34": ModelSpec(Ref("ternaus.models.linknet", "LinkNet34"), "ResNet34", _RESNET34),
+    "scratch": ModelSpec(Ref("ternaus.models.scratch", "ScratchUNet"), "none (trained from scratch)", None,
+                         size_multiple=64, options=("widths", "center_width"), depth_option="widths"),
 }
 
 @dataclass(frozen=True)
@@ -107,6 +118,33 @@ LOSSES: dict[str, Ref] = {
     "bce_jaccard": Ref("ternaus.losses", "bce_jaccard_loss"),
     "lovasz_hinge": Ref("ternaus.losses", "lovasz_hinge_loss"),
     "lovasz_hinge_elu": Ref("ternaus.losses", "lovasz_hinge_elu_loss"),
+    "bce_dice_edge": Ref("ternaus.losses", "bce_dice_edge_loss"),
+}
+
+# The settings (keys of train.loss) each loss takes besides weight and activation, by train.loss.name.
+LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "bce_dice_edge": ("edge_window", "edge_weight"),
+}
+
+# train.optimizer: functions (parameters, train config) -> torch.optim.Optimizer
+OPTIMIZERS: dict[str, Ref] = {
+    "adam": Ref("ternaus.optim", "adam"),
+    "sgd": Ref("ternaus.optim", "sgd"),
+    "rmsprop": Ref("ternaus.optim", "rmsprop"),
+}
+
+# train.schedule: functions (epoch counted from 0, train config) -> the learning rate's factor
+SCHEDULES: dict[str, Ref] = {
+    "carvana": Ref("ternaus.optim", "carvana_factor"),
+    "constant": Ref("ternaus.optim", "constant_factor"),
+    "step": Ref("ternaus.optim", "step_factor"),
+    "cycle": Ref("ternaus.optim", "cycle_factor"),
+    "step_then_cycle": Ref("ternaus.optim", "step_then_cycle_factor"),
+}
+
+# ensemble.rules: functions (merged (C, H, W) uint8, members' maps by name, ensemble config) -> merged map
+RULES: dict[str, Ref] = {
+    "top_unreliable": Ref("ternaus.merge", "top_unreliable"),
 }
 
 # postprocess.metric: the competition's per-image metric, averaged over images (or (image, class) pairs)
@@ -135,6 +173,9 @@ LAYOUTS: dict[str, Ref] = {
 REGISTRIES: dict[str, dict[str, Any]] = {
     "model.name": MODELS,
     "train.loss.name": LOSSES,
+    "train.optimizer": OPTIMIZERS,
+    "train.schedule": SCHEDULES,
+    "ensemble.rules": RULES,
     "postprocess.metric": METRICS,
     "predict.tta": TTAS,
     "data.layout": LAYOUTS,

@@ -13,6 +13,8 @@
       oof_predictions/<id>.png      predict.py: out-of-fold probabilities
       postprocess.json              predict.py: the searched threshold and minimum area
       postprocess_search.csv        predict.py: the search's table
+      ensemble_cv.csv               ensemble.py: each member's and the ensemble's out-of-fold CV
+      configs/ensemble.yaml         ensemble.py: its configuration (an ensemble's predictions/ is ensemble.py's)
       submission.csv.gz             make_submission.py (submission.filename)
       report/index.html             report.py (report.out_dir)
 """
@@ -103,6 +105,10 @@ class RunFiles:
     @property
     def postprocess_search(self) -> Path:
         return self.root / "postprocess_search.csv"
+
+    @property
+    def ensemble_cv(self) -> Path:
+        return self.root / "ensemble_cv.csv"
 
 
 def predictions_record(shard_index: int = 0, shard_count: int = 1) -> str:

@@ -1,11 +1,14 @@
-"""Training: one model per fold (UNet11 by default), Adam with the Carvana cyclic schedule, validation every epoch.
+"""Training: one model per fold (UNet11 by default), Adam with the Carvana cyclic schedule (or the optimiser and
+schedule ``train.optimizer`` / ``train.schedule`` name), validation every epoch.
 
 Each fold writes ``fold_K/last.pt`` (every epoch, and every ``train.checkpoint_every`` steps),
 ``fold_K/best.pt`` (the best validation score of ``postprocess.metric``, the competition's metric) and
 ``fold_K/log.csv``. The shuffle of an epoch is drawn from
 (seed, fold, epoch) and each image's augmentation from its position in the epoch, and ``last.pt`` holds
 the generators' states and the log, so a run killed at any moment and started again ends exactly where
-an uninterrupted one would.
+an uninterrupted one would. With ``train.accumulate`` N the optimiser steps once every N batches on their
+averaged gradients; ``train.checkpoint_every`` is then a multiple of N, so a checkpoint never falls inside
+an accumulation and a resumed run groups the batches as the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -33,19 +36,15 @@ from ternaus.data.layouts import mask_spec, train_items
 from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
 from ternaus.errors import ConfigError, DataError, TrainingError
 from ternaus.io import atomic_write, remove_stale_temporaries
-from ternaus.losses import SegmentationLoss, probabilities
+from ternaus.losses import SegmentationLoss, loss_options, probabilities
 from ternaus.metrics import class_scores
 from ternaus.models import build_model, set_encoder_frozen
+from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
 from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader", "same_size_loader", "fold_data",
-           "train_step", "validate", "new_fold_state"]
-
-
-def carvana_lr_factor(epoch: int, cycle_len: int = 5, cycle_step: int = 2) -> float:
-    """The Carvana recipe: the learning rate halves every ``cycle_step`` epochs within cycles of ``cycle_len``."""
-    return 0.5 ** ((epoch % cycle_len) // cycle_step)
+           "train_step", "accumulation_group", "validate", "new_fold_state"]
 
 
 # ---------------------------------------------------------------- data loaders
@@ -169,18 +168,39 @@ class LossWatch:
                                 "try train.amp_dtype=bfloat16, then run the same command to resume")
 
 
-def train_step(state: FoldState, batch: dict, runtime: Runtime) -> torch.Tensor:
-    """One optimiser step on ``batch``; returns its loss, left on the device (reading it would synchronise)."""
+def train_step(state: FoldState, batch: dict, runtime: Runtime, share: float = 1.0, step: bool = True,
+               clip_grad_norm: float | None = None) -> torch.Tensor:
+    """Forward and backward on ``batch``, its gradients weighted by ``share`` (1 / the batches accumulated) and
+    added to those already there; with ``step``, the optimiser steps on them (after clipping their global norm
+    to ``clip_grad_norm``) and clears them. Returns the batch's loss, left on the device (reading it would
+    synchronise)."""
     images = normalise_on_device(runtime.to_device(batch["image"]))
     masks = batch["mask"].to(runtime.device, non_blocking=True).float()
     with runtime.autocast():
         logits = state.model(images)
     loss = state.loss_fn(logits, masks)
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+    state.scaler.scale(loss * share if share != 1.0 else loss).backward()
+    if step:
+        _optimiser_step(state, clip_grad_norm)
+    return loss.detach()
+
+
+def _optimiser_step(state: FoldState, clip_grad_norm: float | None) -> None:
+    if clip_grad_norm is not None:
+        state.scaler.unscale_(state.optimizer)  # the norm of the true gradients, not of the scaled ones
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip_grad_norm)
     state.scaler.step(state.optimizer)
     state.scaler.update()
-    return loss.detach()
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+def accumulation_group(step: int, steps_in_epoch: int, accumulate: int) -> tuple[int, bool]:
+    """For the batch at ``step`` (from 0) of an epoch: how many batches its accumulation group holds, and whether
+    it is the group's last (the optimiser steps). Groups start at multiples of ``accumulate``; the epoch's last
+    group holds what is left, so an epoch always ends on a step."""
+    start = step - step % accumulate
+    size = min(accumulate, steps_in_epoch - start)
+    return size, step == start + size - 1
 
 
 def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg: Config, desc: str,
@@ -192,7 +212,8 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=state.step, total=steps_in_epoch,
                disable=not state.world.is_main)
     for batch in bar:
-        loss = train_step(state, batch, runtime)
+        size, last = accumulation_group(state.step, steps_in_epoch, cfg.train.accumulate)
+        loss = train_step(state, batch, runtime, 1.0 / size, last, cfg.train.clip_grad_norm)
         state.step += 1
         watch.observe(loss, state.step)
         state.loss_sum += loss
@@ -274,16 +295,13 @@ def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_
 
 def new_fold_state(cfg: Config, runtime: Runtime, world: World = World()) -> FoldState:
     model = runtime.prepare_model(build_model(cfg.model))
-    # Every parameter, a frozen encoder's too: frozen ones get no gradient, which Adam skips (no update, no
-    # weight decay, no state), and the optimizer's state_dict keeps one layout from the first step to the last.
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if cfg.train.schedule == "carvana":
-        factor = lambda epoch: carvana_lr_factor(epoch, cfg.train.cycle_len, cfg.train.cycle_step)  # noqa: E731
-    else:
-        factor = lambda epoch: 1.0  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # Every parameter, a frozen encoder's too: frozen ones get no gradient, which Adam and SGD skip (no update,
+    # no weight decay, no state), and the optimizer's state_dict keeps one layout from the first step to the last.
+    optimizer = build_optimizer(model.parameters(), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
-    loss_fn = SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight, cfg.model.activation)
+    loss_fn = SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight, cfg.model.activation,
+                               **loss_options(cfg.train.loss))
     return FoldState(model, optimizer, scheduler, scaler, loss_fn, world=world)
 
 

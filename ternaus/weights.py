@@ -191,6 +191,8 @@ def _missing_imagenet_message(spec: ModelSpec, tried: list[Path]) -> str:
 def load_imagenet_encoder(model: nn.Module, explicit: str | None = None) -> Path:
     """Copy torchvision's ImageNet weights into ``model.encoder``, strictly; returns the file used."""
     spec = spec_of(model)
+    if spec.imagenet is None:
+        raise WeightsError(f"{type(model).__name__} has no pre-trained encoder: use model.init=pytorch or lecun")
     tried = imagenet_weight_candidates(explicit, spec.imagenet.files)
     found = next((p for p in tried if p.is_file()), None)
     if found is None:

@@ -99,6 +99,7 @@ def test_loading_and_checking_every_shipped_config_does_not_import_torch():
 
 
 def test_every_registry_entry_loads_and_is_what_its_registry_promises():
+    from ternaus import registry
     from ternaus.data.layouts import Layout
     from ternaus.models.ternausnet import TernausNet
     from ternaus.registry import LAYOUTS, LOSSES, METRICS, MODELS, REGISTRIES, TTAS
@@ -107,14 +108,18 @@ def test_every_registry_entry_loads_and_is_what_its_registry_promises():
     for spec in MODELS.values():
         assert issubclass(spec.model_class, TernausNet)
         assert spec.model_class.SIZE_MULTIPLE == spec.size_multiple == 2 ** spec.halvings
-    assert all(callable(ref.load()) for ref in [*LOSSES.values(), *(spec.score for spec in METRICS.values())])
+    refs = [*LOSSES.values(), *(spec.score for spec in METRICS.values()), *registry.OPTIMIZERS.values(),
+            *registry.SCHEDULES.values(), *registry.RULES.values()]
+    assert all(callable(ref.load()) for ref in refs)
     assert {spec.form for spec in METRICS.values()} == {"counts", "objects"}
+    assert set(registry.LOSS_OPTIONS) <= set(LOSSES)
     assert all(isinstance(ref.load(), TTA) for ref in TTAS.values())
     wanted = [name for name in vars(Layout) if not name.startswith("_")]
     assert wanted == ["list_train", "test_rows", "load_masks", "missing_mask"]
     for ref in LAYOUTS.values():
         assert all(callable(getattr(ref.load(), name)) for name in wanted), ref
-    assert set(REGISTRIES) == {"model.name", "train.loss.name", "postprocess.metric", "predict.tta", "data.layout"}
+    assert set(REGISTRIES) == {"model.name", "train.loss.name", "train.optimizer", "train.schedule", "ensemble.rules",
+                               "postprocess.metric", "predict.tta", "data.layout"}
 
 
 def test_the_configs_choices_are_the_registries_names_and_a_wrong_one_is_listed():

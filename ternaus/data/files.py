@@ -23,7 +23,7 @@ from PIL import Image
 from ternaus.errors import DataError
 
 __all__ = ["read_image", "read_mask", "read_class_mask", "image_size", "image_file_problem", "check_image_files",
-           "prediction_image", "read_prediction", "listing", "duplicates", "read_id_csv", "CSV_ERRORS",
+           "prediction_image", "read_prediction", "png_shape", "listing", "duplicates", "read_id_csv", "CSV_ERRORS",
            "IMAGE_SUFFIXES", "MASK_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -281,6 +281,21 @@ def prediction_image(levels: np.ndarray) -> np.ndarray:
     """(C, H, W) uint8 probabilities -> the prediction PNG's one greyscale (C * H, W) image: the classes stacked
     top to bottom, any number of them (read_prediction takes them apart); one class is the plain (H, W) map."""
     return levels.reshape(-1, levels.shape[-1])
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_shape(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) of a PNG from its header (its first 24 bytes), or None when it is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
 
 
 def read_prediction(path: str | Path, num_classes: int) -> np.ndarray | None:

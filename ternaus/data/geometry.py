@@ -79,4 +79,5 @@ class Geometry:
 
 def geometry_of(cfg: Config) -> Geometry:
     """The configured geometry: ``data.input_size``, and the model's size multiple for padding."""
-    return Geometry(tuple(cfg.data.input_size) if cfg.data.input_size else None, MODELS[cfg.model.name].size_multiple)
+    size = tuple(cfg.data.input_size) if cfg.data.input_size else None
+    return Geometry(size, MODELS[cfg.model.name].multiple_for(cfg.model))

@@ -1,8 +1,9 @@
 """The networks: building a model from the config and the three initialisations of the paper's experiment.
 
 ``model.name`` picks an entry of ``ternaus.registry.MODELS``; each family's classes live in a module of this
-package (``ternausnet``: UNet11, UNet16, AlbuNet). ``build_model`` initialises the network as ``model.init``
-says: LeCun uniform, the ImageNet encoder (with a LeCun decoder), or a whole-network checkpoint.
+package (``ternausnet``: UNet11, UNet16, AlbuNet; ``linknet``: LinkNet34; ``scratch``: the plain U-Net trained
+from scratch). ``build_model`` initialises the network as ``model.init`` says: LeCun uniform, PyTorch's own
+default, the ImageNet encoder (with a LeCun decoder), or a whole-network checkpoint.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ternaus.models.linknet import LinkNet34
+from ternaus.models.scratch import ScratchUNet
 from ternaus.models.ternausnet import AlbuNet, ConvRelu, DecoderBlock, TernausNet, UNet11, UNet16, UpsampleDecoderBlock
 from ternaus.registry import MODELS
 from ternaus.weights import load_imagenet_encoder, load_weights
 
-__all__ = ["UNet11", "UNet16", "AlbuNet", "TernausNet", "ConvRelu", "DecoderBlock", "UpsampleDecoderBlock",
-           "lecun_uniform_", "new_model", "build_model", "set_encoder_frozen"]
+__all__ = ["UNet11", "UNet16", "AlbuNet", "LinkNet34", "ScratchUNet", "TernausNet", "ConvRelu", "DecoderBlock",
+           "UpsampleDecoderBlock", "lecun_uniform_", "new_model", "build_model", "set_encoder_frozen"]
 
 
 @torch.no_grad()
@@ -49,6 +52,8 @@ def build_model(model_cfg: Any) -> TernausNet:
     init = model_cfg.init
     if init == "lecun":
         lecun_uniform_(model)
+    elif init == "pytorch":
+        pass  # each layer's own reset_parameters(), as built
     elif init == "imagenet":
         for module in model.decoder_modules():
             lecun_uniform_(module)

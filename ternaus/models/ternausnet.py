@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["UNet11", "UNet16", "AlbuNet", "TernausNet", "ConvRelu", "DecoderBlock", "UpsampleDecoderBlock",
-           "ENCODER_ALIASES", "vgg_features", "vgg11_features", "resnet34_trunk"]
+           "ENCODER_ALIASES", "VGG11_SKIPS", "vgg_features", "vgg11_features", "resnet34_trunk"]
 
 
 # ---------------------------------------------------------------- building blocks
@@ -100,15 +100,18 @@ def vgg11_features() -> nn.Sequential:
     return vgg_features(VGG11_LAYOUT)
 
 
-def resnet34_trunk() -> nn.Module:
-    """torchvision's ResNet34 without its pooling and classifier head, which AlbuNet never uses.
+def resnet34_trunk(keep_maxpool: bool = False) -> nn.Module:
+    """torchvision's ResNet34 without its pooling and classifier head, which AlbuNet never uses (LinkNet34
+    keeps the stem's 3x3 max-pool: ``keep_maxpool``).
 
     The original kept ``fc`` registered (its checkpoints hold ``encoder.fc.*``, ignored when loaded here);
     a parameter that gets no gradient would stop DistributedDataParallel, so it is not part of this model."""
     from torchvision.models import resnet34
 
     trunk = resnet34(weights=None)
-    del trunk.maxpool, trunk.avgpool, trunk.fc  # AlbuNet pools with its own 2x2 max-pool instead
+    del trunk.avgpool, trunk.fc
+    if not keep_maxpool:
+        del trunk.maxpool  # AlbuNet pools with its own 2x2 max-pool instead
     return trunk
 
 
@@ -152,6 +155,9 @@ class TernausNet(nn.Module):
         return [self.center, self.dec5, self.dec4, self.dec3, self.dec2, self.dec1, self.final]
 
 
+# The channels of UNet11's skips conv1 ... conv5 (VGG11's stages).
+VGG11_SKIPS = (64, 128, 256, 512, 512)
+
 # Original alias name -> index in vgg11().features.
 ENCODER_ALIASES = {
     "conv1": 0, "conv2": 3, "conv3s": 6, "conv3": 8, "conv4s": 11, "conv4": 13, "conv5s": 16, "conv5": 18,
@@ -166,18 +172,21 @@ class UNet11(TernausNet):
     def __init__(self, num_classes: int = 1, num_filters: int = 32):
         super().__init__()
         nf = num_filters
-        self.num_classes = num_classes
+        self.num_classes, self.num_filters = num_classes, num_filters
         self.pool = nn.MaxPool2d(2, 2)
         self.encoder = vgg11_features()
         self.relu = self.encoder[1]
         for name, index in ENCODER_ALIASES.items():
             setattr(self, name, self.encoder[index])
-        self.center = DecoderBlock(nf * 8 * 2, nf * 8 * 2, nf * 8)
-        self.dec5 = DecoderBlock(nf * (16 + 8), nf * 8 * 2, nf * 8)
-        self.dec4 = DecoderBlock(nf * (16 + 8), nf * 8 * 2, nf * 4)
-        self.dec3 = DecoderBlock(nf * (8 + 4), nf * 4 * 2, nf * 2)
-        self.dec2 = DecoderBlock(nf * (4 + 2), nf * 2 * 2, nf)
-        self.dec1 = ConvRelu(nf * (2 + 1), nf)
+        # The skips' widths are VGG11's (conv1 64 ... conv5 512), whatever the decoder's base width: the
+        # original wrote them as multiples of num_filters, which holds for its 32 only.
+        c1, c2, c3, c4, c5 = VGG11_SKIPS
+        self.center = DecoderBlock(c5, nf * 8 * 2, nf * 8)
+        self.dec5 = DecoderBlock(c5 + nf * 8, nf * 8 * 2, nf * 8)
+        self.dec4 = DecoderBlock(c4 + nf * 8, nf * 8 * 2, nf * 4)
+        self.dec3 = DecoderBlock(c3 + nf * 4, nf * 4 * 2, nf * 2)
+        self.dec2 = DecoderBlock(c2 + nf * 2, nf * 2 * 2, nf)
+        self.dec1 = ConvRelu(c1 + nf, nf)
         self.final = nn.Conv2d(nf, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

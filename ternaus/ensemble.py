@@ -1,0 +1,267 @@
+"""``ensemble.py``: several runs' test predictions merged into one predictions folder, and the ensemble's CV.
+
+Each member is a run that ``predict.py`` finished (``ensemble.members``: its ``output_dir``, a weight, a name).
+The stage writes, under this config's ``output_dir``, the weighted mean of the members' probability PNGs
+(``ternaus.merge.weighted_mean``), with the ``ensemble.rules`` applied after it, as ``predictions/<id>.png``:
+the folder ``make_submission.py`` reads, so the ensemble is submitted like any single run.
+
+Before the first file is written it refuses members whose test ids, class counts or PNG sizes differ from
+each other or from this config's test set. It streams (one image per writer thread in memory) and resumes as
+``predict.py`` does, with the same record of what made the folder: a rerun keeps every complete PNG made by
+the same members and settings and merges the rest, byte-identical to an uninterrupted run.
+
+Out of fold: every member's ``oof_predictions/<id>.png`` holds each training image predicted by the model that
+did not train on it, whatever that member's folds were, so the members' maps of one image can be averaged
+like the test maps. The CV of each member and of the ensemble is printed and written to ``ensemble_cv.csv``;
+the threshold / minimum-area search runs on the ensemble and writes ``postprocess.json``, which
+``make_submission.py`` then uses.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ternaus.analysis import level_histograms, search_postprocessing, write_oof_analysis
+from ternaus.config import Config, EnsembleConfig, EnsembleMember, member_name, read_yaml, save_config, thresholds
+from ternaus.data.files import listing, png_shape, prediction_image, read_prediction
+from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec, test_rows
+from ternaus.errors import ConfigError, DataError
+from ternaus.inference import PngWriter, png_complete, predictions_to_keep, write_png
+from ternaus.io import atomic_write, remove_stale_temporaries
+from ternaus.merge import weighted_mean
+from ternaus.registry import RULES
+from ternaus.run_files import RunFiles
+
+__all__ = ["ensemble", "Member", "load_member", "check_members", "merge_maps", "merge_test", "score_oof",
+           "ensemble_fingerprint"]
+
+ENSEMBLE = "ensemble"  # the CV table's name for the merged maps
+
+
+@dataclass(frozen=True)
+class Member:
+    """A run of the ensemble: its name, weight, files, class count and the records of what made its PNGs."""
+
+    name: str
+    weight: float
+    files: RunFiles
+    num_classes: int
+    records: dict
+
+    def prediction(self, image_id: str) -> Path:
+        return self.files.predictions / f"{image_id}.png"
+
+    def oof(self, image_id: str) -> Path:
+        return self.files.oof_predictions / f"{image_id}.png"
+
+
+def load_member(entry: EnsembleMember) -> Member:
+    """The member ``entry`` names, from the configuration its ``predict.py`` saved (``configs/predict.yaml``), or
+    its ``ensemble.py`` (``configs/ensemble.yaml``): an ensemble can be a member of another."""
+    run, name = Path(entry.run), member_name(entry)
+    saved = next((p for p in map(RunFiles(run).config, ("predict", "ensemble")) if p.is_file()), None)
+    if saved is None:
+        raise DataError(f"ensemble member {name}: neither {RunFiles(run).config('predict')} nor "
+                        f"{RunFiles(run).config('ensemble')} exists; run predict.py for {run} first")
+    settings = read_yaml(saved)
+    files = RunFiles(run, predictions_dir=settings.get("predict", {}).get("out_dir", "predictions"))
+    records = {p.name: json.loads(p.read_text()) for p in sorted(files.predictions.glob(".predict*.json"))}
+    if not records:
+        raise DataError(f"ensemble member {name}: {files.predictions} holds no record of predict.py "
+                        "(.predict.json); run predict.py for that run")
+    return Member(name, float(entry.weight), files, int(settings.get("model", {}).get("num_classes", 1)), records)
+
+
+# ---------------------------------------------------------------- refusals, before anything is written
+
+
+def _id_problems(member: Member, ids: list[str]) -> list[str]:
+    present = {p.stem for p in member.files.predictions.glob("*.png") if not p.name.startswith(".")}
+    missing = [i for i in ids if i not in present]
+    extra = sorted(present - set(ids))
+    broken = [i for i in ids if i in present and not png_complete(member.prediction(i))]
+    problems = []
+    for count, what, examples in ((len(missing), "test image(s) without a prediction", missing),
+                                  (len(extra), "prediction(s) of images not in this test set", extra),
+                                  (len(broken), "prediction(s) cut short", broken)):
+        if count:
+            problems.append(f"{member.name}: {count} {what} in {member.files.predictions}, e.g. {examples[:3]}")
+    return problems
+
+
+def _size_problems(members: list[Member], ids: list[str]) -> list[str]:
+    problems = []
+    for image_id in ids:
+        shapes = {m.name: png_shape(m.prediction(image_id)) for m in members}
+        if len(set(shapes.values())) > 1:
+            problems.append(f"{image_id}: the members' PNGs are (height, width) {shapes}")
+    return problems
+
+
+def check_members(members: list[Member], ids: list[str], num_classes: int) -> None:
+    """Refuse, listing every problem, members whose class count, test ids or PNG sizes differ."""
+    problems = [f"{m.name}: {m.num_classes} class(es) (its model.num_classes), this ensemble's model.num_classes="
+                f"{num_classes}" for m in members if m.num_classes != num_classes]
+    for member in members:
+        problems += _id_problems(member, ids)
+    if not problems:
+        problems = _size_problems(members, ids)
+    if problems:
+        raise DataError(listing(f"{len(problems)} problem(s) with the ensemble's members; run predict.py on the same "
+                                "test set for each, or leave the odd one out", problems))
+
+
+def _check_oof_files(members: list[Member], ids: list[str]) -> None:
+    missing = [str(m.oof(i)) for m in members for i in ids if not m.oof(i).is_file()]
+    if missing:
+        raise DataError(listing(f"{len(missing)} out-of-fold prediction(s) missing: run predict.py with predict.oof="
+                                "true and every fold in train.folds for each member, or set ensemble.oof=false",
+                                missing, limit=5))
+
+
+# ---------------------------------------------------------------- merging
+
+
+def merge_maps(maps: dict[str, np.ndarray], members: list[Member], settings: EnsembleConfig) -> np.ndarray:
+    """The weighted mean of the members' (C, H, W) uint8 ``maps`` (by name), then each rule in order."""
+    merged = weighted_mean([maps[m.name] for m in members], [m.weight for m in members])
+    for rule in settings.rules:
+        merged = RULES[rule].load()(merged, maps, settings)
+    return merged
+
+
+def _read_maps(members: list[Member], paths: dict[str, Path], num_classes: int) -> dict[str, np.ndarray]:
+    maps = {}
+    for member in members:
+        levels = read_prediction(paths[member.name], num_classes)
+        if levels is None:
+            raise DataError(f"ensemble member {member.name}: {paths[member.name]} cannot be read as {num_classes} "
+                            "class(es); run predict.py for it again")
+        maps[member.name] = levels
+    return maps
+
+
+def _merged_test_png(image_id: str, members: list[Member], cfg: Config) -> np.ndarray:
+    maps = _read_maps(members, {m.name: m.prediction(image_id) for m in members}, cfg.model.num_classes)
+    return prediction_image(merge_maps(maps, members, cfg.ensemble))
+
+
+def ensemble_fingerprint(members: list[Member], cfg: Config) -> dict:
+    """Everything the merged PNGs' bytes depend on: each member's records (its models and settings), name and
+    weight, the class count, the rules and their settings."""
+    rules = {rule: asdict(getattr(cfg.ensemble, rule)) for rule in cfg.ensemble.rules}
+    fingerprint = {"members": [{"name": m.name, "weight": m.weight, "records": m.records} for m in members],
+                   "num_classes": cfg.model.num_classes, "rules": list(cfg.ensemble.rules), "rule_settings": rules}
+    return json.loads(json.dumps(fingerprint))
+
+
+def merge_test(cfg: Config, members: list[Member], ids: list[str]) -> Path:
+    """Write the merged PNG of every test id not already written by the same members and settings."""
+    out_dir = RunFiles.of(cfg).predictions
+    done = predictions_to_keep(out_dir, ids, ensemble_fingerprint(members, cfg), cfg.predict.resume)
+    todo = [i for i in ids if i not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(ids)} merged predictions were already written by the same members "
+              f"and settings; merging the remaining {len(todo)}")
+    writer = PngWriter(cfg.predict.writer_threads)
+    try:
+        for image_id in tqdm(todo, desc="merge test", dynamic_ncols=True):
+            writer.submit(out_dir / f"{image_id}.png", partial(_merged_test_png, image_id, members, cfg))
+    finally:
+        writer.close()
+    return out_dir
+
+
+# ---------------------------------------------------------------- out of fold
+
+
+def _oof_histograms(row: dict, members: list[Member], cfg: Config, spec: MaskSpec) -> dict[str, np.ndarray]:
+    """One training image's (2, 256) level histograms (``analysis.level_histograms``, class 0) for each member and
+    for the ensemble (and, with rules, for the plain mean as "<ensemble> (mean)"). The ensemble's map is written
+    to ``oof_predictions/``, so that this ensemble can be a member of another."""
+    maps = _read_maps(members, {m.name: m.oof(row["id"]) for m in members}, 1)
+    target = torch.from_numpy(load_masks(row, maps[members[0].name].shape[1:], spec)[0] > 0)
+    merged = {f"{ENSEMBLE} (mean)" if cfg.ensemble.rules else ENSEMBLE:
+              weighted_mean([maps[m.name] for m in members], [m.weight for m in members])}
+    if cfg.ensemble.rules:
+        merged[ENSEMBLE] = merge_maps(maps, members, cfg.ensemble)
+    write_png(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", prediction_image(merged[ENSEMBLE]))
+    return {name: level_histograms(torch.from_numpy(levels[0]), target).numpy()
+            for name, levels in {**maps, **merged}.items()}
+
+
+def score_oof(cfg: Config, members: list[Member]) -> pd.DataFrame:
+    """Each member's and the ensemble's out-of-fold CV; writes ``ensemble_cv.csv``, the ensemble's maps to
+    ``oof_predictions/`` and from them ``oof.csv``, ``oof_levels.npz``, ``postprocess_search.csv`` and
+    ``postprocess.json`` (the search)."""
+    rows = list_train(cfg).to_dict("records")
+    remove_stale_temporaries(RunFiles.of(cfg).oof_predictions)  # a killed run's half-written maps
+    job = partial(_oof_histograms, members=members, cfg=cfg, spec=mask_spec(cfg))
+    with ThreadPoolExecutor(cfg.predict.writer_threads) as pool:
+        found = list(tqdm(pool.map(job, rows), total=len(rows), desc="out-of-fold", dynamic_ncols=True))
+    histograms = {name: np.stack([f[name] for f in found]) for name in found[0]}
+    metric, at = cfg.postprocess.metric, thresholds(cfg.train.threshold, 1)[0]
+    weights = {m.name: m.weight / sum(x.weight for x in members) for m in members}
+    table = []
+    for name, levels in histograms.items():
+        if name == ENSEMBLE:  # the search's result is what make_submission.py uses
+            chosen = write_oof_analysis(cfg, pd.DataFrame({"id": [r["id"] for r in rows], "fold": -1}), levels)
+        else:
+            chosen = search_postprocessing(levels, metric, at)[0]
+        table.append({"run": name, "weight": weights.get(name), "cv": chosen.default_score, "at": at,
+                      "cv_searched": chosen.score, "threshold": chosen.threshold, "min_area": chosen.min_area})
+    table = pd.DataFrame(table)
+    atomic_write(RunFiles.of(cfg).ensemble_cv, lambda tmp: table.to_csv(tmp, index=False))
+    _print_cv(table, metric, at, len(rows), RunFiles.of(cfg))
+    return table
+
+
+def _print_cv(table: pd.DataFrame, metric: str, at: float, images: int, files: RunFiles) -> None:
+    print(f"out-of-fold CV, mean per-image {metric} over {images} training images:")
+    print(f"  {'run':<24} {'weight':>6}  {f'at {at}':>8}  searched (threshold, min_area)")
+    for row in table.to_dict("records"):
+        weight = "" if pd.isna(row["weight"]) else f"{row['weight']:.3f}"
+        print(f"  {row['run']:<24} {weight:>6}  {row['cv']:>8.4f}  {row['cv_searched']:.4f} "
+              f"({row['threshold']}, {row['min_area']})")
+    print(f"the ensemble's searched threshold and min_area -> {files.postprocess} (make_submission.py uses them); "
+          f"the table -> {files.ensemble_cv}")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def ensemble(cfg: Config) -> dict:
+    """The ensemble stage: refuse mismatched members, merge the test predictions, score the out-of-fold maps.
+
+    Returns the predictions folder and the CV table (None with ``ensemble.oof: false`` or several classes,
+    which the search does not cover)."""
+    members = [load_member(entry) for entry in cfg.ensemble.members]
+    if not members:
+        raise ConfigError("ensemble.members lists no run: give each as {run: OUTPUT_DIR, weight: W, name: NAME} "
+                          "(configs/carvana_ensemble.yaml is an example)")
+    if sum(m.weight for m in members) <= 0:
+        raise ConfigError("ensemble.members: the weights add up to 0; give at least one member a positive weight")
+    ids = [row["id"] for row in test_rows(cfg)]
+    check_members(members, ids, cfg.model.num_classes)
+    score = cfg.ensemble.oof and cfg.model.num_classes == 1
+    if score:
+        _check_oof_files(members, [row["id"] for row in list_train(cfg).to_dict("records")])
+    save_config(cfg, RunFiles.of(cfg).config("ensemble"))
+    total = sum(m.weight for m in members)
+    listed = ", ".join(f"{m.name} ({m.weight / total:.3f})" for m in members)
+    print(f"merging {len(ids)} test predictions of {listed}; rules: {', '.join(cfg.ensemble.rules) or 'none'}")
+    result = {"predictions": merge_test(cfg, members, ids), "cv": None}
+    if score:
+        result["cv"] = score_oof(cfg, members)
+    elif cfg.ensemble.oof:
+        print(f"out-of-fold CV skipped: the search covers one class, model.num_classes={cfg.model.num_classes}")
+    return result
