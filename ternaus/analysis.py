@@ -136,9 +136,13 @@ def per_image_scores(histograms: np.ndarray, threshold: float, min_area: int = 0
 # ---------------------------------------------------------------- files of a run
 
 
-def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray) -> PostProcessing:
+def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray,
+                       predictions: dict | None = None) -> PostProcessing:
     """``oof.csv`` with scores at the training threshold and after the searched post-processing,
-    ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``."""
+    ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``.
+
+    ``predictions``: what made the predictions the search was run for (``predictions.searched_key``), kept in
+    postprocess.json so that make_submission.py never applies it to the predictions of other models."""
     files = RunFiles.of(cfg)
     trained_at = thresholds(cfg.train.threshold, 1)[0]  # one class: a number, or a list of one
     chosen, table = search_postprocessing(histograms, cfg.postprocess.metric, trained_at)
@@ -150,7 +154,7 @@ def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray) -
     atomic_write(files.oof_levels,
                  lambda tmp: np.savez_compressed(tmp, ids=np.asarray(oof["id"], dtype=str), histograms=histograms))
     atomic_write(files.postprocess_search, lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write_text(files.postprocess, json.dumps(asdict(chosen), indent=1) + "\n")
+    atomic_write_text(files.postprocess, json.dumps({**asdict(chosen), "predictions": predictions}, indent=1) + "\n")
     return chosen
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY  # the shared tiny run's settings
 from PIL import Image
 
 import predict
@@ -31,10 +32,6 @@ from ternaus.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "synthetic.yaml")
-# One fold is trained (train.folds=[0]): a CPU training step of UNet11 takes seconds, and every check
-# here happens before or at the first batch, so a second fold would add time and no coverage.
-TINY = ["folds.n_folds=2", "train.folds=[0]", "train.epochs=1", "train.batch_size=4", "data.num_workers=0",
-        "data.input_size=null", "model.init=lecun", "predict.batch_size=8"]
 TEMPORARY = re.compile(r"^\..+\.tmp(\.[^.]+)?$")  # ternaus.io's ".<stem>.<random>.tmp<suffix>"
 
 
@@ -88,10 +85,11 @@ def clone_run(src: Path, dst: Path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:
-    """Every file: (size, mtime_ns, inode, bytes); bytes are left out for checkpoints."""
+    """Every file: (size, mtime_ns, inode, bytes); bytes are left out for checkpoints. Locks (``.<name>.lock``,
+    which each run rewrites with its own pid) are bookkeeping, not outputs, and are left out."""
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and not path.name.endswith(".lock"):
             st = path.stat()
             files[path.relative_to(folder).as_posix()] = (
                 st.st_size, st.st_mtime_ns, st.st_ino, None if path.suffix == ".pt" else path.read_bytes())
@@ -262,15 +260,11 @@ def test_every_config_problem_is_listed_at_once(tmp_path, capsys):
 # ---------------------------------------------------------------- one tiny real run, shared
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    """prepare_folds, one epoch of fold 0, predict: the output folder of a good run on the intact data."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    for stage in (prepare_folds, train, predict):
-        assert run(stage, tiny_dataset, out) == 0, f"{stage.__name__} failed on the intact data"
-    assert len(list((out / "predictions").glob("*.png"))) == 16
-    assert {"last.pt", "best.pt", "log.csv"} <= {p.name for p in (out / "fold_0").iterdir()}
-    return out
+@pytest.fixture
+def trained(tiny_run):
+    """prepare_folds, one epoch of fold 0, predict: the output folder of a good run on the intact data
+    (conftest.tiny_run, shared with tests/test_hostile.py)."""
+    return tiny_run
 
 
 @pytest.fixture
