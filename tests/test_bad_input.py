@@ -122,6 +122,12 @@ def save_mask_gif(path: Path, mask: np.ndarray) -> None:
         assert np.array_equal(np.array(saved), mask), f"{path} did not keep the mask's values"
 
 
+# A JPEG whose structure is whole (start, frame header, scan, end marker) but which has no quantisation or
+# Huffman tables: it passes every check made before decoding (train.py's included), and decoding fails.
+UNDECODABLE_JPEG = (b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x28\x00\x3e\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+                    b"\xff\xda\x00\x0c\x03\x01\x00\x02\x00\x03\x00\x00\x3f\x00" + b"junk" * 200 + b"\xff\xd9")
+
+
 def first(folder: Path, pattern: str = "*.jpg") -> Path:
     return sorted(folder.glob(pattern))[0]
 
@@ -158,10 +164,11 @@ def text_in_jpeg(root):
 
 
 def jpeg_markers_around_junk(root):
-    # Passes the first/last-bytes check; the header read that prepare_folds does catches it.
+    # Start and end markers, junk between: the header's segments do not chain.
     path = first(root / "train")
     path.write_bytes(b"\xff\xd8" + b"junk" * 200 + b"\xff\xd9")
-    return [str(path), "is not a readable image", "replace it"]
+    return [str(path), "is not a readable image (its JPEG header is broken)", "replace it"]
+
 
 
 def missing_mask(root):
@@ -389,8 +396,7 @@ def test_an_undecodable_image_met_during_training_stops_it_cleanly(broken_run, c
     # Every image fold 0 trains on: whichever the shuffled epoch meets first is bad, so it stops at once.
     broken = [root / "train" / f"{image_id}.jpg" for image_id in folds.loc[folds["fold"] != 0, "id"]]
     for path in broken:
-        # JPEG start and end markers around junk: it passes the first/last-bytes check train.py does.
-        path.write_bytes(b"\xff\xd8" + b"junk" * 200 + b"\xff\xd9")
+        path.write_bytes(UNDECODABLE_JPEG)
     before = snapshot(out)
     # The completed one-epoch run is asked for a second epoch: it resumes from last.pt, then meets the image.
     code = run(train, root, out, "train.epochs=2", f"data.num_workers={workers}")
