@@ -239,7 +239,7 @@ def claim(target: str | Path, what: str, part: str = "") -> Iterator[None]:
         locked = None
     if locked is False:
         os.close(fd)
-        raise BusyError(f"{what} is in use by {_describe(lock)}. Two runs writing it at once would mix their "
+        raise BusyError(f"{what}: in use by {_describe(lock)}. Two runs writing it at once would mix their "
                         "files: wait for that run to end (or stop it), then run this command again")
     if locked:
         os.ftruncate(fd, 0)

@@ -139,7 +139,7 @@ def _running_shards(folder: Path, own: str | None, other_count_only: int | None 
             continue
         holder = holder_of(lock)
         if holder:
-            busy.append(f"shard {match[1]}/{match[2]}: {holder}")
+            busy.append(f"shard {match[1]}/{match[2]}, {holder}" if match[2] != "1" else holder)
     return busy
 
 

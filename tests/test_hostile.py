@@ -244,7 +244,7 @@ def test_a_lock_names_its_holder_and_a_killed_holders_lock_is_free_at_once(tmp_p
         with pytest.raises(BusyError) as err, claim(target, "fold 0"):
             pass
         message = str(err.value)
-        for part in ("fold 0 is in use by", f"pid {holder.pid} on {os.uname().nodename}", "started ", "-c",
+        for part in ("fold 0: in use by", f"pid {holder.pid} on {os.uname().nodename}", "started ", "-c",
                      "wait for that run to end (or stop it)"):
             assert part in message, message
     finally:
@@ -294,12 +294,12 @@ def test_shards_of_one_count_share_a_predictions_folder_and_nothing_else_does(tm
         with claim_writer(folder, 1, 2):  # the other shard of the same count: side by side
             pass
         for index, count in ((1, 3), (0, 1)):
-            with pytest.raises(BusyError, match=rf"being written by shard 0/2: .*pid {shard.pid}"), \
+            with pytest.raises(BusyError, match=rf"being written by shard 0/2, .*pid {shard.pid}"), \
                     claim_writer(folder, index, count):
                 pass
         with pytest.raises(BusyError, match="shard 0/2"), claim_reader(folder):  # make_submission waits for it
             pass
-        with pytest.raises(BusyError, match=r"\(shard 0/2\) is in use by"), claim_writer(folder, 0, 2):
+        with pytest.raises(BusyError, match=r"\(shard 0/2\): in use by"), claim_writer(folder, 0, 2):
             pass
     finally:
         stop(shard)
@@ -312,19 +312,21 @@ def test_a_second_train_of_one_fold_is_refused_naming_the_first(tiny_dataset, cl
     try:
         before = files_of(clone / "fold_0")
         refusal(capsys, train.main(["--config", CONFIG, f"data.root={tiny_dataset}", f"output_dir={clone}", *TINY,
-                                    "--fold", "0"]), f"fold 0 ({clone / 'fold_0'}) is in use by", f"pid {holder.pid}")
+                                    "--fold", "0"]), f"fold 0 ({clone / 'fold_0'}): in use by", f"pid {holder.pid}")
         assert files_of(clone / "fold_0") == before
     finally:
         stop(holder)
 
 
-def test_make_submission_waits_for_a_running_predict(tiny_dataset, clone, capsys):
+def test_a_second_predict_and_make_submission_wait_for_a_running_predict(tiny_dataset, clone, capsys):
     # predict.py (a single process) holds its shard lock for its whole run, out-of-fold phase included.
     holder = start_process(HOLD, str(clone / "predictions"), "shard-0-of-1")
     try:
         before = files_of(clone)
+        refusal(capsys, run(predict, tiny_dataset, clone, "predict.tta=none"),
+                f"the predictions in {clone / 'predictions'}: in use by '-c ", f"(pid {holder.pid} on")
         refusal(capsys, run(make_submission, tiny_dataset, clone), f"the predictions in {clone / 'predictions'}",
-                "being written by shard 0/1", f"pid {holder.pid}")
+                "are being written by '-c ", f"(pid {holder.pid} on")
         assert files_of(clone) == before
     finally:
         stop(holder)
@@ -663,6 +665,22 @@ def test_an_airbus_id_naming_another_place_or_file_is_refused(tmp_path, capsys, 
     refusal(capsys, code, str(path), name.format(stem=stem), words.format(stem=stem))
 
 
+def test_a_severstal_csv_listing_an_image_and_class_twice_is_refused(tmp_path, capsys):
+    from ternaus.fixtures.competitions import generate_severstal
+
+    root = generate_severstal(tmp_path / "data", images=4, test_images=1, size=(32, 96), seed=0)
+    path = root / "train.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    row = table.iloc[[0]].assign(ImageId=table["ImageId"].iloc[0].removesuffix(".jpg"))  # the same, spelled short
+    pd.concat([table, row]).to_csv(path, index=False)
+    args = ["--config", str(ROOT / "configs" / "severstal.yaml"), f"data.root={root}", f"output_dir={tmp_path / 'run'}",
+            "folds.n_folds=2"]
+    refusal(capsys, prepare_folds.main(args), "name the same image")
+    pd.concat([table, table.iloc[[0]]]).to_csv(path, index=False)
+    refusal(capsys, prepare_folds.main(args), str(path), "lists 1 (image, class) pair(s) more than once",
+            "keep one row per image and class")
+
+
 def test_a_sample_listing_a_row_twice_is_refused_for_any_format(tmp_path):
     for config, header, rows in (("tgs.yaml", "id,rle_mask", ["a,1 1", "b,1 1", "a,1 1"]),
                                  ("airbus.yaml", "ImageId,EncodedPixels", ["a.jpg,", "a.jpg,"]),
@@ -680,6 +698,16 @@ def temporaries_under(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*.tmp*"))
 
 
+def predict_temporaries(run_dir: Path, tiny_dataset: Path) -> list[Path]:
+    """Temporaries a killed predict.py leaves, one in each folder it writes."""
+    test_id = sorted(p.stem for p in (tiny_dataset / "test").glob("*.jpg"))[0]
+    train_id = pd.read_csv(run_dir / "folds.csv", dtype=str)["id"].iloc[0]
+    places = [(run_dir / "predictions", f"{test_id}.png"), (run_dir / "predictions", ".predict.json"),
+              (run_dir, "oof.csv"), (run_dir, "postprocess.json"), (run_dir, "oof_levels.npz"),
+              (run_dir / "oof_predictions", f"{train_id}.png"), (run_dir / "configs", "predict.yaml")]
+    return [temporary(folder, name) for folder, name in places]
+
+
 @pytest.mark.parametrize("stage, name", [(make_submission, "submission.csv.gz"), (predict, "oof.csv")],
                          ids=["submission", "oof"])
 def test_sigterm_during_the_final_rename_leaves_no_temporary_and_says_how_to_resume(tiny_dataset, clone, monkeypatch,
@@ -692,23 +720,22 @@ def test_sigterm_during_the_final_rename_leaves_no_temporary_and_says_how_to_res
         return real_replace(src, dst, *args, **kwargs)
 
     before = (clone / name).read_bytes()
+    # Also what an earlier killed run left: predict.py clears its own in every folder it writes, and no other.
+    left = predict_temporaries(clone, tiny_dataset) if stage is predict else []
+    users = temporary(clone / "predictions", "mine.png")
     monkeypatch.setattr(os, "replace", replace)
     assert run(stage, tiny_dataset, clone) == 143
     err = capsys.readouterr().err
     assert "terminated (SIGTERM): run the same command again to resume" in err and "Traceback" not in err
-    assert temporaries_under(clone) == [] and (clone / name).read_bytes() == before
+    assert temporaries_under(clone) == [users.name] and (clone / name).read_bytes() == before
+    assert not [p for p in left if p.exists()]
 
 
 def test_every_stage_clears_its_own_temporaries_in_every_folder_it_writes(tiny_dataset, clone, capsys):
-    ids = sorted(p.stem for p in (tiny_dataset / "test").glob("*.jpg"))
-    train_id = pd.read_csv(clone / "folds.csv", dtype=str)["id"].iloc[0]
     ours = {prepare_folds: [(clone, "folds.csv"), (clone / "configs", "prepare_folds.yaml")],
-            predict: [(clone / "predictions", f"{ids[0]}.png"), (clone / "predictions", ".predict.json"),
-                      (clone, "oof.csv"), (clone, "postprocess.json"), (clone, "oof_levels.npz"),
-                      (clone / "oof_predictions", f"{train_id}.png")],
             make_submission: [(clone, "submission.csv.gz"), (clone / "configs", "make_submission.yaml")],
-            report: [(clone / "report", "index.html"), (clone / "report", "worst_01.png")]}
-    users = [temporary(clone, "notes.csv"), temporary(clone / "predictions", "mine.png"), clone / ".oof.draft.tmp.csv"]
+            report: [(clone / "report", "index.html"), (clone / "report", "worst_01.png")]}  # predict.py: above
+    users = [temporary(clone, "notes.csv"), clone / ".oof.draft.tmp.csv", clone / ".folds.csv.tmp"]
     for stage, places in ours.items():
         for folder, _ in places:
             folder.mkdir(exist_ok=True)
