@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ternaus.config import Config, load_config
 from ternaus.errors import USER_ERRORS
 
-__all__ = ["stage_parser", "load_stage_config", "run_stage"]
+__all__ = ["stage_parser", "load_stage_config", "run_stage", "os_error_message", "Terminated"]
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)

@@ -194,7 +194,7 @@ def holder_of(lock: Path) -> str | None:
     """Who holds ``lock`` now, or None when it is free (or absent). Probing takes the lock for an instant."""
     try:
         fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except OSError:  # absent, or not ours to read: nothing to wait for
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -127,7 +127,7 @@ def _shard_part(index: int, count: int) -> str:
     return f"shard-{index}-of-{count}"
 
 
-def _running_shards(folder: Path, own: str | None, other_count_only: int | None = None) -> list[str]:
+def _running_shards(folder: Path, own: Path | None, other_count_only: int | None = None) -> list[str]:
     """The other writers of ``folder`` that run now, described; with ``other_count_only``, only those of
     another shard count (shards of one count write disjoint ids)."""
     busy = []
