@@ -24,22 +24,25 @@ def _check(cfg, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--threshold", type=float, default=None,
+    # Plain strings: each is checked as the config key it sets, by the config's own checks.
+    parser.add_argument("--threshold", default=None,
                         help="overrides submission.threshold and the searched postprocess.json")
-    parser.add_argument("--min-area", type=int, default=None,
+    parser.add_argument("--min-area", default=None,
                         help="empty masks of fewer pixels; overrides submission.min_area and postprocess.json")
     parser.add_argument("--check", metavar="FILE", default=None, help="check FILE instead of writing one")
     args = parser.parse_args(argv)
 
     def body() -> None:
-        cfg = load_stage_config(args)
+        cfg = load_stage_config(args, {"--threshold": "submission.threshold", "--min-area": "submission.min_area"})
         if args.check:
             _check(cfg, args.check)
         else:
             # Imported once the config has loaded: a mistyped key is reported at once, not after torch starts.
             from ternaus.submission import make_submission
 
-            print(f"submission written and checked: {make_submission(cfg, args.threshold, args.min_area)}")
+            threshold = cfg.submission.threshold if args.threshold is not None else None
+            min_area = cfg.submission.min_area if args.min_area is not None else None
+            print(f"submission written and checked: {make_submission(cfg, threshold, min_area)}")
 
     return run_stage(body)
 

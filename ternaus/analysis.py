@@ -238,12 +238,14 @@ def true_objects(cfg: Config, rows: list[dict]) -> TrueObjects | None:
 
 
 def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray,
-                       objects: ThresholdScores | None = None) -> PostProcessing:
+                       objects: ThresholdScores | None = None, predictions: dict | None = None) -> PostProcessing:
     """``oof.csv`` with scores at the training threshold and after the searched post-processing,
     ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``.
 
     The search maximises ``postprocess.metric``: exactly from ``histograms`` for a metric of counts; from
-    ``objects`` (the out-of-fold pass's scores on ``search_thresholds``) for a metric of objects."""
+    ``objects`` (the out-of-fold pass's scores on ``search_thresholds``) for a metric of objects.
+    ``predictions``: what made the predictions the search was run for (``predictions.searched_key``), kept in
+    postprocess.json so that make_submission.py never applies it to the predictions of other models."""
     files, metric = RunFiles.of(cfg), cfg.postprocess.metric
     trained_at = thresholds(cfg.train.threshold, 1)[0]  # one class: a number, or a list of one
     scores = objects if objects is not None else scores_from_histograms(
@@ -260,7 +262,7 @@ def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray,
     atomic_write(files.oof_levels,
                  lambda tmp: np.savez_compressed(tmp, ids=np.asarray(oof["id"], dtype=str), histograms=histograms))
     atomic_write(files.postprocess_search, lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write_text(files.postprocess, json.dumps(asdict(chosen), indent=1) + "\n")
+    atomic_write_text(files.postprocess, json.dumps({**asdict(chosen), "predictions": predictions}, indent=1) + "\n")
     return chosen
 
 

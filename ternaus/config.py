@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from ternaus.errors import ConfigError
-from ternaus.io import atomic_write_text
+from ternaus.io import atomic_write_text, claim, remove_stale_temporaries
 from ternaus.registry import MODELS, REGISTRIES
 from ternaus.rle import RleFormat
 
@@ -75,6 +77,9 @@ class DataConfig:
     rle: RleFormat = field(default_factory=RleFormat)  # the convention of masks_csv
     # The classes' names as the CSVs and the submission write them; null: "1", "2", ... up to model.num_classes.
     class_names: list[str] | None = None
+    # Images and masks whose header declares more pixels are refused before any work (a decompression bomb, or
+    # a file that would need gigabytes): 25 million is ten Carvana photos. Raise it for larger images.
+    max_image_pixels: int = 25_000_000
 
 
 @dataclass
@@ -312,10 +317,83 @@ class Config:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
+# ---------------------------------------------------------------- reading YAML safely
+
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few KB
+MAX_YAML_NODES = 10_000  # values after aliases are expanded; the shipped configs hold about 150
+MAX_YAML_DEPTH = 50  # the configuration is 3 levels deep
+_SHORT = reprlib.Repr()  # (Python 3.11's takes no arguments)
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
+
+
+def _quote(value: Any) -> str:
+    """A value as a message quotes it: its repr, shortened (a value can be huge; the message stays a line)."""
+    return _SHORT.repr(value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document whose aliases expand to more than MAX_YAML_NODES values (a
+    few hundred bytes of nested aliases can stand for billions of values), that refers to itself, or that is
+    nested deeper than MAX_YAML_DEPTH (the composer recurses)."""
+
+    depth = 0
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expanded_size(node)
+        return node
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"it is nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the values ``root`` stands for with every alias expanded, without expanding any."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise yaml.YAMLError(f"its aliases (*name) expand to more than {MAX_YAML_NODES:,} values; "
+                                     "write the values out")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in on_path:
+            raise yaml.YAMLError("an alias (*name) refers to the value that contains it")
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with aliases and nesting bounded (what yaml.load does, with this safe loader)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 # ---------------------------------------------------------------- mapping dicts onto dataclasses
 
 
+@functools.cache
 def _type_hints(cls: type) -> dict[str, Any]:
+    # Cached: evaluating the annotations is half the cost of loading a config.
     return typing.get_type_hints(cls)
 
 
@@ -341,17 +419,17 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
             out = _coerce(value, arg, key, trial)
             if not trial:
                 return out
-        errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        errors.append(f"{key}: expected {_type_name(tp)}, got {_quote(value)}")
         return value
     if origin is Literal:
         allowed = typing.get_args(tp)
         if not any(value == a and type(value) is type(a) for a in allowed):
-            errors.append(f"{key}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
+            errors.append(f"{key}: must be one of {', '.join(map(str, allowed))}, got {_quote(value)}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            errors.append(f"{key}: expected a list, got {value!r}")
+            errors.append(f"{key}: expected a list, got {_quote(value)}")
             return value
         return [_coerce(v, item_tp, f"{key}[{i}]", errors) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -363,7 +441,7 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
         except ValueError:
             pass
     if tp in (int, float, str, bool) and (type(value) is not tp):
-        errors.append(f"{key}: expected {tp.__name__}, got {value!r}")
+        errors.append(f"{key}: expected {tp.__name__}, got {_quote(value)}")
     return value
 
 
@@ -374,7 +452,7 @@ def _suggest(key: str, valid: list[str]) -> str:
 
 def _from_dict(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
     if not isinstance(data, dict):
-        errors.append(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+        errors.append(f"{prefix[:-1] or 'config'}: expected a mapping of keys, got {_quote(data)}")
         return cls()
     hints = _type_hints(cls)
     kwargs = {}
@@ -418,9 +496,20 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE (for example train.epochs=10)")
-        pairs.append((key.strip(), yaml.safe_load(raw) if raw != "" else None))
+            raise ConfigError(f"override {_quote(item)} is not KEY=VALUE (for example train.epochs=10)")
+        try:
+            value = _load_yaml(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {_quote(item)}: the value is not valid YAML ({_yaml_problem(err)}); "
+                              "correct it, or put a text value in quotes") from None
+        pairs.append((key.strip(), value))
     return pairs
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message on one line, shortened."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 200 else text[:200] + " ..."
 
 
 # ---------------------------------------------------------------- validation of values
@@ -432,11 +521,11 @@ def _validate_values(cfg: Config) -> list[str]:
     for key, registry in REGISTRIES.items():
         for value in flat[key] if isinstance(flat[key], list) else [flat[key]]:  # a list: each item (ensemble.rules)
             if not (isinstance(value, str) and value in registry):
-                errors.append(f"{key}: must be one of {', '.join(registry)}, got {value!r}")
+                errors.append(f"{key}: must be one of {', '.join(registry)}, got {_quote(value)}")
     positive = ["folds.n_folds", "train.epochs", "train.batch_size", "train.val_batch_size", "train.cycle_len",
                 "train.cycle_step", "train.log_every", "predict.batch_size", "predict.writer_threads",
                 "model.num_classes", "report.tile_height", "train.accumulate", "train.step_epochs",
-                "train.loss.edge_window", "model.num_filters", "model.center_width"]
+                "train.loss.edge_window", "model.num_filters", "model.center_width", "data.max_image_pixels"]
     errors += [f"{k}: must be at least 1, got {flat[k]}" for k in positive if isinstance(flat[k], int) and flat[k] < 1]
     if isinstance(cfg.folds.n_folds, int) and cfg.folds.n_folds < 2:
         errors.append(f"folds.n_folds: cross-validation needs at least 2 folds, got {cfg.folds.n_folds}")
@@ -463,7 +552,7 @@ def _validate_values(cfg: Config) -> list[str]:
     errors += _validate_model_options(cfg.model)
     if isinstance(cfg.model.init, str) and cfg.model.init not in (*RANDOM_INITS, "imagenet") \
             and not Path(cfg.model.init).is_file():
-        errors.append(f"model.init: {cfg.model.init!r} is neither 'lecun', 'pytorch', 'imagenet' nor an existing "
+        errors.append(f"model.init: {_quote(cfg.model.init)} is neither 'lecun', 'pytorch', 'imagenet' nor an existing "
                       "checkpoint file")
     errors += _validate_folds_list(cfg.train.folds, cfg.folds.n_folds)
     errors += _validate_competition(cfg)
@@ -546,8 +635,10 @@ def member_name(member: EnsembleMember) -> str:
 
 def _validate_threshold(key: str, value: Any, num_classes: Any) -> list[str]:
     values = value if isinstance(value, list) else [value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return []  # reported as not finite
     if any(isinstance(v, float) and not 0.0 <= v <= 1.0 for v in values):
-        return [f"{key}: must lie in [0, 1], got {value}"]
+        return [f"{key}: must lie in [0, 1], got {_quote(value)}"]
     if isinstance(value, list) and isinstance(num_classes, int) and len(value) != num_classes:
         return [f"{key}: {len(value)} threshold(s) for model.num_classes={num_classes}; give one per class or "
                 "a single number"]
@@ -584,11 +675,11 @@ def _validate_submission_format(sub: SubmissionConfig, num_classes: int) -> list
     errors = [f"submission.values: unknown field {{{name}}}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
               for names in fields for name in names if name not in TEMPLATE_FIELDS]
     if sum(f == ["rle"] for f in fields) != 1:
-        errors.append(f"submission.values: exactly one column must be '{{rle}}' alone, got {sub.values}")
+        errors.append(f"submission.values: exactly one column must be '{{rle}}' alone, got {_quote(sub.values)}")
     if sub.rows == "image_class" and not any("class" in f for f in fields):
         errors.append("submission.rows=image_class: a column must name the class ({class}), or rows repeat")
     if sub.encode_size is not None and (len(sub.encode_size) != 2 or min(sub.encode_size) < 1):
-        errors.append(f"submission.encode_size: expected null or [H, W], got {sub.encode_size}")
+        errors.append(f"submission.encode_size: expected null or [H, W], got {_quote(sub.encode_size)}")
     return errors
 
 
@@ -615,9 +706,9 @@ def _validate_pattern(pattern: Any) -> list[str]:
     try:
         groups = re.compile(pattern).groups if isinstance(pattern, str) else 0
     except re.error as err:
-        return [f"folds.group_pattern: {pattern!r} is not a regular expression ({err})"]
+        return [f"folds.group_pattern: {_quote(pattern)} is not a regular expression ({err})"]
     if groups < 1:
-        return [f"folds.group_pattern: {pattern!r} needs a group, e.g. '^([^_]+)_' (folds.group_by=pattern)"]
+        return [f"folds.group_pattern: {_quote(pattern)} needs a group, e.g. '^([^_]+)_' (folds.group_by=pattern)"]
     return []
 
 
@@ -651,7 +742,7 @@ def _validate_input_size(size: Any, model: ModelConfig) -> list[str]:
     if size is None or not isinstance(size, list):
         return []
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        return [f"data.input_size: expected null or [H, W] with positive integers, got {size}"]
+        return [f"data.input_size: expected null or [H, W] with positive integers, got {_quote(size)}"]
     name = model.name if isinstance(model.name, str) and model.name in MODELS else "unet11"  # else reported alone
     spec = MODELS[name]
     multiple = spec.multiple_for(model)
@@ -694,7 +785,7 @@ def _validate_folds_list(folds: Any, n_folds: Any) -> list[str]:
     if bad:
         return [f"train.folds: {bad} outside 0..{n_folds - 1} (folds.n_folds={n_folds})"]
     if len(set(folds)) != len(folds) or not folds:
-        return [f"train.folds: expected a non-empty list of distinct fold numbers, got {folds}"]
+        return [f"train.folds: expected a non-empty list of distinct fold numbers, got {_quote(folds)}"]
     return []
 
 
@@ -712,18 +803,39 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The config file's mapping; a file that is missing, unreadable, too big, not UTF-8, not YAML, an alias
+    bomb or not a mapping is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (the examples are in configs/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {len(raw):,} bytes; a configuration is a few KB: is it the "
+                          "right file?")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at position "
+                          f"{err.start}); save it as UTF-8") from None
+    try:
+        data = _load_yaml(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (output_dir: ..., data: ...), "
+                          f"got {_quote(data)}")
     return data or {}
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read ``path`` (or the defaults when None), apply ``KEY=VALUE`` overrides, check everything."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                names: dict[str, str] | None = None) -> Config:
+    """Read ``path`` (or the defaults when None), apply ``KEY=VALUE`` overrides, check everything.
+
+    ``names``: how a problem names a key the user set otherwise ({"submission.threshold": "--threshold
+    (submission.threshold)"}, a stage option)."""
     data = read_yaml(path) if path is not None else {}
     for key, value in parse_overrides(overrides or []):
         _set_path(data, key, value)
@@ -734,14 +846,23 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     errors += _validate_values(cfg)
     if errors:
         where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"{len(errors)} problem(s) with the configuration{where}:\n  - " + "\n  - ".join(errors))
+        lines = [_named(e if len(e) <= 500 else e[:500] + " ...", names or {}) for e in errors]
+        raise ConfigError(f"{len(errors)} problem(s) with the configuration{where}:\n  - " + "\n  - ".join(lines))
     return cfg
 
 
+def _named(problem: str, names: dict[str, str]) -> str:
+    key = next((k for k in names if problem.startswith((f"{k}:", f"{k}["))), None)
+    return names[key] + problem[len(key):] if key else problem
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved configuration as YAML (atomically)."""
+    """Write the resolved configuration as YAML (atomically), clearing a killed writer's temporary of it."""
+    path = Path(path)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    return atomic_write_text(Path(path), text)
+    with claim(path, str(path)):
+        remove_stale_temporaries(path.parent, {path.name})
+        return atomic_write_text(path, text)
 
 
 def resolve(cfg: Config, relative: str) -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -30,16 +31,28 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ternaus.analysis import level_histograms, search_postprocessing, write_oof_analysis
+from ternaus.analysis import (
+    ThresholdScores,
+    TrueObjects,
+    choose_postprocessing,
+    level_histograms,
+    object_scores_of_image,
+    scores_from_histograms,
+    search_thresholds,
+    true_objects,
+    write_oof_analysis,
+)
 from ternaus.config import Config, EnsembleConfig, EnsembleMember, member_name, read_yaml, save_config, thresholds
 from ternaus.data.files import listing, png_shape, prediction_image, read_prediction
 from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec, test_rows
 from ternaus.errors import ConfigError, DataError
-from ternaus.inference import PngWriter, png_complete, predictions_to_keep, write_png
-from ternaus.io import atomic_write, remove_stale_temporaries
+from ternaus.inference import PngWriter, write_png
+from ternaus.io import atomic_write, claim, remove_stale_temporaries
 from ternaus.merge import weighted_mean
-from ternaus.registry import RULES
-from ternaus.run_files import RunFiles
+from ternaus.metrics import instances
+from ternaus.predictions import claim_reader, claim_writer, fingerprints_of, keep_or_redo, png_complete, searched_key
+from ternaus.registry import METRICS, RULES
+from ternaus.run_files import RunFiles, check_outputs, predictions_record
 
 __all__ = ["ensemble", "Member", "load_member", "check_members", "merge_maps", "merge_test", "score_oof",
            "ensemble_fingerprint"]
@@ -49,13 +62,12 @@ ENSEMBLE = "ensemble"  # the CV table's name for the merged maps
 
 @dataclass(frozen=True)
 class Member:
-    """A run of the ensemble: its name, weight, files, class count and the records of what made its PNGs."""
+    """A run of the ensemble: its name, weight, files and class count."""
 
     name: str
     weight: float
     files: RunFiles
     num_classes: int
-    records: dict
 
     def prediction(self, image_id: str) -> Path:
         return self.files.predictions / f"{image_id}.png"
@@ -74,11 +86,10 @@ def load_member(entry: EnsembleMember) -> Member:
                         f"{RunFiles(run).config('ensemble')} exists; run predict.py for {run} first")
     settings = read_yaml(saved)
     files = RunFiles(run, predictions_dir=settings.get("predict", {}).get("out_dir", "predictions"))
-    records = {p.name: json.loads(p.read_text()) for p in sorted(files.predictions.glob(".predict*.json"))}
-    if not records:
+    if not any(files.predictions.glob(".predict*.json")):
         raise DataError(f"ensemble member {name}: {files.predictions} holds no record of predict.py "
                         "(.predict.json); run predict.py for that run")
-    return Member(name, float(entry.weight), files, int(settings.get("model", {}).get("num_classes", 1)), records)
+    return Member(name, float(entry.weight), files, int(settings.get("model", {}).get("num_classes", 1)))
 
 
 # ---------------------------------------------------------------- refusals, before anything is written
@@ -155,19 +166,21 @@ def _merged_test_png(image_id: str, members: list[Member], cfg: Config) -> np.nd
     return prediction_image(merge_maps(maps, members, cfg.ensemble))
 
 
-def ensemble_fingerprint(members: list[Member], cfg: Config) -> dict:
-    """Everything the merged PNGs' bytes depend on: each member's records (its models and settings), name and
-    weight, the class count, the rules and their settings."""
+def ensemble_fingerprint(members: list[Member], cfg: Config, ids: list[str]) -> dict:
+    """Everything the merged PNGs' bytes depend on: what made each member's PNGs of ``ids`` (the fingerprints of
+    its records), its name and weight, the class count, the rules and their settings."""
     rules = {rule: asdict(getattr(cfg.ensemble, rule)) for rule in cfg.ensemble.rules}
-    fingerprint = {"members": [{"name": m.name, "weight": m.weight, "records": m.records} for m in members],
+    made_by = {m.name: fingerprints_of(m.files.predictions, ids) for m in members}
+    fingerprint = {"members": [{"name": m.name, "weight": m.weight, "made_by": made_by[m.name]} for m in members],
                    "num_classes": cfg.model.num_classes, "rules": list(cfg.ensemble.rules), "rule_settings": rules}
     return json.loads(json.dumps(fingerprint))
 
 
-def merge_test(cfg: Config, members: list[Member], ids: list[str]) -> Path:
-    """Write the merged PNG of every test id not already written by the same members and settings."""
+def merge_test(cfg: Config, members: list[Member], ids: list[str], fingerprint: dict) -> Path:
+    """Write the merged PNG of every test id not already written by the same members and settings. Call it
+    holding the predictions folder's claim (``predictions.claim_writer``)."""
     out_dir = RunFiles.of(cfg).predictions
-    done = predictions_to_keep(out_dir, ids, ensemble_fingerprint(members, cfg), cfg.predict.resume)
+    done = keep_or_redo(out_dir, ids, fingerprint, cfg.predict.resume, predictions_record())
     todo = [i for i in ids if i not in done]
     if done:
         print(f"resuming: {len(done)} of {len(ids)} merged predictions were already written by the same members "
@@ -184,44 +197,68 @@ def merge_test(cfg: Config, members: list[Member], ids: list[str]) -> Path:
 # ---------------------------------------------------------------- out of fold
 
 
-def _oof_histograms(row: dict, members: list[Member], cfg: Config, spec: MaskSpec) -> dict[str, np.ndarray]:
+def _oof_image(row: dict, members: list[Member], cfg: Config, spec: MaskSpec, grid: tuple[float, ...] | None,
+               truth: TrueObjects | None) -> dict[str, tuple]:
     """One training image's (2, 256) level histograms (``analysis.level_histograms``, class 0) for each member and
-    for the ensemble (and, with rules, for the plain mean as "<ensemble> (mean)"). The ensemble's map is written
-    to ``oof_predictions/``, so that this ensemble can be a member of another."""
+    for the ensemble (and, with rules, for the plain mean as "<ensemble> (mean)"); with a metric of objects
+    (``grid`` given) also each one's row of ``ThresholdScores`` on ``grid``. The ensemble's map is written to
+    ``oof_predictions/``, so that this ensemble can be a member of another."""
     maps = _read_maps(members, {m.name: m.oof(row["id"]) for m in members}, 1)
-    target = torch.from_numpy(load_masks(row, maps[members[0].name].shape[1:], spec)[0] > 0)
+    target = load_masks(row, maps[members[0].name].shape[1:], spec)[0] > 0
     merged = {f"{ENSEMBLE} (mean)" if cfg.ensemble.rules else ENSEMBLE:
               weighted_mean([maps[m.name] for m in members], [m.weight for m in members])}
     if cfg.ensemble.rules:
         merged[ENSEMBLE] = merge_maps(maps, members, cfg.ensemble)
     write_png(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", prediction_image(merged[ENSEMBLE]))
-    return {name: level_histograms(torch.from_numpy(levels[0]), target).numpy()
-            for name, levels in {**maps, **merged}.items()}
+    objects = None
+    if grid is not None:
+        objects = truth(row["id"], target.shape) if truth is not None else None
+        objects = objects if objects is not None else instances(target)
+    found = {}
+    for name, levels in {**maps, **merged}.items():
+        histograms = level_histograms(torch.from_numpy(levels[0]), torch.from_numpy(target)).numpy()
+        scores = None if grid is None else object_scores_of_image(levels[0], objects, grid, cfg.postprocess.metric)
+        found[name] = (histograms, scores)
+    return found
 
 
-def score_oof(cfg: Config, members: list[Member]) -> pd.DataFrame:
-    """Each member's and the ensemble's out-of-fold CV; writes ``ensemble_cv.csv``, the ensemble's maps to
-    ``oof_predictions/`` and from them ``oof.csv``, ``oof_levels.npz``, ``postprocess_search.csv`` and
-    ``postprocess.json`` (the search)."""
-    rows = list_train(cfg).to_dict("records")
-    remove_stale_temporaries(RunFiles.of(cfg).oof_predictions)  # a killed run's half-written maps
-    job = partial(_oof_histograms, members=members, cfg=cfg, spec=mask_spec(cfg))
+def _threshold_scores(rows: list[tuple], grid: tuple[float, ...] | None) -> ThresholdScores | None:
+    if grid is None:
+        return None
+    kept, areas, emptied = zip(*rows)
+    return ThresholdScores(grid, np.stack(kept), np.stack(areas), np.asarray(emptied))
+
+
+def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataFrame:
+    """Each member's and the ensemble's out-of-fold CV under ``postprocess.metric``; writes ``ensemble_cv.csv``,
+    the ensemble's maps to ``oof_predictions/`` and from them ``oof.csv``, ``oof_levels.npz``,
+    ``postprocess_search.csv`` and ``postprocess.json`` (the search, tied to ``fingerprint``: what made the
+    merged test predictions). Call it holding the out-of-fold files' claim."""
+    files, rows = RunFiles.of(cfg), list_train(cfg).to_dict("records")
+    remove_stale_temporaries(files.oof_predictions, {f"{row['id']}.png" for row in rows})  # a killed run's
+    remove_stale_temporaries(files.root, {p.name for p in files.oof_outputs} | {files.ensemble_cv.name})
+    metric, at = cfg.postprocess.metric, thresholds(cfg.train.threshold, 1)[0]
+    grid = search_thresholds(metric, at) if METRICS[metric].form == "objects" else None
+    truth = true_objects(cfg, rows) if grid is not None else None
+    job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(cfg), grid=grid, truth=truth)
     with ThreadPoolExecutor(cfg.predict.writer_threads) as pool:
         found = list(tqdm(pool.map(job, rows), total=len(rows), desc="out-of-fold", dynamic_ncols=True))
-    histograms = {name: np.stack([f[name] for f in found]) for name in found[0]}
-    metric, at = cfg.postprocess.metric, thresholds(cfg.train.threshold, 1)[0]
     weights = {m.name: m.weight / sum(x.weight for x in members) for m in members}
     table = []
-    for name, levels in histograms.items():
+    for name in found[0]:
+        histograms = np.stack([f[name][0] for f in found])
+        scores = _threshold_scores([f[name][1] for f in found], grid)
         if name == ENSEMBLE:  # the search's result is what make_submission.py uses
-            chosen = write_oof_analysis(cfg, pd.DataFrame({"id": [r["id"] for r in rows], "fold": -1}), levels)
+            chosen = write_oof_analysis(cfg, pd.DataFrame({"id": [r["id"] for r in rows], "fold": -1}), histograms,
+                                        scores, searched_key(fingerprint))
         else:
-            chosen = search_postprocessing(levels, metric, at)[0]
+            chosen = choose_postprocessing(scores or scores_from_histograms(histograms, search_thresholds(metric, at),
+                                                                            metric), metric, at)[0]
         table.append({"run": name, "weight": weights.get(name), "cv": chosen.default_score, "at": at,
                       "cv_searched": chosen.score, "threshold": chosen.threshold, "min_area": chosen.min_area})
     table = pd.DataFrame(table)
-    atomic_write(RunFiles.of(cfg).ensemble_cv, lambda tmp: table.to_csv(tmp, index=False))
-    _print_cv(table, metric, at, len(rows), RunFiles.of(cfg))
+    atomic_write(files.ensemble_cv, lambda tmp: table.to_csv(tmp, index=False))
+    _print_cv(table, metric, at, len(rows), files)
     return table
 
 
@@ -242,26 +279,58 @@ def _print_cv(table: pd.DataFrame, metric: str, at: float, images: int, files: R
 def ensemble(cfg: Config) -> dict:
     """The ensemble stage: refuse mismatched members, merge the test predictions, score the out-of-fold maps.
 
-    Returns the predictions folder and the CV table (None with ``ensemble.oof: false`` or several classes,
-    which the search does not cover)."""
+    It holds this run's predictions folder (and out-of-fold files) as ``predict.py`` does, and each member's
+    predictions (and out-of-fold files) against their writers while it reads them. Returns the predictions
+    folder and the CV table (None with ``ensemble.oof: false`` or several classes, which the search does not
+    cover)."""
     members = [load_member(entry) for entry in cfg.ensemble.members]
     if not members:
         raise ConfigError("ensemble.members lists no run: give each as {run: OUTPUT_DIR, weight: W, name: NAME} "
                           "(configs/carvana_ensemble.yaml is an example)")
     if sum(m.weight for m in members) <= 0:
         raise ConfigError("ensemble.members: the weights add up to 0; give at least one member a positive weight")
-    ids = [row["id"] for row in test_rows(cfg)]
-    check_members(members, ids, cfg.model.num_classes)
+    files = RunFiles.of(cfg)
+    check_outputs(cfg, {"output_dir": files.root, "predict.out_dir": files.predictions})
+    _refuse_own_members(files, members)
     score = cfg.ensemble.oof and cfg.model.num_classes == 1
+    ids = [row["id"] for row in test_rows(cfg)]
+    _check_inputs(cfg, members, ids, score)  # before any lock file or folder is made; again once they are held
+    with ExitStack() as claims:
+        claims.enter_context(claim_writer(files.predictions))
+        if score:
+            claims.enter_context(claim(files.oof, f"the out-of-fold files in {files.root}"))
+        for member in members:
+            claims.enter_context(claim_reader(member.files.predictions))
+            if score:
+                claims.enter_context(claim(member.files.oof, f"the out-of-fold files in {member.files.root}"))
+        return _ensemble(cfg, members, ids, score)
+
+
+def _refuse_own_members(files: RunFiles, members: list[Member]) -> None:
+    """A member whose files are this run's own would be read while it is written."""
+    own = [m.name for m in members if m.files.root.resolve() == files.root.resolve()
+           or m.files.predictions.resolve() == files.predictions.resolve()]
+    if own:
+        raise ConfigError(f"ensemble.members: {own} write(s) into this ensemble's own output_dir {files.root}; give "
+                          "the ensemble an output_dir of its own")
+
+
+def _check_inputs(cfg: Config, members: list[Member], ids: list[str], score: bool) -> None:
+    check_members(members, ids, cfg.model.num_classes)
     if score:
         _check_oof_files(members, [row["id"] for row in list_train(cfg).to_dict("records")])
+
+
+def _ensemble(cfg: Config, members: list[Member], ids: list[str], score: bool) -> dict:
+    _check_inputs(cfg, members, ids, score)
     save_config(cfg, RunFiles.of(cfg).config("ensemble"))
     total = sum(m.weight for m in members)
     listed = ", ".join(f"{m.name} ({m.weight / total:.3f})" for m in members)
     print(f"merging {len(ids)} test predictions of {listed}; rules: {', '.join(cfg.ensemble.rules) or 'none'}")
-    result = {"predictions": merge_test(cfg, members, ids), "cv": None}
+    fingerprint = ensemble_fingerprint(members, cfg, ids)
+    result = {"predictions": merge_test(cfg, members, ids, fingerprint), "cv": None}
     if score:
-        result["cv"] = score_oof(cfg, members)
+        result["cv"] = score_oof(cfg, members, fingerprint)
     elif cfg.ensemble.oof:
         print(f"out-of-fold CV skipped: the search covers one class, model.num_classes={cfg.model.num_classes}")
     return result

@@ -2,7 +2,7 @@
 loaded, so that a mistyped key or a missing earlier stage is reported at once. Every module raises these, and
 imports them from here."""
 
-__all__ = ["ConfigError", "DataError", "WeightsError", "TrainingError", "USER_ERRORS"]
+__all__ = ["ConfigError", "DataError", "WeightsError", "TrainingError", "BusyError", "USER_ERRORS"]
 
 
 class ConfigError(ValueError):
@@ -21,5 +21,9 @@ class TrainingError(RuntimeError):
     """Training cannot go on (for example a non-finite loss); the message says where it stopped."""
 
 
+class BusyError(RuntimeError):
+    """Another run holds the lock on an output this stage would write; the message names that run."""
+
+
 # What a stage reports as a message and exit status 2 rather than a traceback (ternaus.cli).
-USER_ERRORS = (ConfigError, DataError, WeightsError, TrainingError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, WeightsError, TrainingError, BusyError, FileNotFoundError)

@@ -20,9 +20,11 @@ from torch import nn
 
 from ternaus.config import Config
 from ternaus.data.dataset import normalise_on_device
-from ternaus.io import atomic_write
+from ternaus.errors import ConfigError
+from ternaus.io import atomic_write, claim, remove_stale_temporaries
 from ternaus.models import TernausNet, new_model
 from ternaus.registry import MODELS
+from ternaus.run_files import check_outputs
 from ternaus.weights import load_weights
 
 __all__ = ["Deployable", "export", "export_model", "FORMATS", "default_output"]
@@ -111,9 +113,14 @@ def export(cfg: Config, checkpoint: str | Path, fmt: str, out: str | Path | None
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train.py writes fold_K/best.pt)")
-    model = load_weights(new_model(cfg.model), checkpoint)
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
-    path = export_model(model, fmt, out, normalise, sigmoid)
+    check_outputs(cfg, {"--out": out.parent}, {"--out": out})
+    if out.exists() and out.samefile(checkpoint):
+        raise ConfigError(f"--out {out} is the checkpoint itself; name another file")
+    model = load_weights(new_model(cfg.model), checkpoint)
+    with claim(out, str(out)):
+        remove_stale_temporaries(out.parent, {out.name})
+        path = export_model(model, fmt, out, normalise, sigmoid)
     multiple = MODELS[cfg.model.name].multiple_for(cfg.model)
     given = "uint8 RGB 0..255" if normalise else "float32, ImageNet-normalised RGB"
     print(f"wrote {path} ({fmt}): input 'image' (batch, 3, H, W) {given}, H and W multiples of {multiple}; "

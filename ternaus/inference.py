@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,19 +42,20 @@ from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, test_rows, train_items
 from ternaus.distributed import world_from_environment
 from ternaus.errors import ConfigError
-from ternaus.io import atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from ternaus.io import atomic_write, atomic_write_bytes, claim, remove_stale_temporaries
 from ternaus.losses import probabilities
 from ternaus.metrics import class_scores, instances
 from ternaus.models import new_model
+from ternaus.predictions import claim_writer, keep_or_redo, searched_key
 from ternaus.registry import METRICS
-from ternaus.run_files import RunFiles, folds_to_train, predictions_record, read_folds
+from ternaus.run_files import RunFiles, check_outputs, folds_to_train, predictions_record, read_folds
 from ternaus.runtime import Runtime
 from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
 __all__ = ["predict", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
-           "predict_oof", "Shard", "PngWriter", "fixed_batches", "png_complete", "predictions_to_keep", "write_png",
+           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png",
            "oof_record", "OofScores"]
 
 
@@ -128,18 +129,6 @@ def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = No
 
 # ---------------------------------------------------------------- resuming an interrupted prediction
 
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
-
-
-def png_complete(path: Path) -> bool:
-    """A whole PNG ends with its IEND chunk; a file cut short (a power cut before the disk caught up) does not."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(-len(PNG_END), os.SEEK_END)
-            return f.read() == PNG_END
-    except OSError:
-        return False
-
 
 def prediction_fingerprint(cfg: Config, paths: dict[int, Path], runtime: Runtime) -> dict:
     """Everything the PNGs' bytes depend on: the weights' hashes, TTA, geometry, batching and precision."""
@@ -152,34 +141,6 @@ def prediction_fingerprint(cfg: Config, paths: dict[int, Path], runtime: Runtime
                    "batch_size": cfg.predict.batch_size, "batches": "one input size each",
                    "resize_back": cfg.data.resize_back, "runtime": runtime.describe()}
     return json.loads(json.dumps(fingerprint))
-
-
-def _read_state(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def predictions_to_keep(out_dir: Path, ids: list[str], fingerprint: dict, resume: bool,
-                        shard: Shard | None = None) -> set[str]:
-    """The ids whose PNG an earlier run already wrote with the same fingerprint; other PNGs are removed.
-
-    A shard touches only its own ids' files and keeps its own record, so shards never step on each other."""
-    shard = shard or Shard()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir, stems=set(ids))
-    state_path = out_dir / shard.state_file
-    if resume and _read_state(state_path) == fingerprint:
-        return {i for i in ids if png_complete(out_dir / f"{i}.png")}
-    old = [out_dir / f"{i}.png" for i in ids if (out_dir / f"{i}.png").exists()]
-    if old:
-        why = "predict.resume=false" if not resume else "they were made by other models or settings"
-        print(f"removing {len(old)} earlier predictions from {out_dir}: {why}")
-    for path in old:  # before the new fingerprint is written, so a kill here cannot mix the two
-        path.unlink()
-    atomic_write_text(state_path, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
-    return set()
 
 
 @dataclass(frozen=True)
@@ -269,8 +230,10 @@ def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config,
 
 
 def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, rows: list[dict],
-                 fingerprint: dict, shard: Shard | None = None) -> Path:
-    """``rows``: the test images (id, image path), as data.test_rows lists them."""
+                 fingerprint: dict, shard: Shard | None = None, setup: ExitStack | None = None) -> Path:
+    """``rows``: the test images (id, image path), as data.test_rows lists them. Call it holding the
+    predictions folder's claim (``predictions.claim_writer``); ``setup``, the folder lock it yields, is closed
+    once this shard's record is written when other shards may run beside it."""
     shard = shard or Shard()
     image_paths = {row["id"]: row["image"] for row in rows}
     ids = list(image_paths)
@@ -278,7 +241,9 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, r
     shapes = input_shapes(rows, geometry_of(cfg))
     mine = shard.take(fixed_batches(ids, cfg.predict.batch_size, shapes))
     ids = [i for batch in mine for i in batch]
-    done = predictions_to_keep(out_dir, ids, fingerprint, cfg.predict.resume, shard)
+    done = keep_or_redo(out_dir, ids, fingerprint, cfg.predict.resume, shard.state_file)
+    if setup is not None and shard.count > 1:
+        setup.close()
     batches = batches_to_do(mine, done)
     if done:
         rest = f"predicting the remaining {sum(map(len, batches))} image(s)" if batches else "nothing left to predict"
@@ -394,33 +359,50 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
     Shard 0 also scores the out-of-fold images."""
     world = world_from_environment()
     shard = shard or Shard(world.rank, world.size)
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last,
-                             device_index=world.local_rank)
+    files = RunFiles.of(cfg)
+    check_outputs(cfg, {"output_dir": files.root, "predict.out_dir": files.predictions})
+    score_oof = cfg.predict.oof and shard.index == 0
+    with ExitStack() as claims:
+        setup = claims.enter_context(claim_writer(files.predictions, shard.index, shard.count))
+        if score_oof:
+            claims.enter_context(claim(files.oof, f"the out-of-fold files in {files.root}"))
+        return _predict(cfg, shard, world.local_rank, score_oof, setup)
+
+
+def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setup: ExitStack) -> dict:
+    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last, device_index=device_index)
     # Everything that can be refused is checked before the first file is written.
     rows = test_rows(cfg)
-    check_image_files([Path(row["image"]) for row in rows])
-    score_oof = cfg.predict.oof and shard.index == 0
-    if score_oof:
-        train_items(cfg, read_folds(cfg))
+    check_image_files([Path(row["image"]) for row in rows], cfg.data.max_image_pixels)
+    items = train_items(cfg, read_folds(cfg)) if score_oof else None
     fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
     if shard.index == 0:
         save_config(cfg, RunFiles.of(cfg).config("predict"))
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")
-    out_dir = predict_test(cfg, list(models.values()), runtime, rows, fingerprint, shard)
+    out_dir = predict_test(cfg, list(models.values()), runtime, rows, fingerprint, shard, setup)
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
-        result.update(_score_oof(cfg, models, runtime))
+        _remove_oof_temporaries(cfg, list(items["id"]))
+        result.update(_score_oof(cfg, models, runtime, fingerprint))
     return result
 
 
-def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> dict:
+def _remove_oof_temporaries(cfg: Config, ids: list[str]) -> None:
+    """What a killed out-of-fold phase left; called holding the out-of-fold files' claim."""
+    files = RunFiles.of(cfg)
+    remove_stale_temporaries(files.root, {p.name for p in files.oof_outputs})
+    remove_stale_temporaries(files.oof_predictions, {f"{i}.png" for i in ids})
+
+
+def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime, fingerprint: dict) -> dict:
     found = predict_oof(cfg, models, runtime)
     oof, metric = pd.DataFrame(found.records), cfg.postprocess.metric
     files = RunFiles.of(cfg)
     if cfg.model.num_classes == 1:  # the search's histograms hold one class
-        chosen = write_oof_analysis(cfg, oof, np.stack(found.histograms), found.threshold_scores())
+        chosen = write_oof_analysis(cfg, oof, np.stack(found.histograms), found.threshold_scores(),
+                                    searched_key(fingerprint))
         grid = found.grid
         how = (f"exact over {len(grid)} thresholds" if METRICS[metric].form == "counts" else
                f"on {len(grid)} thresholds {grid[0]}-{grid[-1]} only: {metric} counts objects, which the level "

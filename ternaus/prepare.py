@@ -12,8 +12,8 @@ from ternaus.data.files import image_size, listing
 from ternaus.data.layouts import check_train, list_train, load_masks, mask_spec
 from ternaus.errors import DataError
 from ternaus.folds import assign_folds, folds_from_file, group_column, group_ids, mask_area
-from ternaus.io import atomic_write
-from ternaus.run_files import RunFiles
+from ternaus.io import atomic_write, claim, remove_stale_temporaries
+from ternaus.run_files import RunFiles, check_outputs
 
 __all__ = ["prepare_folds"]
 
@@ -29,10 +29,19 @@ def prepare_folds(cfg: Config) -> Path:
     """Write ``{output_dir}/folds.csv`` (id, group, fold[, mask_area]); raises DataError listing every problem.
 
     The group column is ``car_id`` for folds.group_by=car (Carvana), ``group`` otherwise."""
+    files = RunFiles.of(cfg)
+    check_outputs(cfg, {"output_dir": files.root})
+    with claim(files.folds_csv, f"{files.folds_csv}"):
+        remove_stale_temporaries(files.root, {files.folds_csv.name})
+        return _prepare_folds(cfg)
+
+
+def _prepare_folds(cfg: Config) -> Path:
     table = list_train(cfg)
     # Every image's first and last bytes and every mask in full: a bad file found now costs seconds,
     # found by train.py it costs a stopped run.
-    problems = check_train(table, processes=os.cpu_count() or 1, spec=mask_spec(cfg))
+    problems = check_train(table, processes=os.cpu_count() or 1, spec=mask_spec(cfg),
+                           max_pixels=cfg.data.max_image_pixels)
     if problems:
         raise DataError(listing(f"{len(problems)} problem(s) in the training data under {cfg.data.root}", problems))
     group = group_column(cfg.folds.group_by)

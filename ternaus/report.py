@@ -19,13 +19,13 @@ from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, thresholds
 from ternaus.data.files import read_image, read_prediction
 from ternaus.data.layouts import list_train, load_masks, mask_spec, test_rows
-from ternaus.io import atomic_write_bytes, atomic_write_text
+from ternaus.io import atomic_write_bytes, atomic_write_text, claim, remove_stale_temporaries
 from ternaus.plots import svg_line_chart
 from ternaus.registry import METRICS
-from ternaus.run_files import RunFiles, folds_to_train
+from ternaus.run_files import RunFiles, check_outputs, folds_to_train
 from ternaus.submission import masks_to_encode
 
-__all__ = ["build_report", "cv_table", "pick_examples", "disagreement", "montage_row", "TP", "FP", "FN"]
+__all__ = ["build_report", "report_files", "cv_table", "pick_examples", "disagreement", "montage_row", "TP", "FP", "FN"]
 
 GAP = 4  # pixels between the tiles of a montage row
 TP, FP, FN = (40, 200, 40), (230, 30, 30), (40, 90, 255)  # RGB
@@ -231,11 +231,24 @@ def page(title: str, sections: list[tuple[str, str, str]]) -> str:
             f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
+def report_files(cfg: Config) -> set[str]:
+    """The names of the files report.py writes in its folder."""
+    shown = {"worst": cfg.report.worst, "best": cfg.report.best, "test": cfg.report.test_images}
+    return {"index.html"} | {f"{kind}_{rank:02d}.png" for kind, count in shown.items() for rank in range(1, count + 1)}
+
+
 def build_report(cfg: Config) -> Path:
     """Write ``{output_dir}/{report.out_dir}/index.html`` and its PNGs; returns the page's path."""
+    out = RunFiles.of(cfg).report
+    check_outputs(cfg, {"report.out_dir": out})
+    with claim(out, f"the report {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, report_files(cfg))
+        return _build_report(cfg, out)
+
+
+def _build_report(cfg: Config, out: Path) -> Path:
     files = RunFiles.of(cfg)
-    out = files.report
-    out.mkdir(parents=True, exist_ok=True)
     oof_path = files.oof_csv
     oof = pd.read_csv(oof_path, dtype={"id": str}) if oof_path.is_file() else None
     threshold, min_area, how = resolve_postprocessing(cfg)

@@ -7,7 +7,7 @@
       fold_K/best.pt                train.py: the epoch with the best validation score
       fold_K/log.csv                train.py: one row per epoch
       predictions/<id>.png          predict.py: the test set's probabilities (predict.out_dir)
-      predictions/.predict*.json    predict.py: what made them, for resuming
+      predictions/.predict*.json    predict.py: what made them and which they are, for resuming
       oof.csv                       predict.py: per-image out-of-fold scores
       oof_levels.npz                predict.py: per-image level histograms (the search's input)
       oof_predictions/<id>.png      predict.py: out-of-fold probabilities
@@ -17,6 +17,7 @@
       configs/ensemble.yaml         ensemble.py: its configuration (an ensemble's predictions/ is ensemble.py's)
       submission.csv.gz             make_submission.py (submission.filename)
       report/index.html             report.py (report.out_dir)
+      .<name>.lock                  the lock of the output <name> while a stage writes it (ternaus.io.claim)
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ternaus.config import Config
+from ternaus.config import Config, resolve
 from ternaus.data.files import CSV_ERRORS, duplicates
-from ternaus.errors import DataError
+from ternaus.errors import ConfigError, DataError
 
-__all__ = ["RunFiles", "predictions_record", "read_folds", "folds_to_train"]
+__all__ = ["RunFiles", "predictions_record", "read_folds", "folds_to_train", "check_outputs", "data_places"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,16 @@ class RunFiles:
     def ensemble_cv(self) -> Path:
         return self.root / "ensemble_cv.csv"
 
+    @property
+    def oof_outputs(self) -> list[Path]:
+        """The files the out-of-fold phase of predict.py writes beside the folds (and oof_predictions/)."""
+        return [self.oof_csv, self.oof_levels, self.postprocess, self.postprocess_search]
+
+    @property
+    def oof(self) -> Path:
+        """What the lock on the out-of-fold files is named after (``.oof.lock``); not a file itself."""
+        return self.root / "oof"
+
 
 def predictions_record(shard_index: int = 0, shard_count: int = 1) -> str:
     """The name of the record, inside the predictions folder, of what made its PNGs (one per shard)."""
@@ -142,3 +153,44 @@ def read_folds(cfg: Config) -> pd.DataFrame:
 def folds_to_train(cfg: Config) -> list[int]:
     """The folds train.py trains and predict.py averages: ``train.folds``, or all of them."""
     return list(cfg.train.folds) if cfg.train.folds is not None else list(range(cfg.folds.n_folds))
+
+
+# ---------------------------------------------------------------- outputs kept apart from the data
+
+
+def data_places(cfg: Config) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The data's folders and files (those that exist), by the key that names them, resolved."""
+    folders = {f"data.{key}": resolve(cfg, getattr(cfg.data, key)) for key in ("train_dir", "masks_dir", "test_dir")}
+    files = {f"data.{key}": resolve(cfg, getattr(cfg.data, key)) for key in ("masks_csv", "sample_submission")}
+    return ({k: p.resolve() for k, p in folders.items() if p.is_dir()},
+            {k: p.resolve() for k, p in files.items() if p.is_file()})
+
+
+def _overlap(output: Path, data: Path) -> str | None:
+    if output == data:
+        return "is"
+    if data in output.parents:
+        return "lies inside"
+    if output in data.parents:
+        return "contains"
+    return None
+
+
+def check_outputs(cfg: Config, folders: dict[str, Path], files: dict[str, Path] | None = None) -> None:
+    """Refuse, before anything runs, an output folder that is, lies inside or contains a data folder, and an
+    output file that is a data file: a stage replaces and deletes files where it writes, and the data must
+    never be among them. ``folders``/``files``: by the key or option that sets them."""
+    data_folders, data_files = data_places(cfg)
+    problems = []
+    for key, folder in folders.items():
+        for data_key, data in data_folders.items():
+            how = _overlap(Path(folder).resolve(), data)
+            if how:
+                problems.append(f"{key}: {folder} {how} the data folder {data} ({data_key})")
+    for key, path in (files or {}).items():
+        problems += [f"{key}: {path} is the data file {data_key}" for data_key, data in data_files.items()
+                     if Path(path).resolve() == data]
+    if problems:
+        raise ConfigError("outputs and data overlap:\n  - " + "\n  - ".join(problems) + "\nA stage writes, replaces "
+                          "and deletes files in its output folders; point output_dir (or the key named) at a folder "
+                          "outside the data")

@@ -10,6 +10,7 @@ Encoding runs in a process pool: PNG decoding and RLE are CPU-bound and independ
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -19,15 +20,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ternaus.analysis import resolve_postprocessing
+from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.config import Config, class_names, resolve, save_config, submission_rows_problem, thresholds
-from ternaus.data.files import CSV_ERRORS, image_size, read_prediction
+from ternaus.data.files import CSV_ERRORS, duplicates, image_size, read_prediction
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
-from ternaus.io import atomic_write
+from ternaus.io import atomic_write, claim, remove_stale_temporaries
 from ternaus.metrics import instances
+from ternaus.predictions import claim_reader
+from ternaus.predictions import made_by as predictions_made_by
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
-from ternaus.run_files import RunFiles
+from ternaus.run_files import RunFiles, check_outputs
 
 __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "overlapping_objects",
            "SubmissionFormat", "submission_format", "masks_to_encode", "image_rows", "order_like_sample"]
@@ -270,18 +273,55 @@ def _sample(cfg: Config, fmt: SubmissionFormat) -> pd.DataFrame | None:
     if absent:
         raise DataError(f"{path} has no column(s) {absent} (it has {list(sample.columns)}); set submission.columns "
                         "to the sample's header")
+    repeated = duplicates(pd.Series([_name(k) for k in zip(*(sample[c] for c in fmt.key_columns))], dtype=str))
+    if repeated:
+        raise DataError(f"{path} lists {len(repeated)} row key(s) more than once, e.g. {repeated[:3]}; the sample "
+                        "names each row of a submission once: use the competition's sample submission")
     return sample
+
+
+def _check_searched_for(cfg: Config, made_by: dict | None) -> None:
+    """postprocess.json is applied only to the predictions it was searched for."""
+    searched = read_postprocessing(cfg.output_dir)
+    if searched is None or searched.get("predictions") == made_by:
+        return
+    files = RunFiles.of(cfg)
+    raise DataError(f"{files.postprocess} was searched on the out-of-fold predictions of other models or settings "
+                    f"than those that made {files.predictions} (or predict.py stopped before it searched again). "
+                    "Run predict.py again (it keeps the test PNGs it already wrote), or set the threshold and the "
+                    "minimum area yourself: --threshold and --min-area, or submission.threshold and "
+                    "submission.min_area")
 
 
 def make_submission(cfg: Config, threshold: float | list[float] | None = None, min_area: int | None = None) -> Path:
     """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing.
 
-    ``threshold``/``min_area`` (the command line) win over the config, which wins over postprocess.json."""
+    ``threshold``/``min_area`` (the command line) win over the config, which wins over postprocess.json, which
+    is used only when it was searched for the models and settings that made the predictions."""
+    files = RunFiles.of(cfg)
+    check_outputs(cfg, {"output_dir": files.root, "submission.filename": files.submission.parent},
+                  {"submission.filename": files.submission})
+    searched = (threshold if threshold is not None else cfg.submission.threshold) is None or \
+        (min_area if min_area is not None else cfg.submission.min_area) is None
+    with ExitStack() as claims:
+        claims.enter_context(claim(files.submission, f"the submission {files.submission}"))
+        claims.enter_context(claim_reader(files.predictions))
+        if searched:  # predict.py's out-of-fold phase writes postprocess.json
+            claims.enter_context(claim(files.oof, f"the out-of-fold files in {files.root}"))
+        remove_stale_temporaries(files.submission.parent, {files.submission.name})
+        return _make_submission(cfg, threshold, min_area, searched)
+
+
+def _make_submission(cfg: Config, threshold: float | list[float] | None, min_area: int | None,
+                     searched: bool) -> Path:
     fmt = submission_format(cfg)
+    rows = test_rows(cfg)
+    made_by = predictions_made_by(RunFiles.of(cfg).predictions, [r["id"] for r in rows])
+    if searched:
+        _check_searched_for(cfg, made_by)
     threshold, min_area, sources = resolve_postprocessing(cfg, threshold, min_area)
     print(f"post-processing: {sources}")
     cuts = thresholds(threshold, len(fmt.classes))
-    rows = test_rows(cfg)
     paths = _prediction_paths(cfg, [r["id"] for r in rows])
     jobs = [(p, Path(row["image"]).name, cuts, min_area, fmt) for p, row in zip(paths, rows)]
     sample = _sample(cfg, fmt)

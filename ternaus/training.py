@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +35,13 @@ from ternaus.data.files import check_image_files
 from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, train_items
 from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
-from ternaus.errors import ConfigError, DataError, TrainingError
-from ternaus.io import atomic_write, remove_stale_temporaries
+from ternaus.errors import BusyError, ConfigError, DataError, TrainingError
+from ternaus.io import atomic_write, claim, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss, loss_options, probabilities
 from ternaus.metrics import class_scores
 from ternaus.models import build_model, set_encoder_frozen
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
-from ternaus.run_files import RunFiles, folds_to_train, read_folds
+from ternaus.run_files import RunFiles, check_outputs, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader", "same_size_loader", "fold_data",
@@ -331,7 +332,7 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
     say = print if world.is_main else _quiet
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        stale = remove_stale_temporaries(out)
+        stale = remove_stale_temporaries(out, {files.last(fold).name, files.best(fold).name, files.log(fold).name})
         if stale:
             say(f"fold {fold}: removed {len(stale)} partly written file(s) left by an interrupted run")
     seed_everything(_epoch_seed(cfg, fold, 0))
@@ -439,24 +440,52 @@ def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
     (``postprocess.metric``) per fold.
 
     Under ``torchrun`` every process trains the same fold with DistributedDataParallel, one GPU each."""
+    folds = [fold] if fold is not None else folds_to_train(cfg)
+    if not set(folds) <= set(range(cfg.folds.n_folds)):
+        raise ConfigError(f"--fold {fold}: folds.n_folds={cfg.folds.n_folds} gives folds 0..{cfg.folds.n_folds - 1}")
+    check_outputs(cfg, {"output_dir": RunFiles.of(cfg).root})
     world = init_world()
     try:
-        runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last,
-                                 cfg.train.deterministic, world.local_rank)
-        items = train_items(cfg, read_folds(cfg))
-        check_image_files([Path(p) for p in items["image"]])  # first and last bytes only: seconds for Carvana
-        folds = [fold] if fold is not None else folds_to_train(cfg)
-        if not set(folds) <= set(range(cfg.folds.n_folds)):
-            raise ConfigError(f"--fold {fold}: folds.csv has folds 0..{cfg.folds.n_folds - 1}")
-        if world.is_main:
-            # One file per fold when folds run side by side (one per GPU) into the same output_dir.
-            name = f"train_fold_{fold}" if fold is not None else "train"
-            save_config(cfg, RunFiles.of(cfg).config(name))
-            ranks = f", {world.size} processes" if world.distributed else ""
-            print(f"training folds {folds} on {runtime.describe()}{ranks}")
-        scores = {k: train_fold(cfg, k, items, runtime, world) for k in folds}
+        with ExitStack() as claims:
+            _claim_folds(claims, cfg, folds, world)
+            scores = _train_folds(cfg, folds, fold is not None, world)
     except BaseException:
         close_world(world, wait=False)  # the other ranks stop at their next collective
         raise
     close_world(world)
     return scores
+
+
+def _claim_folds(claims: ExitStack, cfg: Config, folds: list[int], world: World) -> None:
+    """Rank 0, which alone writes, claims the folds' folders; every rank learns whether it could, so that
+    all stop together when another run holds one."""
+    failure = None
+    if world.is_main:
+        try:
+            for k in folds:
+                folder = RunFiles.of(cfg).fold_dir(k)
+                claims.enter_context(claim(folder, f"fold {k} ({folder})"))
+        except (BusyError, OSError) as err:
+            failure = err
+    failed = failure is not None
+    if world.distributed:
+        failed = bool(max_over_world(torch.tensor([float(failed)]), world).item())
+    if failure is not None:
+        raise failure
+    if failed:
+        raise BusyError("rank 0 could not claim the folds' folders; its message says why")
+
+
+def _train_folds(cfg: Config, folds: list[int], one_fold: bool, world: World) -> dict[int, float]:
+    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last,
+                             cfg.train.deterministic, world.local_rank)
+    items = train_items(cfg, read_folds(cfg))
+    # First and last bytes and the header only: seconds for Carvana.
+    check_image_files([Path(p) for p in items["image"]], cfg.data.max_image_pixels)
+    if world.is_main:
+        # One file per fold when folds run side by side (one per GPU) into the same output_dir.
+        name = f"train_fold_{folds[0]}" if one_fold else "train"
+        save_config(cfg, RunFiles.of(cfg).config(name))
+        ranks = f", {world.size} processes" if world.distributed else ""
+        print(f"training folds {folds} on {runtime.describe()}{ranks}")
+    return {k: train_fold(cfg, k, items, runtime, world) for k in folds}

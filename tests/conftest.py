@@ -22,6 +22,31 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "synthetic", cars=3, test_cars=1, size=(62, 40), seed=1)
 
 
+# The shared tiny run's settings. One fold is trained (train.folds=[0]): a CPU training step of UNet11 takes
+# seconds, and the checks that use the run happen before or at the first batch, so a second fold would add time
+# and no coverage.
+TINY = ["folds.n_folds=2", "train.folds=[0]", "train.epochs=1", "train.batch_size=4", "data.num_workers=0",
+        "data.input_size=null", "model.init=lecun", "predict.batch_size=8"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory) -> Path:
+    """prepare_folds, one epoch of fold 0, predict (the stages' main() with TINY): the output folder of a good run
+    on the intact tiny dataset, made once. Shared: tests work on clones of it (tests/test_bad_input.py's
+    clone_run), never on it."""
+    import predict
+    import prepare_folds
+    import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    for stage in (prepare_folds, train, predict):
+        args = ["--config", str(ROOT / "configs" / "synthetic.yaml"), f"data.root={tiny_dataset}", f"output_dir={out}"]
+        assert stage.main([*args, *TINY]) == 0, f"{stage.__name__} failed on the intact data"
+    assert len(list((out / "predictions").glob("*.png"))) == 16
+    assert {"last.pt", "best.pt", "log.csv"} <= {p.name for p in (out / "fold_0").iterdir()}
+    return out
+
+
 @pytest.fixture(scope="session")
 def family():
     """``family(name, transposed=False)``: that model, LeCun-initialised from a fixed seed, in eval mode, built

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY  # the shared tiny run's settings
 from PIL import Image
 
 import predict
@@ -31,10 +32,6 @@ from ternaus.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "synthetic.yaml")
-# One fold is trained (train.folds=[0]): a CPU training step of UNet11 takes seconds, and every check
-# here happens before or at the first batch, so a second fold would add time and no coverage.
-TINY = ["folds.n_folds=2", "train.folds=[0]", "train.epochs=1", "train.batch_size=4", "data.num_workers=0",
-        "data.input_size=null", "model.init=lecun", "predict.batch_size=8"]
 TEMPORARY = re.compile(r"^\..+\.tmp(\.[^.]+)?$")  # ternaus.io's ".<stem>.<random>.tmp<suffix>"
 
 
@@ -88,10 +85,11 @@ def clone_run(src: Path, dst: Path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:
-    """Every file: (size, mtime_ns, inode, bytes); bytes are left out for checkpoints."""
+    """Every file: (size, mtime_ns, inode, bytes); bytes are left out for checkpoints. Locks (``.<name>.lock``,
+    which each run rewrites with its own pid) are bookkeeping, not outputs, and are left out."""
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and not path.name.endswith(".lock"):
             st = path.stat()
             files[path.relative_to(folder).as_posix()] = (
                 st.st_size, st.st_mtime_ns, st.st_ino, None if path.suffix == ".pt" else path.read_bytes())
@@ -122,6 +120,12 @@ def save_mask_gif(path: Path, mask: np.ndarray) -> None:
     image.save(path, format="GIF", optimize=False)
     with Image.open(path) as saved:  # Pillow may remap a palette when saving: make sure it did not
         assert np.array_equal(np.array(saved), mask), f"{path} did not keep the mask's values"
+
+
+# A JPEG whose structure is whole (start, frame header, scan, end marker) but which has no quantisation or
+# Huffman tables: it passes every check made before decoding (train.py's included), and decoding fails.
+UNDECODABLE_JPEG = (b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x28\x00\x3e\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+                    b"\xff\xda\x00\x0c\x03\x01\x00\x02\x00\x03\x00\x00\x3f\x00" + b"junk" * 200 + b"\xff\xd9")
 
 
 def first(folder: Path, pattern: str = "*.jpg") -> Path:
@@ -160,10 +164,11 @@ def text_in_jpeg(root):
 
 
 def jpeg_markers_around_junk(root):
-    # Passes the first/last-bytes check; the header read that prepare_folds does catches it.
+    # Start and end markers, junk between: the header's segments do not chain.
     path = first(root / "train")
     path.write_bytes(b"\xff\xd8" + b"junk" * 200 + b"\xff\xd9")
-    return [str(path), "is not a readable image", "replace it"]
+    return [str(path), "is not a readable image (its JPEG header is broken)", "replace it"]
+
 
 
 def missing_mask(root):
@@ -262,15 +267,11 @@ def test_every_config_problem_is_listed_at_once(tmp_path, capsys):
 # ---------------------------------------------------------------- one tiny real run, shared
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    """prepare_folds, one epoch of fold 0, predict: the output folder of a good run on the intact data."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    for stage in (prepare_folds, train, predict):
-        assert run(stage, tiny_dataset, out) == 0, f"{stage.__name__} failed on the intact data"
-    assert len(list((out / "predictions").glob("*.png"))) == 16
-    assert {"last.pt", "best.pt", "log.csv"} <= {p.name for p in (out / "fold_0").iterdir()}
-    return out
+@pytest.fixture
+def trained(tiny_run):
+    """prepare_folds, one epoch of fold 0, predict: the output folder of a good run on the intact data
+    (conftest.tiny_run, shared with tests/test_hostile.py)."""
+    return tiny_run
 
 
 @pytest.fixture
@@ -395,8 +396,7 @@ def test_an_undecodable_image_met_during_training_stops_it_cleanly(broken_run, c
     # Every image fold 0 trains on: whichever the shuffled epoch meets first is bad, so it stops at once.
     broken = [root / "train" / f"{image_id}.jpg" for image_id in folds.loc[folds["fold"] != 0, "id"]]
     for path in broken:
-        # JPEG start and end markers around junk: it passes the first/last-bytes check train.py does.
-        path.write_bytes(b"\xff\xd8" + b"junk" * 200 + b"\xff\xd9")
+        path.write_bytes(UNDECODABLE_JPEG)
     before = snapshot(out)
     # The completed one-epoch run is asked for a second epoch: it resumes from last.pt, then meets the image.
     code = run(train, root, out, "train.epochs=2", f"data.num_workers={workers}")

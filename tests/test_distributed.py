@@ -196,3 +196,23 @@ def test_ddp_killed_mid_epoch_resumes_to_the_uninterrupted_result(odd_dataset, t
     logs = [pd.read_csv(out / f"fold_{fold}" / "log.csv").drop(columns="time_s") for out in (whole, killed)]
     pd.testing.assert_frame_equal(*logs)  # the train loss too: the partial sum of both ranks was kept
     assert temporaries(killed / f"fold_{fold}") == []
+
+
+@pytest.mark.slow
+def test_torchrun_refused_by_another_runs_lock_stops_every_rank_with_the_message(odd_dataset, tmp_path):
+    from test_hostile import HOLD, start_process, stop
+
+    prepare_folds(load_config(CONFIG, overrides(odd_dataset, tmp_path)))
+    holder = start_process(HOLD, str(tmp_path / "fold_0"))
+    try:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 str(ROOT / "train.py"), "--config", str(CONFIG),
+                                 *overrides(odd_dataset, tmp_path, "train.folds=[0]", "train.epochs=1")],
+                                cwd=ROOT, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    finally:
+        stop(holder)
+    # Rank 0 cannot claim fold 0; both ranks learn it at once and stop with status 2, nothing trained.
+    assert result.returncode != 0
+    assert f"error: fold 0 ({tmp_path / 'fold_0'}): in use by" in result.stderr and f"pid {holder.pid}" in result.stderr
+    assert "error: rank 0 could not claim the folds' folders" in result.stderr
+    assert "exitcode  : 2" in result.stderr and not (tmp_path / "fold_0").exists()

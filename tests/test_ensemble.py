@@ -41,7 +41,8 @@ def make_member(runs: Path, name: str, levels: np.ndarray, ids: list[str], oof_i
         (run_dir / folder).mkdir(exist_ok=True)
         for image_id in names:
             cv2.imwrite(str(run_dir / folder / f"{image_id}.png"), levels)
-    (run_dir / "predictions" / ".predict.json").write_text(json.dumps({"checkpoints": {"0": made_by or name}}))
+    record = {"fingerprint": {"checkpoints": {"0": made_by or name}}, "ids": list(ids), "sequence": 1}
+    (run_dir / "predictions" / ".predict.json").write_text(json.dumps(record))
     return run_dir
 
 
@@ -212,6 +213,45 @@ def test_an_ensemble_is_a_member_of_another_with_its_out_of_fold_maps(tiny_datas
     expected = cv2.imencode(".png", striped(50, 33, 0, 0))[1].tobytes()  # (150 + 2 * 0) / 3, (100 + 0) / 3
     assert set(pngs(tmp_path / "outer" / "predictions").values()) == {expected}
     assert table.loc["c", "cv"] == pytest.approx(0.0)  # an empty prediction of the synthetic cars: Dice 0
+
+
+def test_the_ensembles_cv_and_search_use_a_metric_of_objects(tiny_dataset, tmp_path):
+    """Under f2_instances (the objects are each mask's connected components): a member whose out-of-fold maps are
+    the true masks scores 1, an empty one 0 (every synthetic image has a car), their mean (128 on the car, at
+    threshold 0.5) scores 1 again."""
+    from ternaus.data.files import read_mask
+
+    ids, oof = listed_test_ids(tiny_dataset), train_ids(tiny_dataset)
+    exact = make_member(tmp_path, "exact", striped(0, 0, 0, 0), ids)
+    empty = make_member(tmp_path, "empty", striped(0, 0, 0, 0), ids, oof)
+    for image_id in oof:
+        truth = read_mask(tiny_dataset / "train_masks" / f"{image_id}_mask.gif")
+        cv2.imwrite(str(exact / "oof_predictions" / f"{image_id}.png"), truth * 255)
+    cfg = ensemble_config(tiny_dataset, tmp_path / "ens", [{"run": str(exact)}, {"run": str(empty)}],
+                          "ensemble.oof=true", "postprocess.metric=f2_instances")
+    table = ensemble(cfg)["cv"].set_index("run")
+    assert table.loc["exact", "cv"] == pytest.approx(1.0) and table.loc["empty", "cv"] == pytest.approx(0.0)
+    assert table.loc["ensemble", "cv"] == pytest.approx(1.0)
+    post = json.loads((tmp_path / "ens" / "postprocess.json").read_text())
+    assert post["metric"] == "f2_instances" and post["default_score"] == pytest.approx(1.0)
+    oof_csv = pd.read_csv(tmp_path / "ens" / "oof.csv")
+    assert len(oof_csv) == 48 and oof_csv["f2_instances"].eq(1.0).all()
+
+
+def test_make_submission_refuses_the_searched_values_of_an_ensemble_whose_members_changed(tiny_dataset, tmp_path):
+    from ternaus.submission import make_submission
+
+    ids, oof = listed_test_ids(tiny_dataset), train_ids(tiny_dataset)
+    a = make_member(tmp_path, "a", striped(200, 100, 0, 0), ids, oof)
+    b = make_member(tmp_path, "b", striped(100, 100, 0, 0), ids, oof, made_by="first models")
+    members = [{"run": str(a)}, {"run": str(b)}]
+    cfg = ensemble_config(tiny_dataset, tmp_path / "ens", members, "ensemble.oof=true", "submission.processes=1")
+    ensemble(cfg)
+    make_submission(cfg)  # the searched values belong to these predictions
+    make_member(tmp_path, "b", striped(0, 100, 0, 0), ids, oof, made_by="second models")
+    ensemble(ensemble_config(tiny_dataset, tmp_path / "ens", members, "submission.processes=1"))  # oof not redone
+    with pytest.raises(DataError, match="postprocess.json was searched on the out-of-fold predictions of other"):
+        make_submission(cfg)
 
 
 # ---------------------------------------------------------------- two families, end to end

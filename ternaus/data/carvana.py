@@ -20,6 +20,7 @@ import pandas as pd
 
 from ternaus.config import Config, resolve
 from ternaus.data.files import read_id_csv, read_mask
+from ternaus.data.ids import normalise_ids
 from ternaus.errors import DataError
 from ternaus.rle import rle_decode
 
@@ -53,7 +54,7 @@ def _read_rle_csv(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     table = read_id_csv(path, ["img", "rle_mask"])
-    return dict(zip(table["img"].str.removesuffix(".jpg"), table["rle_mask"]))
+    return dict(zip(normalise_ids(table["img"], str(path), (".jpg",)), table["rle_mask"]))
 
 
 def list_train(cfg: Config) -> pd.DataFrame:
@@ -84,7 +85,7 @@ def list_test(cfg: Config) -> list[str]:
     sample = resolve(cfg, cfg.data.sample_submission)
     if not sample.is_file():
         raise DataError(f"{sample} does not exist; it fixes the submission's rows (set data.sample_submission)")
-    ids = read_id_csv(sample, ["img"])["img"].str.removesuffix(".jpg").tolist()
+    ids = normalise_ids(read_id_csv(sample, ["img"])["img"], str(sample), (".jpg",))
     if not ids:
         raise DataError(f"{sample} lists no test images; use the competition's sample_submission.csv")
     missing = [i for i in ids if i not in on_disk]

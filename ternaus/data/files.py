@@ -12,17 +12,24 @@ masks are read by index. A prediction PNG holds uint8 probabilities, the classes
 
 from __future__ import annotations
 
+import io
+import os
+import re
 import struct
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ternaus.config import DataConfig
 from ternaus.errors import DataError
 
 __all__ = ["read_image", "read_mask", "read_class_mask", "image_size", "image_file_problem", "check_image_files",
+           "declared_size_problem", "jpeg_scan_start", "jpeg_problem",
            "prediction_image", "read_prediction", "png_shape", "listing", "duplicates", "read_id_csv", "CSV_ERRORS",
            "IMAGE_SUFFIXES", "MASK_SUFFIXES"]
 
@@ -35,41 +42,100 @@ MASK_SUFFIXES = (".png", ".gif")
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 TAIL = 4096  # a JPEG's end marker is within its last bytes; entropy-coded data never contains FF D9
+# Markers that stand alone (no length follows): TEM, RST0-7; everything else up to the scan has a length.
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
 
-def _bytes_problem(path: Path, size: int, head: bytes, tail: bytes) -> str | None:
+def jpeg_scan_start(f: BinaryIO, size: int) -> int | str:
+    """Where a JPEG's first entropy-coded scan starts: the header's segments (APPn, EXIF with its thumbnail,
+    tables) walked by their declared lengths from the SOI marker to the end of the SOS segment. Else what is
+    wrong: "truncated" (the segments run past the end of the file) or "broken" (they do not chain)."""
+    position = 2
+    while position + 4 <= size:
+        f.seek(position)
+        head = f.read(4)
+        if len(head) < 4 or head[0] != 0xFF:
+            return "broken"
+        marker = head[1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker in _STANDALONE:
+            position += 2
+            continue
+        length = int.from_bytes(head[2:4], "big")
+        if marker in (0xD8, 0xD9) or length < 2:  # a second SOI, the end before any scan, a bad length
+            return "broken"
+        position += 2 + length
+        if marker == 0xDA:
+            return position if position <= size else "truncated"
+    return "truncated"
+
+
+def jpeg_problem(f: BinaryIO, size: int) -> str | None:
+    """What is wrong with a JPEG's structure (``f`` at any position, ``size`` bytes), for "{path} is ...": a
+    header that does not chain to a scan, or no end marker (FF D9) after the scan starts within the last TAIL
+    bytes; an FF D9 inside the header (an EXIF thumbnail's end) does not count."""
+    scan = jpeg_scan_start(f, size)
+    if scan == "broken":
+        return "not a readable image (its JPEG header is broken); replace it"
+    if scan != "truncated":
+        start = max(scan, size - TAIL)
+        f.seek(start)
+        if JPEG_END in f.read(size - start):
+            return None
+    return "truncated (the JPEG has no end marker); copy or download it again"
+
+
+def _bytes_problem(path: Path, f: BinaryIO, size: int) -> str | None:
+    """Empty, or a JPEG without its end; ``f``: the open file (or its bytes in a BytesIO), at any position."""
     if size == 0:
         return f"{path} is empty (0 bytes); replace it with the original image"
-    if head.startswith(JPEG_START) and JPEG_END not in tail:
-        return f"{path} is truncated (the JPEG has no end marker); copy or download it again"
+    f.seek(0)
+    if f.read(2) == JPEG_START:
+        problem = jpeg_problem(f, size)
+        return f"{path} is {problem}" if problem else None
     return None
 
 
-def image_file_problem(path: str | Path) -> str | None:
-    """What is wrong with an image file, from its first and last bytes (no decoding), or None."""
+def declared_size_problem(path: Path, max_pixels: int) -> str | None:
+    """What is wrong with the size an image or mask file's header declares (JPEG, PNG, TIFF, GIF: Pillow reads
+    the header alone), or None: more than ``max_pixels`` (data.max_image_pixels), or no header at all."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as err:  # beyond Pillow's own limit, far beyond any sane setting
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        declared = f"{int(pixels[1]):,} pixels" if pixels else "more pixels than Pillow opens"
+        return (f"{path}: its header declares {declared}, more than data.max_image_pixels={max_pixels:,}; "
+                "replace the file, or raise data.max_image_pixels if the image is really that large")
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a file that is not an image
+        return f"{path} is not a readable image ({err}); replace it"
+    if width * height > max_pixels:
+        return (f"{path}: its header declares {width} x {height} = {width * height:,} pixels, more than "
+                f"data.max_image_pixels={max_pixels:,}; replace the file, or raise data.max_image_pixels if the "
+                "image is really that large")
+    return None
+
+
+def image_file_problem(path: str | Path, max_pixels: int = DataConfig.max_image_pixels) -> str | None:
+    """What is wrong with an image file, from its first and last bytes and its header (no decoding), or None."""
     path = Path(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(2)
-            f.seek(max(0, size - TAIL))
-            tail = f.read()
+            problem = _bytes_problem(path, f, os.fstat(f.fileno()).st_size)
     except FileNotFoundError:
         return f"{path} does not exist"
     except OSError as err:
         return f"{path} cannot be read ({err.strerror})"
-    problem = _bytes_problem(path, size, head, tail)
-    if problem is None and not head.startswith(JPEG_START):
-        try:  # not JPEG bytes under a .jpg name: fine if it is an image at all (a PNG, say)
-            image_size(path)
-        except DataError as err:
-            problem = str(err)
-    return problem
+    return problem or declared_size_problem(path, max_pixels)
 
 
-def check_image_files(paths: list[Path]) -> None:
-    """Refuse, before any long work, image files that are missing, empty, truncated or not images."""
-    problems = [p for p in map(image_file_problem, paths) if p]
+def check_image_files(paths: list[Path], max_pixels: int = DataConfig.max_image_pixels) -> None:
+    """Refuse, before any long work, image files that are missing, empty, truncated, not images or too large."""
+    problems = [p for p in (image_file_problem(path, max_pixels) for path in paths) if p]
     if problems:
         raise DataError(listing(f"{len(problems)} of {len(paths)} image file(s) cannot be used", problems))
 
@@ -141,7 +207,7 @@ def read_image(path: str | Path, image_max: int | None = None) -> np.ndarray:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
-    problem = _bytes_problem(path, len(data), data[:2], data[-TAIL:])
+    problem = _bytes_problem(path, io.BytesIO(data), len(data))
     if problem:
         raise DataError(problem)
     image = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), IMAGE_FLAGS)

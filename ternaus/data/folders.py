@@ -21,14 +21,7 @@ from ternaus.config import Config, resolve
 from ternaus.data.files import IMAGE_SUFFIXES, MASK_SUFFIXES, read_class_mask, read_mask
 from ternaus.errors import DataError
 
-__all__ = ["list_train", "test_rows", "load_masks", "missing_mask", "list_folder", "files_by_stem", "images_in",
-           "image_stem"]
-
-
-def image_stem(name: str) -> str:
-    """``0002cc93b.jpg`` -> ``0002cc93b``; a name without an image suffix stays as it is (TGS's ids)."""
-    path = Path(name)
-    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else name
+__all__ = ["list_train", "test_rows", "load_masks", "missing_mask", "list_folder", "files_by_stem", "images_in"]
 
 
 def list_folder(folder: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import Pool
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from ternaus.config import Config
-from ternaus.data.files import image_file_problem, image_size
+from ternaus.config import Config, DataConfig
+from ternaus.data.files import declared_size_problem, image_file_problem, image_size
 from ternaus.errors import DataError
 from ternaus.registry import LAYOUTS
 from ternaus.rle import RleFormat
@@ -77,14 +78,17 @@ def load_masks(row: Any, shape: tuple[int, int], spec: MaskSpec = MaskSpec()) ->
 # ---------------------------------------------------------------- checks
 
 
-def check_train_row(row: dict, spec: MaskSpec = MaskSpec()) -> list[str]:
+def check_train_row(row: dict, spec: MaskSpec = MaskSpec(), max_pixels: int = DataConfig.max_image_pixels) -> list[str]:
     """Every problem with one training image and its mask; the mask is decoded to check its values."""
-    problem = image_file_problem(row["image"])
+    problem = image_file_problem(row["image"], max_pixels)
     if problem:
         return [problem]
     if not row["mask"] and not row["rle"] and not isinstance(row.get("runs"), tuple):
         return [f"{row['image']}: no mask (neither {layout_of(spec.layout).missing_mask(row)}); add it or remove the "
                 "image"]
+    problem = declared_size_problem(Path(row["mask"]), max_pixels) if row["mask"] else None
+    if problem:
+        return [problem]
     try:
         height, width = image_size(row["image"])
         mask = load_masks(row, (height, width), spec)[0]
@@ -96,10 +100,11 @@ def check_train_row(row: dict, spec: MaskSpec = MaskSpec()) -> list[str]:
     return []
 
 
-def check_train(table: pd.DataFrame, processes: int = 1, spec: MaskSpec = MaskSpec()) -> list[str]:
+def check_train(table: pd.DataFrame, processes: int = 1, spec: MaskSpec = MaskSpec(),
+                max_pixels: int = DataConfig.max_image_pixels) -> list[str]:
     """Every problem with the training data, one line each; an empty list means ready to train."""
     rows = table.to_dict("records")
-    check = partial(check_train_row, spec=spec)
+    check = partial(check_train_row, spec=spec, max_pixels=max_pixels)
     if processes > 1 and len(rows) > 64:
         with Pool(processes) as pool:
             found = pool.map(check, rows, chunksize=16)

@@ -19,7 +19,8 @@ import pandas as pd
 
 from ternaus.config import Config, class_names, resolve
 from ternaus.data.files import CSV_ERRORS, duplicates
-from ternaus.data.folders import image_stem, images_in, test_rows
+from ternaus.data.folders import images_in, test_rows
+from ternaus.data.ids import normalise_ids
 from ternaus.errors import DataError
 from ternaus.rle import decode_rle
 
@@ -51,15 +52,21 @@ def _class_indices(values: pd.Series, cfg: Config) -> list[int]:
     return [names.index(v) for v in values]
 
 
-def _runs_by_image(table: pd.DataFrame, cfg: Config) -> dict[str, list[tuple[int, str]]]:
-    csv = cfg.data.csv
-    stems = table[csv.image_column].map(image_stem)
+def _runs_by_image(table: pd.DataFrame, cfg: Config, suffixes: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
+    """Each image's (class index, RLE) rows; ``suffixes``: each training image's file suffix, by id."""
+    csv, where = cfg.data.csv, str(resolve(cfg, cfg.data.masks_csv))
+    stems = pd.Series(normalise_ids(table[csv.image_column], where, suffixes, unique=False), dtype=str)
     if csv.rows == "image":
         repeated = duplicates(stems)
         if repeated:
-            raise DataError(f"{resolve(cfg, cfg.data.masks_csv)} lists {len(repeated)} image(s) more than once, e.g. "
+            raise DataError(f"{where} lists {len(repeated)} image(s) more than once, e.g. "
                             f"{repeated[:3]}; for one row per object set data.csv.rows=instance")
     classes = _class_indices(table[csv.class_column], cfg) if csv.rows == "image_class" else [0] * len(table)
+    if csv.rows == "image_class":
+        repeated = duplicates(stems + " class " + pd.Series(table[csv.class_column].tolist(), dtype=str))
+        if repeated:
+            raise DataError(f"{where} lists {len(repeated)} (image, class) pair(s) more than once, e.g. "
+                            f"{repeated[:3]}; keep one row per image and class")
     runs: dict[str, list[tuple[int, str]]] = {}
     for stem, class_index, rle in zip(stems, classes, table[csv.rle_column]):
         runs.setdefault(stem, []).append((class_index, rle))
@@ -69,7 +76,7 @@ def _runs_by_image(table: pd.DataFrame, cfg: Config) -> dict[str, list[tuple[int
 def list_train(cfg: Config) -> pd.DataFrame:
     """Every image of ``train_dir``, with its CSV rows as ``runs``."""
     images = images_in(cfg, "train_dir")
-    runs = _runs_by_image(_read_masks_csv(cfg), cfg)
+    runs = _runs_by_image(_read_masks_csv(cfg), cfg, {stem: path.suffix for stem, path in images.items()})
     strays = sorted(set(runs) - set(images))
     if strays:
         raise DataError(f"{len(strays)} image(s) of {resolve(cfg, cfg.data.masks_csv)} are not in "
