@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "world_from_environment", "init_world", "close_world", "sum_over_world", "max_over_world"]
+__all__ = ["World", "world_from_environment", "init_world", "close_world", "sum_over_world", "max_over_world",
+           "broadcast_buffers"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,12 @@ def sum_over_world(values: torch.Tensor, world: World) -> torch.Tensor:
 
 def max_over_world(values: torch.Tensor, world: World) -> torch.Tensor:
     return _reduce(values, world, dist.ReduceOp.MAX)
+
+
+def broadcast_buffers(module: torch.nn.Module, world: World) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP broadcasts them at the start of each
+    training forward only, so after an epoch's last step every rank holds its own; the checkpoint holds rank 0's,
+    and validation must score that model on every rank."""
+    if world.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

@@ -34,7 +34,7 @@ from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on
 from ternaus.data.files import check_image_files
 from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, train_items
-from ternaus.distributed import World, close_world, init_world, max_over_world, sum_over_world
+from ternaus.distributed import World, broadcast_buffers, close_world, init_world, max_over_world, sum_over_world
 from ternaus.errors import BusyError, ConfigError, DataError, TrainingError
 from ternaus.io import atomic_write, claim, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss, loss_options, probabilities
@@ -426,7 +426,9 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
         _apply_encoder_freeze(state, cfg, runtime, desc)
         train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
                                      lambda: _save_progress(state, cfg, fold))
-        # The plain model: each rank validates a different number of batches, with no collective inside.
+        # The plain model: each rank validates a different number of batches, with no collective inside; every
+        # rank first takes rank 0's BatchNorm statistics, those of the model the checkpoint holds.
+        broadcast_buffers(unwrap(state.model), world)
         scores = validate(unwrap(state.model), data.val_loader, runtime, state.loss_fn, geometry,
                           cfg.train.threshold, world, class_names(cfg), cfg.postprocess.metric, data.truth)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
