@@ -12,6 +12,10 @@ os.environ.setdefault("TORCH_HOME", str(ROOT / ".pytest_cache" / "torch_home_unu
 # No fsync: about 0.5 s of each 275 MB checkpoint here, minutes over the suite; the stage subprocesses inherit
 # it. Atomic renames, which the kill tests check, are unchanged; tests/test_io.py checks the default flushes.
 os.environ.setdefault("TERNAUS_FSYNC", "0")
+# One thread per process: the tests' tensors are tiny, so a second thread gains little, and while a stage runs in
+# a subprocess (with loader workers) two threads per process oversubscribe the cores (measured in
+# docs/speed.md). Set before torch is imported; the stage subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -22,11 +26,23 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "synthetic", cars=3, test_cars=1, size=(62, 40), seed=1)
 
 
-# The shared tiny run's settings. One fold is trained (train.folds=[0]): a CPU training step of UNet11 takes
-# seconds, and the checks that use the run happen before or at the first batch, so a second fold would add time
-# and no coverage.
-TINY = ["folds.n_folds=2", "train.folds=[0]", "train.epochs=1", "train.batch_size=4", "data.num_workers=0",
+# What the mechanics tests train (resume, kills, locks, DDP, shards, bad input, the stages end to end): a 5-level
+# U-Net of 8 to 128 channels with BatchNorm (1.4 M parameters). Its checkpoint is 17 MB where UNet11's is 275 MB
+# (both with Adam's state), and what those tests check does not depend on the network; UNet11 itself is trained
+# end to end by tests/test_competitions.py and the demo.
+TINY_NET = ["model.name=scratch", "model.widths=[8,16,32,64,128]", "model.center_width=128", "model.init=lecun"]
+# The shared tiny run's settings. One fold is trained (train.folds=[0]): the checks that use the run happen
+# before or at the first batch, so a second fold would add time and no coverage.
+TINY = [*TINY_NET, "folds.n_folds=2", "train.folds=[0]", "train.epochs=1", "train.batch_size=4", "data.num_workers=0",
         "data.input_size=null", "model.init=lecun", "predict.batch_size=8"]
+
+
+def tiny_net():
+    """The network TINY_NET describes, with PyTorch's default initialisation."""
+    from ternaus.config import load_config
+    from ternaus.models import new_model
+
+    return new_model(load_config(None, TINY_NET).model)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_NET, tiny_net
 
 from ternaus.checkpoint import read_checkpoint
 from ternaus.config import load_config
@@ -17,7 +18,6 @@ from ternaus.data.layouts import train_items
 from ternaus.distributed import World
 from ternaus.inference import Shard, fixed_batches
 from ternaus.losses import SegmentationLoss
-from ternaus.models import UNet11
 from ternaus.prepare import prepare_folds
 from ternaus.run_files import read_folds
 from ternaus.runtime import Runtime
@@ -62,7 +62,7 @@ def test_shards_split_the_fixed_batches_without_overlap():
 
 def overrides(root: Path, out: Path, *extra: str) -> list[str]:
     # Resized to 32 x 32: a quarter of the padded 64 x 64's work; what is distributed does not depend on the size.
-    return [f"data.root={root}", f"output_dir={out}", "folds.n_folds=2", "data.input_size=[32,32]",
+    return [f"data.root={root}", f"output_dir={out}", *TINY_NET, "folds.n_folds=2", "data.input_size=[32,32]",
             "data.num_workers=0", "train.batch_size=4", "train.val_batch_size=1", *extra]
 
 
@@ -111,7 +111,7 @@ def test_torchrun_trains_one_fold_with_rank_0_alone_writing(ddp_run):
     assert pd.read_csv(out / f"fold_{fold}" / "log.csv")["epoch"].tolist() == [1, 2]
     ckpt = read_checkpoint(out / f"fold_{fold}" / "last.pt")
     assert ckpt["world_size"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
-    load_weights(UNet11(), out / f"fold_{fold}" / "last.pt")  # loads in a single process
+    load_weights(tiny_net(), out / f"fold_{fold}" / "last.pt")  # loads in a single process
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_the_ddp_validation_score_counts_every_image_once(ddp_run, odd_dataset):
     items = train_items(cfg, read_folds(cfg))
     assert (items["fold"] == fold).sum() % 2 == 1
     runtime = Runtime(torch.device("cpu"), None, False)
-    model = load_weights(UNet11(), out / f"fold_{fold}" / "last.pt")
+    model = load_weights(tiny_net(), out / f"fold_{fold}" / "last.pt")
     data = fold_data(cfg, items, fold, runtime, World())
     scores = validate(model, data.val_loader, runtime, SegmentationLoss(), geometry_of(cfg), 0.5)
     logged = pd.read_csv(out / f"fold_{fold}" / "log.csv").iloc[-1]

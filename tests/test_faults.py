@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_NET
 
 from ternaus.checkpoint import read_checkpoint, save_checkpoint
 from ternaus.config import load_config
@@ -58,7 +59,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def overrides(root: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.root={root}", f"output_dir={out}", "folds.n_folds=2", "data.input_size=null",
+    return [f"data.root={root}", f"output_dir={out}", *TINY_NET, "folds.n_folds=2", "data.input_size=null",
             "data.num_workers=0", "train.batch_size=4", "train.deterministic=true", *extra]
 
 
@@ -349,7 +350,7 @@ def test_resuming_with_another_class_count_is_a_message(tiny_dataset, tmp_path, 
     assert train_script.main([*cfg_args, "train.epochs=1"]) == 0
     assert train_script.main([*cfg_args, "train.epochs=2", "model.num_classes=2"]) == 2
     err = capsys.readouterr().err
-    assert "last.pt was trained as UNet11 with 1 class(es)" in err and "Traceback" not in err
+    assert "last.pt was trained as ScratchUNet with 1 class(es)" in err and "Traceback" not in err
 
 
 def test_every_load_in_the_package_is_safe():

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_NET
 
 from ternaus.config import load_config
 from ternaus.inference import to_uint8, tta_probabilities
@@ -27,7 +28,7 @@ def run_stage(script: str, *args: str) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-BASE_OVERRIDES = ["folds.n_folds=2", "train.epochs=2", "train.batch_size=4", "predict.batch_size=8",
+BASE_OVERRIDES = [*TINY_NET, "folds.n_folds=2", "train.epochs=2", "train.batch_size=4", "predict.batch_size=8",
                   "submission.processes=2"]
 
 

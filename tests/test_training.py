@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_NET, tiny_net
 
 from ternaus.config import load_config
 from ternaus.prepare import prepare_folds
@@ -8,8 +9,8 @@ from ternaus.training import train
 
 
 def config(root, out, *overrides):
-    return load_config(None, [f"data.root={root}", f"output_dir={out}", "folds.n_folds=2", "model.init=lecun",
-                              "train.batch_size=4", "train.val_batch_size=8", "data.num_workers=0",
+    return load_config(None, [f"data.root={root}", f"output_dir={out}", *TINY_NET, "folds.n_folds=2",
+                              "model.init=lecun", "train.batch_size=4", "train.val_batch_size=8", "data.num_workers=0",
                               "data.input_size=null", "train.lr=1.0e-3", *overrides])
 
 
@@ -26,7 +27,7 @@ def test_resume_false_starts_over(tiny_dataset, tmp_path):
 def test_train_compile_wraps_the_model_and_checkpoints_stay_plain(tmp_path):
     from ternaus.checkpoint import read_checkpoint, save_checkpoint, unwrap
     from ternaus.distributed import World
-    from ternaus.models import UNet11
+    from ternaus.models.scratch import ScratchUNet
     from ternaus.runtime import Runtime
     from ternaus.training import _start_fold
 
@@ -34,9 +35,9 @@ def test_train_compile_wraps_the_model_and_checkpoints_stay_plain(tmp_path):
     state = _start_fold(cfg, 0, Runtime.detect(), World())
     # torch.compile is lazy: nothing is compiled until the first call, so this costs nothing.
     assert isinstance(state.model, torch._dynamo.eval_frame.OptimizedModule)
-    assert isinstance(unwrap(state.model), UNet11)
+    assert isinstance(unwrap(state.model), ScratchUNet)
     save_checkpoint(tmp_path / "compiled.pt", model=state.model)
-    assert list(read_checkpoint(tmp_path / "compiled.pt")["model"]) == list(UNet11().state_dict())
+    assert list(read_checkpoint(tmp_path / "compiled.pt")["model"]) == list(tiny_net().state_dict())
 
 
 class Interrupted(Exception):
@@ -48,10 +49,10 @@ def test_a_frozen_encoder_trains_only_after_its_epochs_and_a_resume_mid_freeze_c
     from ternaus import training
     from ternaus.checkpoint import read_checkpoint, save_checkpoint
     from ternaus.losses import SegmentationLoss
-    from ternaus.models import UNet11, lecun_uniform_
+    from ternaus.models import lecun_uniform_
 
     torch.manual_seed(0)
-    start = save_checkpoint(tmp_path / "start.pt", model=lecun_uniform_(UNet11()))  # freezing needs trained weights
+    start = save_checkpoint(tmp_path / "start.pt", model=lecun_uniform_(tiny_net()))  # freezing needs trained weights
     initial = read_checkpoint(start)["model"]
     settings = (f"model.init={start}", "model.freeze_encoder_epochs=1", "train.epochs=2", "train.deterministic=true",
                 "data.input_size=[32,32]")
