@@ -215,7 +215,7 @@ def test_section(cfg: Config, out: Path, post: tuple[float, int]) -> str:
         overlay = disagreement(image, mask, mask)
         name = write_png(out / f"test_{rank:02d}.png", montage_row([image, probs, overlay], cfg.report.tile_height))
         items.append(f'<figure><img src="{name}" alt="{escape(image_id)}"><figcaption>{escape(image_id)}: '
-                     f"{int(mask.sum())} car pixels</figcaption></figure>")
+                     f"{int(mask.sum())} foreground pixels submitted</figcaption></figure>")
     return "<p>image | predicted probability | submitted mask</p>" + "\n".join(items)
 
 
