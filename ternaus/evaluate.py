@@ -33,7 +33,7 @@ import pandas as pd
 
 from ternaus.cli import load_stage_config, run_stage
 from ternaus.config import Config, resolve
-from ternaus.data.files import CSV_ERRORS, IMAGE_SUFFIXES, image_size, listing
+from ternaus.data.files import IMAGE_SUFFIXES, image_size, listing, read_text_csv
 from ternaus.data.folders import files_by_stem
 from ternaus.data.layouts import list_train, load_masks, mask_spec
 from ternaus.errors import ConfigError, DataError
@@ -61,16 +61,8 @@ def expected_keys(fmt: SubmissionFormat, images: Path) -> dict[Key, tuple[int, i
 
 def read_rows(path: Path, fmt: SubmissionFormat, what: str) -> pd.DataFrame:
     """A CSV with the submission's columns (others are ignored), as strings, in the submission's column order."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"{what} {path} does not exist") from None
-    except CSV_ERRORS as err:
-        raise DataError(f"{what} {path} is not a readable CSV ({str(err).strip()[:200]})") from None
-    missing = [c for c in fmt.columns if c not in table.columns]
-    if missing:
-        raise DataError(f"{what} {path} has no column(s) {missing} (it has {list(table.columns)}); it must have "
-                        f"the submission's columns {list(fmt.columns)} (submission.columns)")
+    table = read_text_csv(path, list(fmt.columns), f"it must have the submission's columns {list(fmt.columns)} "
+                          "(submission.columns)", what=what)
     return table[list(fmt.columns)]
 
 

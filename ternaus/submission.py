@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.config import Config, class_names, resolve, save_config, submission_rows_problem, thresholds
-from ternaus.data.files import CSV_ERRORS, duplicates, image_size, read_prediction
+from ternaus.data.files import duplicates, image_size, read_prediction, read_text_csv
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
 from ternaus.io import atomic_write, claim, remove_stale_temporaries
@@ -265,14 +265,7 @@ def _sample(cfg: Config, fmt: SubmissionFormat) -> pd.DataFrame | None:
     path = resolve(cfg, cfg.data.sample_submission)
     if not path.is_file():
         return None
-    try:
-        sample = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except CSV_ERRORS as err:
-        raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); replace it") from None
-    absent = [c for c in fmt.key_columns if c not in sample.columns]
-    if absent:
-        raise DataError(f"{path} has no column(s) {absent} (it has {list(sample.columns)}); set submission.columns "
-                        "to the sample's header")
+    sample = read_text_csv(path, list(fmt.key_columns), "set submission.columns to the sample's header")
     repeated = duplicates(pd.Series([_name(k) for k in zip(*(sample[c] for c in fmt.key_columns))], dtype=str))
     if repeated:
         raise DataError(f"{path} lists {len(repeated)} row key(s) more than once, e.g. {repeated[:3]}; the sample "

@@ -30,7 +30,8 @@ from ternaus.errors import DataError
 
 __all__ = ["read_image", "read_mask", "read_class_mask", "image_size", "image_file_problem", "check_image_files",
            "declared_size_problem", "jpeg_scan_start", "jpeg_problem",
-           "prediction_image", "read_prediction", "png_shape", "listing", "duplicates", "read_id_csv", "CSV_ERRORS",
+           "prediction_image", "read_prediction", "png_shape", "listing", "duplicates", "read_id_csv", "read_text_csv",
+           "CSV_ERRORS",
            "IMAGE_SUFFIXES", "MASK_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -389,6 +390,25 @@ def duplicates(values: pd.Series) -> list[str]:
     """The values that occur more than once, each named once."""
     counts = values.value_counts()
     return sorted(counts[counts > 1].index.tolist())
+
+
+def read_text_csv(path: Path, columns: list[str], columns_hint: str, *, what: str = "",
+                  absent_hint: str = "") -> pd.DataFrame:
+    """A CSV read as strings (empty cells stay ""), with the named columns required.
+
+    Raises DataError naming the file when it is absent, not a readable CSV, or lacks one of `columns`;
+    `columns_hint` says what to set when a column is missing, `absent_hint` what to do when the file is."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{label} does not exist{'; ' + absent_hint if absent_hint else ''}") from None
+    except CSV_ERRORS as err:
+        raise DataError(f"{label} is not a readable CSV ({str(err).strip()[:200]}); replace it") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{label} has no column(s) {missing} (it has {list(table.columns)}); {columns_hint}")
+    return table
 
 
 def read_id_csv(path: Path, columns: list[str]) -> pd.DataFrame:

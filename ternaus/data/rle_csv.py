@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ternaus.config import Config, class_names, resolve
-from ternaus.data.files import CSV_ERRORS, duplicates
+from ternaus.data.files import duplicates, read_text_csv
 from ternaus.data.folders import images_in, test_rows
 from ternaus.data.ids import normalise_ids
 from ternaus.errors import DataError
@@ -28,19 +28,11 @@ __all__ = ["list_train", "test_rows", "load_masks", "missing_mask"]
 
 
 def _read_masks_csv(cfg: Config) -> pd.DataFrame:
-    path, csv = resolve(cfg, cfg.data.masks_csv), cfg.data.csv
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; set data.masks_csv to the competition's masks CSV") from None
-    except CSV_ERRORS as err:
-        raise DataError(f"{path} is not a readable CSV ({str(err).strip()[:200]}); replace it") from None
+    csv = cfg.data.csv
     wanted = [csv.image_column, csv.rle_column] + ([csv.class_column] if csv.rows == "image_class" else [])
-    missing = [c for c in wanted if c not in table.columns]
-    if missing:
-        raise DataError(f"{path} has no column(s) {missing} (it has {list(table.columns)}); set data.csv.image_column, "
-                        "rle_column and class_column to its header")
-    return table
+    return read_text_csv(resolve(cfg, cfg.data.masks_csv), wanted,
+                         "set data.csv.image_column, rle_column and class_column to its header",
+                         absent_hint="set data.masks_csv to the competition's masks CSV")
 
 
 def _class_indices(values: pd.Series, cfg: Config) -> list[int]:
