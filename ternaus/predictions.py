@@ -174,19 +174,18 @@ def claim_reader(folder: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- what made the PNGs
 
 
-# What the PNGs' probabilities depend on (not the batch size nor the device): predict.py's models and how they
-# predict; ensemble.py's members (by what made theirs), weights and rules.
-SEARCHED_KEYS = {"predict": ("checkpoints", "model", "num_classes", "tta", "input_size"),
-                 "ensemble": ("members", "num_classes", "rules", "rule_settings")}
+# What a fingerprint records about how the PNGs were computed rather than what they hold: the batch size and
+# batching, and the device and precision that ran them. Every other field (predict.py's weights, TTA, input size,
+# image scaling and resize, ensemble.py's members, weights and rules) changes the probabilities, so it is part of
+# what a searched threshold depends on, new fields included.
+NOT_SEARCHED = ("batch_size", "batches", "runtime")
 
 
 def searched_key(fingerprint: dict | None) -> dict | None:
-    """What a threshold searched on out-of-fold predictions depends on: the models (or an ensemble's members)
-    and how they predict, not the batch size or the device that ran them."""
+    """What a threshold searched on out-of-fold predictions depends on: the fingerprint without ``NOT_SEARCHED``."""
     if not isinstance(fingerprint, dict):
         return None
-    keys = SEARCHED_KEYS["ensemble" if "members" in fingerprint else "predict"]
-    return {k: fingerprint.get(k) for k in keys}
+    return {k: v for k, v in fingerprint.items() if k not in NOT_SEARCHED}
 
 
 def fingerprints_of(folder: Path, ids: list[str]) -> list[dict]:

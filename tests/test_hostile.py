@@ -332,9 +332,11 @@ def test_a_second_predict_and_make_submission_wait_for_a_running_predict(tiny_da
         stop(holder)
 
 
-def test_postprocess_json_is_refused_for_predictions_of_other_settings(tiny_dataset, clone, capsys):
-    # New test predictions (other TTA) without a new search: as after predict.py killed in its out-of-fold phase.
-    assert run(predict, tiny_dataset, clone, "predict.tta=none", "predict.oof=false") == 0
+@pytest.mark.parametrize("setting", ["predict.tta=none", "data.image_max=4095"])
+def test_postprocess_json_is_refused_for_predictions_of_other_settings(tiny_dataset, clone, capsys, setting):
+    # New test predictions (other TTA, or another image scaling: any setting of the prediction's fingerprint but
+    # the batching and the device) without a new search: as after predict.py killed in its out-of-fold phase.
+    assert run(predict, tiny_dataset, clone, setting, "predict.oof=false") == 0
     capsys.readouterr()
     submission = (clone / "submission.csv.gz").read_bytes()
     refusal(capsys, run(make_submission, tiny_dataset, clone), "postprocess.json was searched on the out-of-fold "
