@@ -109,6 +109,13 @@ class ThresholdScores:
     def column(self, threshold: float) -> int:
         return self.thresholds.index(threshold)
 
+    @classmethod
+    def of_images(cls, thresholds: tuple[float, ...],
+                  rows: list[tuple[np.ndarray, np.ndarray, float]]) -> ThresholdScores:
+        """Stack the images' rows as ``object_scores_of_image`` returns them."""
+        kept, areas, emptied = zip(*rows)
+        return cls(tuple(thresholds), np.stack(kept), np.stack(areas), np.asarray(emptied))
+
     def per_image(self, threshold: float, min_area: int = 0) -> np.ndarray:
         """(N,) each image's score at ``threshold`` (one of ``thresholds``) with the minimum-area rule."""
         k = self.column(threshold)

@@ -46,8 +46,8 @@ from ternaus.config import Config, EnsembleConfig, EnsembleMember, member_name, 
 from ternaus.data.files import listing, png_shape, prediction_image, read_prediction
 from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec, test_rows
 from ternaus.errors import ConfigError, DataError
-from ternaus.inference import PngWriter, write_png
-from ternaus.io import atomic_write, claim, remove_stale_temporaries
+from ternaus.inference import PngWriter, remove_oof_temporaries, write_png
+from ternaus.io import atomic_write, claim
 from ternaus.merge import weighted_mean
 from ternaus.metrics import instances
 from ternaus.predictions import claim_reader, claim_writer, fingerprints_of, keep_or_redo, png_complete, searched_key
@@ -212,8 +212,7 @@ def _oof_image(row: dict, members: list[Member], cfg: Config, spec: MaskSpec, gr
     write_png(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", prediction_image(merged[ENSEMBLE]))
     objects = None
     if grid is not None:
-        objects = truth(row["id"], target.shape) if truth is not None else None
-        objects = objects if objects is not None else instances(target)
+        objects = truth(row["id"], target.shape) if truth is not None else instances(target)
     found = {}
     for name, levels in {**maps, **merged}.items():
         histograms = level_histograms(torch.from_numpy(levels[0]), torch.from_numpy(target)).numpy()
@@ -222,21 +221,13 @@ def _oof_image(row: dict, members: list[Member], cfg: Config, spec: MaskSpec, gr
     return found
 
 
-def _threshold_scores(rows: list[tuple], grid: tuple[float, ...] | None) -> ThresholdScores | None:
-    if grid is None:
-        return None
-    kept, areas, emptied = zip(*rows)
-    return ThresholdScores(grid, np.stack(kept), np.stack(areas), np.asarray(emptied))
-
-
 def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataFrame:
     """Each member's and the ensemble's out-of-fold CV under ``postprocess.metric``; writes ``ensemble_cv.csv``,
     the ensemble's maps to ``oof_predictions/`` and from them ``oof.csv``, ``oof_levels.npz``,
     ``postprocess_search.csv`` and ``postprocess.json`` (the search, tied to ``fingerprint``: what made the
     merged test predictions). Call it holding the out-of-fold files' claim."""
     files, rows = RunFiles.of(cfg), list_train(cfg).to_dict("records")
-    remove_stale_temporaries(files.oof_predictions, {f"{row['id']}.png" for row in rows})  # a killed run's
-    remove_stale_temporaries(files.root, {p.name for p in files.oof_outputs} | {files.ensemble_cv.name})
+    remove_oof_temporaries(cfg, [row["id"] for row in rows], files.ensemble_cv)  # a killed run's
     metric, at = cfg.postprocess.metric, thresholds(cfg.train.threshold, 1)[0]
     grid = search_thresholds(metric, at) if METRICS[metric].form == "objects" else None
     truth = true_objects(cfg, rows) if grid is not None else None
@@ -247,7 +238,7 @@ def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataF
     table = []
     for name in found[0]:
         histograms = np.stack([f[name][0] for f in found])
-        scores = _threshold_scores([f[name][1] for f in found], grid)
+        scores = None if grid is None else ThresholdScores.of_images(grid, [f[name][1] for f in found])
         if name == ENSEMBLE:  # the search's result is what make_submission.py uses
             chosen = write_oof_analysis(cfg, pd.DataFrame({"id": [r["id"] for r in rows], "fold": -1}), histograms,
                                         scores, searched_key(fingerprint))

@@ -55,7 +55,7 @@ from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
 __all__ = ["predict", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
-           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png",
+           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png", "remove_oof_temporaries",
            "oof_record", "OofScores"]
 
 
@@ -315,10 +315,7 @@ class OofScores:
             self.objects.append(object_scores_of_image(levels[0].cpu().numpy(), objects, self.grid, self.metric))
 
     def threshold_scores(self) -> ThresholdScores | None:
-        if not self.by_objects:
-            return None
-        kept, areas, emptied = zip(*self.objects)
-        return ThresholdScores(self.grid, np.stack(kept), np.stack(areas), np.asarray(emptied))
+        return ThresholdScores.of_images(self.grid, self.objects) if self.by_objects else None
 
 
 @torch.no_grad()
@@ -384,15 +381,16 @@ def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setu
     out_dir = predict_test(cfg, list(models.values()), runtime, rows, fingerprint, shard, setup)
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
-        _remove_oof_temporaries(cfg, list(items["id"]))
+        remove_oof_temporaries(cfg, list(items["id"]))
         result.update(_score_oof(cfg, models, runtime, fingerprint))
     return result
 
 
-def _remove_oof_temporaries(cfg: Config, ids: list[str]) -> None:
-    """What a killed out-of-fold phase left; called holding the out-of-fold files' claim."""
+def remove_oof_temporaries(cfg: Config, ids: list[str], *also: Path) -> None:
+    """What a killed out-of-fold phase left (its PNGs of ``ids``, its outputs and the files ``also`` in
+    ``output_dir``); called holding the out-of-fold files' claim."""
     files = RunFiles.of(cfg)
-    remove_stale_temporaries(files.root, {p.name for p in files.oof_outputs})
+    remove_stale_temporaries(files.root, {p.name for p in (*files.oof_outputs, *also)})
     remove_stale_temporaries(files.oof_predictions, {f"{i}.png" for i in ids})
 
 
