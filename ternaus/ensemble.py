@@ -228,7 +228,7 @@ def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataF
     merged test predictions). Call it holding the out-of-fold files' claim."""
     files, rows = RunFiles.of(cfg), list_train(cfg).to_dict("records")
     remove_oof_temporaries(cfg, [row["id"] for row in rows], files.ensemble_cv)  # a killed run's
-    metric, at = cfg.postprocess.metric, thresholds(cfg.train.threshold, 1)[0]
+    metric, at = cfg.postprocess.metric, thresholds(cfg.postprocess.threshold, 1)[0]
     grid = search_thresholds(metric, at) if METRICS[metric].form == "objects" else None
     truth = true_objects(cfg, rows) if grid is not None else None
     job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(cfg), grid=grid, truth=truth)

@@ -151,7 +151,7 @@ def _oof_line(path: str, metric: str) -> str:
     column = metric if metric in oof.columns else "dice"  # an oof.csv written before the metric was chosen
     tuned = f"; after the searched post-processing {oof[column + '_pp'].mean():.4f}" \
         if f"{column}_pp" in oof.columns else ""
-    return f"out-of-fold {column} (mean per image, at train.threshold): {oof[column].mean():.4f}{tuned}"
+    return f"out-of-fold {column} (mean per image, at postprocess.threshold): {oof[column].mean():.4f}{tuned}"
 
 
 def main(argv: list[str] | None = None) -> int:

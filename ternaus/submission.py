@@ -282,20 +282,20 @@ def _check_searched_for(cfg: Config, made_by: dict | None) -> None:
     raise DataError(f"{files.postprocess} was searched on the out-of-fold predictions of other models or settings "
                     f"than those that made {files.predictions} (or predict.py stopped before it searched again). "
                     "Run predict.py again (it keeps the test PNGs it already wrote), or set the threshold and the "
-                    "minimum area yourself: --threshold and --min-area, or submission.threshold and "
-                    "submission.min_area")
+                    "minimum area yourself: --threshold and --min-area, or postprocess.threshold and "
+                    "postprocess.min_area with postprocess.use_searched=false")
 
 
 def make_submission(cfg: Config, threshold: float | list[float] | None = None, min_area: int | None = None) -> Path:
     """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing.
 
-    ``threshold``/``min_area`` (the command line) win over the config, which wins over postprocess.json, which
-    is used only when it was searched for the models and settings that made the predictions."""
+    ``threshold``/``min_area`` (the command line) win over postprocess.json (with ``postprocess.use_searched``,
+    and only when it was searched for the models and settings that made the predictions), which wins over
+    ``postprocess.threshold`` / ``min_area``."""
     files = RunFiles.of(cfg)
     check_outputs(cfg, {"output_dir": files.root, "submission.filename": files.submission.parent},
                   {"submission.filename": files.submission})
-    searched = (threshold if threshold is not None else cfg.submission.threshold) is None or \
-        (min_area if min_area is not None else cfg.submission.min_area) is None
+    searched = cfg.postprocess.use_searched and (threshold is None or min_area is None)
     with ExitStack() as claims:
         claims.enter_context(claim(files.submission, f"the submission {files.submission}"))
         claims.enter_context(claim_reader(files.predictions))

@@ -172,7 +172,7 @@ def test_stratifying_by_empty_masks_spreads_the_empty_images_evenly():
     (["submission.values=[\"{image}\"]"], "1 value(s) for 2 submission.columns"),
     (["submission.values=[\"{img}\", \"{rle}\"]"], "unknown field {img}"),
     (["submission.rows=image_class"], "must name the class"),
-    (["submission.threshold=[0.5, 0.5]"], "2 threshold(s) for model.num_classes=1"),
+    (["postprocess.threshold=[0.5, 0.5]"], "2 threshold(s) for model.num_classes=1"),
     (["folds.group_by=pattern", "folds.group_pattern=abc"], "needs a group"),
     (["data.class_names=[a, b]"], "2 name(s) for model.num_classes=1"),
     (["data.rle.order=X"], "data.rle.order: must be one of C, F"),
