@@ -211,6 +211,16 @@ def _is_section(tp: Any) -> bool:
     return _is_choice(tp) or _is_dataclass_type(tp)
 
 
+def _keeps_good_parts(tp: Any, coerced: Any) -> bool:
+    """Whether a value with problems inside still stands: a section (its bad keys took their defaults) or a list
+    of sections (ensemble.members)."""
+    if _is_section(tp):
+        return coerced is not None
+    if typing.get_origin(tp) is list and _is_dataclass_type(typing.get_args(tp)[0]):
+        return isinstance(coerced, list) and all(_is_dataclass_type(type(item)) for item in coerced)
+    return False
+
+
 def _default_name(cls: type, key: str) -> str | None:
     spec = next(f for f in dataclasses.fields(cls) if f.name == key)
     default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
@@ -218,9 +228,14 @@ def _default_name(cls: type, key: str) -> str | None:
 
 
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Annotated:
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
         return _type_name(typing.get_args(tp)[0])
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", None) or str(tp)
 
 
 def _coerce_annotated(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
@@ -260,7 +275,7 @@ def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
             if typing.get_origin(arg) is Annotated and _type_matches(value, arg):
                 errors += trial  # the right type with a value out of range: say which rule
                 return value
-        errors.append(f"{key}: expected {' | '.join(_type_name(a) for a in args)}, got {quote(value)}")
+        errors.append(f"{key}: expected {_type_name(tp)}, got {quote(value)}")
         return value
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -335,7 +350,7 @@ def from_dict(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
         found: list[str] = []
         coerced = _coerce(value, hints[key], full, found)
         errors += found
-        if not found or (_is_section(hints[key]) and coerced is not None):
+        if not found or _keeps_good_parts(hints[key], coerced):
             kwargs[key] = coerced  # a section keeps its good keys, so that the checks across keys still run
     return cls(**kwargs)
 
