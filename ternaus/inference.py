@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import (
     ThresholdScores,
     TrueObjects,
@@ -225,7 +226,7 @@ class PngWriter:
 def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config, runtime: Runtime,
             mask_at_input_size: bool = True) -> DataLoader:
     dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size,
-                                  masks=mask_spec(cfg), image_max=cfg.data.image_max)
+                                  masks=mask_spec(DataSource.of(cfg)), image_max=cfg.data.image_max)
     return same_size_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
 
 
@@ -323,7 +324,7 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
     """Each fold's held-out images, predicted by that fold's model and scored (``OofScores``): per-image Dice,
     Jaccard and ``postprocess.metric``, and what the post-processing search needs. The probability PNGs go to
     ``{output_dir}/oof_predictions/`` for the report."""
-    items = train_items(cfg, read_folds(cfg))
+    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
     geometry, classes = geometry_of(cfg), class_names(cfg)
     cut = torch.tensor(thresholds(cfg.postprocess.threshold, len(classes)), device=runtime.device).view(-1, 1, 1) * 255
     found = OofScores(cfg, items.to_dict("records"))
@@ -369,9 +370,9 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
 def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setup: ExitStack) -> dict:
     runtime = Runtime.of(cfg.runtime, device_index)
     # Everything that can be refused is checked before the first file is written.
-    rows = test_rows(cfg)
+    rows = test_rows(DataSource.of(cfg))
     check_image_files([Path(row["image"]) for row in rows], cfg.data.max_image_pixels)
-    items = train_items(cfg, read_folds(cfg)) if score_oof else None
+    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv) if score_oof else None
     fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
     if shard.index == 0:

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import TrueObjects, true_objects
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import FoldState, resume_fold_state, save_fold_state, unwrap
@@ -122,7 +123,7 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
     if not train_rows or not val_rows:
         raise DataError(f"fold {fold} has {len(train_rows)} training and {len(val_rows)} validation images; "
                         "run prepare_folds.py again with this config")
-    masks, image_max = mask_spec(cfg), cfg.data.image_max
+    masks, image_max = mask_spec(DataSource.of(cfg)), cfg.data.image_max
     train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment), masks=masks,
                                     image_max=image_max)
     # Each rank validates its own share, without padding, so that every image is counted exactly once. Resized
@@ -479,7 +480,7 @@ def _claim_folds(claims: ExitStack, cfg: Config, folds: list[int], world: World)
 
 def _train_folds(cfg: Config, folds: list[int], one_fold: bool, world: World) -> dict[int, float]:
     runtime = Runtime.of(cfg.runtime, world.local_rank)
-    items = train_items(cfg, read_folds(cfg))
+    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
     check_image_files([Path(p) for p in items["image"]], cfg.data.max_image_pixels)
     if world.is_main:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from test_faults import pngs, run_dying_mid_write, temporaries
 
+from ternaus.data.source import DataSource
 from ternaus.config import TopRuleConfig, load_config
 from ternaus.data import layouts
 from ternaus.ensemble import ensemble
@@ -23,7 +24,7 @@ SHAPE = (40, 62)  # the tiny dataset's images: every prediction PNG has their si
 
 
 def listed_test_ids(root: Path) -> list[str]:
-    return [row["id"] for row in layouts.test_rows(load_config(None, [f"data.root={root}"]))]
+    return [row["id"] for row in layouts.test_rows(DataSource.of(load_config(None, [f"data.root={root}"])))]
 
 
 def train_ids(root: Path) -> list[str]:
