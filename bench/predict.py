@@ -39,7 +39,7 @@ def arguments():
 
 def model_seconds(cfg, images: int, size: tuple[int, int]) -> float:
     """The forward passes alone: the same batches as the stage, already normalised on the device."""
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last)
+    runtime = Runtime.of(cfg.runtime)
     models = list(load_fold_models(cfg, runtime).values())
     # The network's input size for these images, from the stage's own geometry (padding or resize).
     height, width = geometry_of(cfg).image_to_input(np.zeros((size[1], size[0], 3), np.uint8)).shape[:2]
@@ -65,7 +65,7 @@ def main() -> None:
         predict(cfg)
         wall = time.perf_counter() - start
         forward = model_seconds(cfg, args.images, (width, height))
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last).describe()
+    runtime = Runtime.of(cfg.runtime).describe()
     overhead = wall - forward
     rows = [[f"{width}x{height}", args.images, args.folds, args.batch, args.workers, runtime,
              fmt(args.images / wall, 2), fmt(args.images / forward, 2), f"{fmt(overhead, 1)} s",

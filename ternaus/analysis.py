@@ -254,7 +254,7 @@ def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray,
     ``predictions``: what made the predictions the search was run for (``predictions.searched_key``), kept in
     postprocess.json so that make_submission.py never applies it to the predictions of other models."""
     files, metric = RunFiles.of(cfg), cfg.postprocess.metric
-    trained_at = thresholds(cfg.train.threshold, 1)[0]  # one class: a number, or a list of one
+    trained_at = thresholds(cfg.postprocess.threshold, 1)[0]  # one class: a number, or a list of one
     scores = objects if objects is not None else scores_from_histograms(
         histograms, search_thresholds(metric, trained_at), metric)
     chosen, table = choose_postprocessing(scores, metric, trained_at)
@@ -281,16 +281,16 @@ def read_postprocessing(output_dir: str | Path) -> dict | None:
 def resolve_postprocessing(cfg: Config, threshold: float | list[float] | None = None,
                            min_area: int | None = None) -> tuple[float | list[float], int, str]:
     """The submission's threshold and minimum area, and where each came from. First found wins: the
-    command line, then ``submission.threshold``/``submission.min_area`` (set, not null), then the values
-    ``predict.py`` searched (``postprocess.json``), then 0.5 and 0."""
-    searched = read_postprocessing(cfg.output_dir) or {}
+    command line, then the values ``predict.py`` searched (``postprocess.json``) when ``postprocess.use_searched``,
+    then ``postprocess.threshold`` / ``postprocess.min_area``."""
+    post = cfg.postprocess
+    searched = (read_postprocessing(cfg.output_dir) or {}) if post.use_searched else {}
     where = f"{RunFiles.of(cfg).postprocess} (searched on the out-of-fold predictions)"
     picks = []
-    for cli, configured, key, default in ((threshold, cfg.submission.threshold, "threshold", 0.5),
-                                          (min_area, cfg.submission.min_area, "min_area", 0)):
+    for cli, key in ((threshold, "threshold"), (min_area, "min_area")):
         picks.append(next((value, source) for value, source in (
-            (cli, "the command line"), (configured, f"submission.{key} in the config"),
-            (searched.get(key), where), (default, "the default")) if value is not None))
+            (cli, "the command line"), (searched.get(key), where),
+            (getattr(post, key), f"postprocess.{key} in the config")) if value is not None))
     (t, t_from), (a, a_from) = picks
     t = [float(v) for v in t] if isinstance(t, list) else float(t)  # one per class, from the config
     return t, int(a), f"threshold {t} from {t_from}; min_area {a} from {a_from}"

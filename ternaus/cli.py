@@ -40,7 +40,7 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_stage_config(args: argparse.Namespace, options: dict[str, str] | None = None) -> Config:
-    """The config with the overrides; ``options`` ({"--threshold": "submission.threshold"}) are stage options
+    """The config with the overrides; ``options`` ({"--threshold": "postprocess.threshold"}) are stage options
     that set a config key: given on the command line, each is checked as that key, and named as the option."""
     extra, names = [], {}
     for option, key in (options or {}).items():

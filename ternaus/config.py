@@ -1,38 +1,46 @@
 """One typed configuration: YAML mapped onto dataclasses, ``KEY=VALUE`` overrides, strict checks.
 
 Every stage reads the same file. Unknown keys, wrong types and impossible values are reported together,
-with the closest valid key suggested, before any work starts. The resolved configuration is saved next
-to the run's outputs so a result can always be traced back to the settings that made it.
+with the closest valid key suggested, before any work starts. A field's type and its rules (``Annotated[int,
+AtLeast(1)]``, ``ternaus.schema``) check it; a choice that has settings of its own (``train.loss``,
+``train.optimizer``, ``train.schedule``) takes them from its registry entry (``ternaus.registry``). A renamed key
+keeps working for one release with a message naming its new home (``DEPRECATED``). The resolved configuration
+is saved next to the run's outputs so a result can always be traced back to the settings that made it.
+
+Only the stage entry points read a ``Config``: each turns it into the objects the code below it takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import math
 import os
-import reprlib
-import types
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from ternaus.errors import ConfigError
 from ternaus.io import atomic_write_text, claim, remove_stale_temporaries
-from ternaus.registry import MODELS, REGISTRIES
+from ternaus.registry import (LOSSES, MODELS, OPTIMIZERS, REGISTRIES, SCHEDULES, AdamSettings, CarvanaSchedule,
+                              OverlapLoss)
 from ternaus.rle import RleFormat
+from ternaus.schema import (AtLeast, Between, OneOf, Positive, flatten, from_dict, load_yaml, parse_overrides, quote,
+                            read_yaml_text, set_path, type_hints)
 
-__all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "LossConfig", "AugmentConfig",
-           "TrainConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
+__all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "AugmentConfig", "TrainConfig",
+           "RuntimeConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
            "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS", "load_config",
            "save_config", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices", "resolve",
-           "submission_rows_problem"]
+           "submission_rows_problem", "DEPRECATED"]
 
 RANDOM_INITS = ("lecun", "pytorch")  # model.init values that start every weight at random
+Count = Annotated[int, AtLeast(1)]
+Size = Annotated[int, AtLeast(0)]  # 0 allowed
+Probability = Annotated[float, Between(0, 1)]
+Threshold = Annotated[float, Between(0, 1)] | list[Annotated[float, Between(0, 1)]]
 
 
 @dataclass
@@ -72,19 +80,19 @@ class DataConfig:
     masks_csv: str = "train_masks.csv"
     test_dir: str = "test"
     sample_submission: str = "sample_submission.csv"
-    num_workers: int = 2
+    num_workers: Size = 2
     csv: MasksCsvConfig = field(default_factory=MasksCsvConfig)
     rle: RleFormat = field(default_factory=RleFormat)  # the convention of masks_csv
     # The classes' names as the CSVs and the submission write them; null: "1", "2", ... up to model.num_classes.
     class_names: list[str] | None = None
     # Images and masks whose header declares more pixels are refused before any work (a decompression bomb, or
     # a file that would need gigabytes): 25 million is ten Carvana photos. Raise it for larger images.
-    max_image_pixels: int = 25_000_000
+    max_image_pixels: Count = 25_000_000
 
 
 @dataclass
 class FoldsConfig:
-    n_folds: int = 5
+    n_folds: Annotated[int, AtLeast(2)] = 5
     # "none"; "mask_area": balance the groups' mean mask area across folds; "empty": balance the share of
     # images with an empty mask (all classes empty).
     stratify: Literal["none", "mask_area", "empty"] = "none"
@@ -105,7 +113,7 @@ class ModelConfig:
     # (ResNet34; sizes multiples of 64), "linknet34" (ResNet34, LinkNet decoder), "scratch" (a plain U-Net with
     # BatchNorm and no pre-trained encoder; sizes multiples of 2 ** len(widths)).
     name: str = "unet11"
-    num_classes: int = 1
+    num_classes: Count = 1
     # "sigmoid": one independent probability per class (multi-label, Severstal); "softmax": exclusive classes,
     # the network then has num_classes + 1 outputs, the first for the background.
     activation: Literal["sigmoid", "softmax"] = "sigmoid"
@@ -118,43 +126,26 @@ class ModelConfig:
     # interpolation. (unet11's decoder always uses its own transposed convolutions.)
     transposed: bool = False
     # unet11: the decoder's base width (null: 32, TernausNet's; 64: the 1st-place team's "vgg11v1").
-    num_filters: int | None = None
+    num_filters: Count | None = None
     # scratch: the channels of each down level, its depth their count (null: [32, 64, 128, 256, 512, 1024]),
     # and of the centre (null: 1024).
     widths: list[int] | None = None
-    center_width: int | None = None
+    center_width: Count | None = None
     # Train the decoder alone for the first N epochs, the encoder's weights (and BatchNorm statistics) frozen,
     # then the whole network: a fresh decoder's large early gradients then cannot wreck a pre-trained encoder.
-    freeze_encoder_epochs: int = 0
-
-
-@dataclass
-class LossConfig:
-    # A key of ternaus.registry.LOSSES: "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard":
-    # A key of ternaus.registry.LOSSES: "bce_dice": BCE - w*log(soft Dice), the Carvana model; "bce_jaccard":
-    # BCE - w*log(soft Jaccard), the paper; "lovasz_hinge": w*Lovasz hinge + (1-w)*BCE, a surrogate of each
-    # image's IoU (w in [0, 1]; 1: the Lovasz hinge alone; one class or sigmoid classes); "lovasz_hinge_elu":
-    # the same with elu(e) + 1 in place of the hinge max(e, 0); "bce_dice_edge": BCE + w*(1 - soft Dice), both
-    # weighted by edge_weight on a band around each mask's edge (the 1st-place team's 1024 x 1024 families;
-    # sigmoid only).
-    name: str = "bce_dice"
-    weight: float = 1.0
-    # bce_dice_edge: the band is where the mask average-pooled over edge_window x edge_window pixels (odd; 41 at
-    # 1024 x 1024) lies strictly between 0.01 and 0.99.
-    edge_window: int = 41
-    edge_weight: float = 3.0
+    freeze_encoder_epochs: Size = 0
 
 
 @dataclass
 class AugmentConfig:
-    hflip: float = 0.5
+    hflip: Probability = 0.5
     # Shift-scale-rotate: applied with probability ssr_p, limits as fractions / degrees.
-    ssr_p: float = 0.5
+    ssr_p: Probability = 0.5
     shift: float = 0.0625
     scale: float = 0.1
     rotate: float = 10.0
     # With probability color_p, an HSV shift or (1 in 4) a greyscale copy.
-    color_p: float = 0.5
+    color_p: Probability = 0.5
     hue: float = 0.05
     saturation: float = 0.3
     brightness: float = 0.2
@@ -162,66 +153,67 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 52
+    epochs: Count = 52
     # Per process (per GPU under torchrun): N processes step on N * batch_size images.
-    batch_size: int = 4
-    val_batch_size: int = 4
+    batch_size: Count = 4
+    val_batch_size: Count = 4
     # Not scaled with the number of processes: for N GPUs, N * lr (the linear scaling rule) is a start.
-    lr: float = 1e-4
-    # A key of ternaus.registry.OPTIMIZERS: "adam", "sgd" (with `momentum`, Nesterov off) or "rmsprop" (with
-    # `momentum`; 0.0 is PyTorch's default).
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    # A key of ternaus.registry.SCHEDULES, the learning rate's factor by epoch (counted from 0):
-    # "carvana": halved every `cycle_step` epochs inside cycles of `cycle_len` epochs; "constant";
-    # "step": times `gamma` every `step_epochs` epochs; "cycle": inside cycles of `cycle_len` epochs, times
-    # `gamma` at each of `cycle_milestones` (20, [10, 15], 0.1: the VGG cycle lr, lr/10, lr/100);
-    # "step_then_cycle": "step" before epoch `cycle_start`, "cycle" counted from it.
-    schedule: str = "carvana"
-    cycle_len: int = 5
-    cycle_step: int = 2
-    gamma: float = 0.5
-    step_epochs: int = 100
-    cycle_milestones: list[int] = field(default_factory=lambda: [2, 4])
-    cycle_start: int = 0
-    weight_decay: float = 0.0
+    lr: Annotated[float, Positive()] = 1e-4
+    # A key of ternaus.registry.OPTIMIZERS with its settings: {name: adam}, {name: sgd, momentum: 0.9} (Nesterov
+    # off) or {name: rmsprop, momentum: 0.9}; a name alone takes the defaults.
+    optimizer: Annotated[AdamSettings, OneOf(OPTIMIZERS)] = field(default_factory=AdamSettings)
+    # A key of ternaus.registry.SCHEDULES with its settings, the learning rate's factor by epoch (counted from 0):
+    # {name: carvana, cycle_len: 5, cycle_step: 2}: halved every cycle_step epochs inside cycles of cycle_len;
+    # {name: constant}; {name: step, gamma, step_epochs}: times gamma every step_epochs epochs; {name: cycle,
+    # cycle_len, milestones, gamma}: inside cycles, times gamma at each milestone (20, [10, 15], 0.1: the VGG
+    # cycle lr, lr/10, lr/100); {name: step_then_cycle, gamma, step_epochs, cycle_start, cycle_len, milestones}.
+    schedule: Annotated[CarvanaSchedule, OneOf(SCHEDULES)] = field(default_factory=CarvanaSchedule)
+    weight_decay: Annotated[float, AtLeast(0)] = 0.0
     # Gradients of `accumulate` batches are averaged before each optimiser step: batch_size 1, accumulate 4
     # steps as batch 4 would, in a quarter of the memory (BatchNorm still sees batches of 1).
-    accumulate: int = 1
+    accumulate: Count = 1
     # Clip the gradients' global L2 norm to this before each step; null: no clipping.
-    clip_grad_norm: float | None = None
+    clip_grad_norm: Annotated[float, Positive()] | None = None
     # null: every fold; else the list of folds `train.py` trains and `predict.py` averages.
     folds: list[int] | None = None
-    loss: LossConfig = field(default_factory=LossConfig)
+    # A key of ternaus.registry.LOSSES with its settings: {name: bce_dice, weight: 1.0} (BCE - w log soft Dice, the
+    # Carvana model), bce_jaccard (the paper's), {name: lovasz_hinge, weight} (w in [0, 1]), lovasz_hinge_elu,
+    # {name: bce_dice_edge, weight, edge_window: 41, edge_weight: 3.0} (the 1st-place 1024 x 1024 families).
+    loss: Annotated[OverlapLoss, OneOf(LOSSES)] = field(default_factory=OverlapLoss)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Mixed precision on CUDA only ("bfloat16" falls back to "float16" where unsupported).
-    amp: bool = True
-    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
-    channels_last: bool = True
     seed: int = 0
     # Continue from fold_K/last.pt when it exists; false starts the fold over.
     resume: bool = True
     # Also write last.pt every N training steps (0: at the end of each epoch only). A Carvana epoch is
     # ~1,000 steps; 200 bounds the work a crash can cost at a fifth of an epoch.
-    checkpoint_every: int = 0
-    # Deterministic kernels (slower on GPUs): a resumed run then matches an uninterrupted one bit for bit.
-    deterministic: bool = False
+    checkpoint_every: Size = 0
     # torch.compile the model for training (the first steps of each fold then wait for the compiler).
     # Off by default: see docs/benchmarks.md for what it gains on each device.
     compile: bool = False
-    threshold: float | list[float] = 0.5  # or one per class
     # How often the progress bar's loss is refreshed: each refresh synchronises with the GPU.
-    log_every: int = 10
+    log_every: Count = 10
+
+
+@dataclass
+class RuntimeConfig:
+    """How training and prediction run on the device (``ternaus.runtime.Runtime``)."""
+
+    # Mixed precision on CUDA only ("bfloat16" falls back to "float16" where unsupported).
+    amp: bool = True
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    channels_last: bool = True
+    # Deterministic kernels (slower on GPUs): a resumed run then matches an uninterrupted one bit for bit.
+    deterministic: bool = False
 
 
 @dataclass
 class PredictConfig:
     # A key of ternaus.registry.TTAS: "hflip": average the image and its mirror (one batched forward pass); "none".
     tta: str = "hflip"
-    batch_size: int = 4
+    batch_size: Count = 4
     checkpoint: str = "best.pt"
     out_dir: str = "predictions"
-    writer_threads: int = 4
+    writer_threads: Count = 4
     oof: bool = True
     # Keep the PNGs an interrupted run already wrote with the same models and settings; false redoes all.
     resume: bool = True
@@ -229,14 +221,8 @@ class PredictConfig:
 
 @dataclass
 class SubmissionConfig:
-    # null: the value predict.py searched on the out-of-fold predictions ({output_dir}/postprocess.json),
-    # else 0.5. A value here (or make_submission.py --threshold) overrides the searched one. One number, or
-    # one per class (the search covers one class).
-    threshold: float | list[float] | None = None
-    # Empty a prediction with fewer pixels than this; null: the searched value, else 0 (never).
-    min_area: int | None = None
     filename: str = "submission.csv.gz"
-    processes: int = 0  # 0: one per CPU core
+    processes: Size = 0  # 0: one per CPU core
     # The header, and each column's value: {image} the test image's file name, {stem} without its extension,
     # {class} the class name (data.class_names), {rle} the mask. Severstal's: [ImageId, EncodedPixels, ClassId]
     # with ["{image}", "{rle}", "{class}"]; Clouds': [Image_Label, EncodedPixels] with ["{image}_{class}", "{rle}"].
@@ -257,16 +243,25 @@ class PostprocessConfig:
     # Severstal, SIIM), "jaccard" (IoU), "iou_ap" (TGS: precision averaged over IoU thresholds 0.50-0.95, one
     # object per image), "f2_instances" (Airbus: F2 over IoU thresholds 0.50-0.95, objects matched one to one).
     metric: str = "dice"
+    # Where a probability becomes foreground (one number, or one per class): what validation and the out-of-fold
+    # scores use, where the search starts, and the submission's value when use_searched is false or nothing was
+    # searched.
+    threshold: Threshold = 0.5
+    # Empty a prediction with fewer pixels than this (0: never): the submission's value in the same cases.
+    min_area: Size = 0
+    # The submission takes the threshold and minimum area predict.py searched on the out-of-fold predictions
+    # ({output_dir}/postprocess.json) when there are; make_submission.py --threshold / --min-area still win.
+    use_searched: bool = True
 
 
 @dataclass
 class ReportConfig:
     # report.py writes {output_dir}/{out_dir}/index.html and its PNGs.
     out_dir: str = "report"
-    worst: int = 8  # out-of-fold images shown, lowest score first
-    best: int = 4
-    test_images: int = 4
-    tile_height: int = 128  # pixels of each picture in the montages
+    worst: Size = 8  # out-of-fold images shown, lowest score first
+    best: Size = 4
+    test_images: Size = 4
+    tile_height: Count = 128  # pixels of each picture in the montages
 
 
 @dataclass
@@ -274,7 +269,7 @@ class EnsembleMember:
     # A run's output_dir once predict.py (or ensemble.py: ensembles nest) has written its predictions there,
     # and its out-of-fold PNGs for the CV.
     run: str = ""
-    weight: float = 1.0  # the weights are normalised to sum to 1
+    weight: Annotated[float, AtLeast(0)] = 1.0  # the weights are normalised to sum to 1
     name: str | None = None  # how the rules and the CV table name it; null: the run folder's name
 
 
@@ -285,10 +280,10 @@ class TopRuleConfig:
     reference: str | None = None  # the member whose map the rule reads (the team used LinkNet34's)
     uncertain_low: int = 30  # the reference is uncertain where its level is strictly between these two
     uncertain_high: int = 210
-    erode_iterations: int = 10  # 3 x 3 erosions of the uncertain band before its regions are measured
-    top_fraction: float = 0.5  # the part of the image, from the top, where the band is looked for
-    min_area: int = 40_000  # pixels the band's biggest region must exceed for the rule to fire
-    margin: int = 50  # pixels the region's bounding box is grown by on each side
+    erode_iterations: Size = 10  # 3 x 3 erosions of the uncertain band before its regions are measured
+    top_fraction: Annotated[float, Between(0, 1, open_low=True)] = 0.5  # the part of the image, from the top, where the band is looked for
+    min_area: Size = 40_000  # pixels the band's biggest region must exceed for the rule to fire
+    margin: Size = 50  # pixels the region's bounding box is grown by on each side
     level: int = 55  # inside the box the mask becomes the convex hull of the reference's biggest region above this
 
 
@@ -310,6 +305,7 @@ class Config:
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -317,289 +313,158 @@ class Config:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
-# ---------------------------------------------------------------- reading YAML safely
-
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few KB
-MAX_YAML_NODES = 10_000  # values after aliases are expanded; the shipped configs hold about 150
-MAX_YAML_DEPTH = 50  # the configuration is 3 levels deep
-_SHORT = reprlib.Repr()  # (Python 3.11's takes no arguments)
-_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 6, 6, 6
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
+
+# ---------------------------------------------------------------- renamed keys, kept for one release
+
+# old dotted key -> its new home. A schedule's or optimiser's old flat key (train.cycle_len) moves into the chosen
+# one's settings when it takes that setting, and is dropped with a note when it does not (it never read it).
+DEPRECATED: dict[str, str] = {
+    "train.amp": "runtime.amp",
+    "train.amp_dtype": "runtime.amp_dtype",
+    "train.channels_last": "runtime.channels_last",
+    "train.deterministic": "runtime.deterministic",
+    "train.threshold": "postprocess.threshold",
+    "submission.threshold": "postprocess.threshold",
+    "submission.min_area": "postprocess.min_area",
+    "train.momentum": "train.optimizer.momentum",
+    "train.cycle_len": "train.schedule.cycle_len",
+    "train.cycle_step": "train.schedule.cycle_step",
+    "train.gamma": "train.schedule.gamma",
+    "train.step_epochs": "train.schedule.step_epochs",
+    "train.cycle_milestones": "train.schedule.milestones",
+    "train.cycle_start": "train.schedule.cycle_start",
+}
+# submission.threshold / min_area set a fixed value for the submission: the searched values are then not used.
+_FIXES_SUBMISSION = ("submission.threshold", "submission.min_area")
 
 
-def _quote(value: Any) -> str:
-    """A value as a message quotes it: its repr, shortened (a value can be huge; the message stays a line)."""
-    return _SHORT.repr(value)
+def _pop_path(tree: dict, dotted: str) -> tuple[bool, Any]:
+    *sections, name = dotted.split(".")
+    node = tree
+    for section in sections:
+        node = node.get(section) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or name not in node:
+        return False, None
+    return True, node.pop(name)
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a document whose aliases expand to more than MAX_YAML_NODES values (a
-    few hundred bytes of nested aliases can stand for billions of values), that refers to itself, or that is
-    nested deeper than MAX_YAML_DEPTH (the composer recurses)."""
-
-    depth = 0
-
-    def compose_document(self):
-        node = super().compose_document()
-        _check_expanded_size(node)
-        return node
-
-    def compose_node(self, parent, index):
-        self.depth += 1
-        try:
-            if self.depth > MAX_YAML_DEPTH:
-                raise yaml.YAMLError(f"it is nested more than {MAX_YAML_DEPTH} levels deep")
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
+def _get_path(tree: dict, dotted: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not (isinstance(node, dict) and part in node):
+            return False, None
+        node = node[part]
+    return True, node
 
 
-def _check_expanded_size(root: yaml.Node) -> None:
-    """Count the values ``root`` stands for with every alias expanded, without expanding any."""
-    sizes: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    on_path: set[int] = set()
-    while stack:
-        node, children_done = stack.pop()
-        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
-                    else node.value if isinstance(node, yaml.SequenceNode) else [])
-        if children_done:
-            on_path.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
-            if sizes[id(node)] > MAX_YAML_NODES:
-                raise yaml.YAMLError(f"its aliases (*name) expand to more than {MAX_YAML_NODES:,} values; "
-                                     "write the values out")
+def _takes(tree: dict, new: str) -> bool:
+    """Whether the chosen optimiser or schedule (the defaults' when unset) has the setting ``new`` names."""
+    *section, name = new.split(".")
+    if section[-1] not in ("optimizer", "schedule"):
+        return True
+    registry, default = (OPTIMIZERS, "adam") if section[-1] == "optimizer" else (SCHEDULES, "carvana")
+    found, chosen = _get_path(tree, ".".join(section))
+    chosen = chosen.get("name") if isinstance(chosen, dict) else chosen if found else default
+    return chosen not in registry or name in type_hints(registry[chosen].settings)
+
+
+def _move_deprecated(tree: dict, errors: list[str]) -> list[str]:
+    """Move every renamed key to its new home; the notes to print. Both homes set differently is a problem."""
+    notes = []
+    for old, new in DEPRECATED.items():
+        found, value = _pop_path(tree, old)
+        if not found:
             continue
-        if id(node) in sizes:
+        if value is None and old in _FIXES_SUBMISSION:  # null meant "the searched value", now the default
+            notes.append(f"{old} is renamed (null is now the default: postprocess.use_searched); remove it")
             continue
-        if id(node) in on_path:
-            raise yaml.YAMLError("an alias (*name) refers to the value that contains it")
-        on_path.add(id(node))
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in sizes)
-
-
-def _load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with aliases and nesting bounded (what yaml.load does, with this safe loader)."""
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-# ---------------------------------------------------------------- mapping dicts onto dataclasses
-
-
-@functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    # Cached: evaluating the annotations is half the cost of loading a config.
-    return typing.get_type_hints(cls)
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
-    if _is_dataclass_type(tp):  # a list's items can be sections too (ensemble.members)
-        return _from_dict(tp, value, f"{key}.", errors)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            trial: list[str] = []
-            out = _coerce(value, arg, key, trial)
-            if not trial:
-                return out
-        errors.append(f"{key}: expected {_type_name(tp)}, got {_quote(value)}")
-        return value
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if not any(value == a and type(value) is type(a) for a in allowed):
-            errors.append(f"{key}: must be one of {', '.join(map(str, allowed))}, got {_quote(value)}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            errors.append(f"{key}: expected a list, got {_quote(value)}")
-            return value
-        return [_coerce(v, item_tp, f"{key}[{i}]", errors) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads "1e-4" (no dot) as a string; it is meant as a number.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, float, str, bool) and (type(value) is not tp):
-        errors.append(f"{key}: expected {tp.__name__}, got {_quote(value)}")
-    return value
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _from_dict(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
-    if not isinstance(data, dict):
-        errors.append(f"{prefix[:-1] or 'config'}: expected a mapping of keys, got {_quote(data)}")
-        return cls()
-    hints = _type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in hints:
-            errors.append(f"unknown key '{full}'{_suggest(str(key), list(hints))}")
+        if not _takes(tree, new):
+            notes.append(f"{old}: ignored, the chosen {new.split('.')[1]} does not read it; remove it")
             continue
-        if _is_dataclass_type(hints[key]):
-            kwargs[key] = _from_dict(hints[key], value, f"{full}.", errors)
+        has_new, current = _get_path(tree, new)
+        if has_new and current != value:
+            errors.append(f"{old}: renamed {new}, which is also set ({quote(current)} vs {quote(value)}); keep "
+                          f"{new} alone")
             continue
-        found: list[str] = []
-        coerced = _coerce(value, hints[key], full, found)
-        if found:  # reported; the default stands in, so that a dataclass never holds a value of the wrong kind
-            errors += found
-        else:
-            kwargs[key] = coerced
-    return cls(**kwargs)
+        set_path(tree, new, value, CHOICE_KEYS)
+        notes.append(f"{old} is renamed {new}; it still works in this release: rename it in your config")
+        if old in _FIXES_SUBMISSION:
+            set_path(tree, "postprocess.use_searched", False, CHOICE_KEYS)
+    return notes
+
+
+def _renamed_override(tree: dict, key: str, value: Any, notes: list[str]) -> list[tuple[str, Any]]:
+    """An override of a renamed key, as the (key, value) pairs it sets now: it wins over the file's value."""
+    new = DEPRECATED.get(key)
+    if new is None:
+        return [(key, value)]
+    if value is None and key in _FIXES_SUBMISSION:
+        notes.append(f"{key} is renamed (null is now the default: postprocess.use_searched); remove it")
+        return []
+    if not _takes(tree, new):
+        notes.append(f"{key}: ignored, the chosen {new.split('.')[1]} does not read it; remove it")
+        return []
+    notes.append(f"{key} is renamed {new}; it still works in this release: use {new}")
+    return [(new, value), *([("postprocess.use_searched", False)] if key in _FIXES_SUBMISSION else [])]
+
+
+CHOICE_KEYS = frozenset({"train.loss", "train.optimizer", "train.schedule"})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-# ---------------------------------------------------------------- overrides
-
-
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    """``["train.epochs=3", "data.input_size=[128,192]"]`` -> pairs; values are parsed as YAML."""
-    pairs = []
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {_quote(item)} is not KEY=VALUE (for example train.epochs=10)")
-        try:
-            value = _load_yaml(raw) if raw != "" else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {_quote(item)}: the value is not valid YAML ({_yaml_problem(err)}); "
-                              "correct it, or put a text value in quotes") from None
-        pairs.append((key.strip(), value))
-    return pairs
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """PyYAML's message on one line, shortened."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= 200 else text[:200] + " ..."
-
-
-# ---------------------------------------------------------------- validation of values
+# ---------------------------------------------------------------- checks across keys
 
 
 def _validate_values(cfg: Config) -> list[str]:
+    """What the fields' types and rules cannot say alone: registries' names, keys that depend on each other."""
     errors = []
-    flat = _flatten(config_to_dict(cfg))
+    flat = flatten(config_to_dict(cfg))
     for key, registry in REGISTRIES.items():
+        if key not in flat or key.rsplit(".", 1)[0] in CHOICE_KEYS:
+            continue  # a choice's name is checked where its section is read
         for value in flat[key] if isinstance(flat[key], list) else [flat[key]]:  # a list: each item (ensemble.rules)
             if not (isinstance(value, str) and value in registry):
-                errors.append(f"{key}: must be one of {', '.join(registry)}, got {_quote(value)}")
-    positive = ["folds.n_folds", "train.epochs", "train.batch_size", "train.val_batch_size", "train.cycle_len",
-                "train.cycle_step", "train.log_every", "predict.batch_size", "predict.writer_threads",
-                "model.num_classes", "report.tile_height", "train.accumulate", "train.step_epochs",
-                "train.loss.edge_window", "model.num_filters", "model.center_width", "data.max_image_pixels"]
-    errors += [f"{k}: must be at least 1, got {flat[k]}" for k in positive if isinstance(flat[k], int) and flat[k] < 1]
-    if isinstance(cfg.folds.n_folds, int) and cfg.folds.n_folds < 2:
-        errors.append(f"folds.n_folds: cross-validation needs at least 2 folds, got {cfg.folds.n_folds}")
-    errors += [f"{k}: must be a finite number, got {v}" for k, v in flat.items()
-               if isinstance(v, float) and not math.isfinite(v)]
-    if isinstance(cfg.train.lr, float) and cfg.train.lr <= 0:
-        errors.append(f"train.lr: must be positive, got {cfg.train.lr}")
-    for key in ("train.augment.hflip", "train.augment.ssr_p", "train.augment.color_p"):
-        if isinstance(flat[key], float) and not 0.0 <= flat[key] <= 1.0:
-            errors.append(f"{key}: must lie in [0, 1], got {flat[key]}")
-    for key in ("train.threshold", "submission.threshold"):
-        errors += _validate_threshold(key, flat[key], cfg.model.num_classes)
-    for key in ("data.num_workers", "train.checkpoint_every", "submission.processes", "model.freeze_encoder_epochs",
-                "submission.min_area", "report.worst", "report.best", "report.test_images", "train.cycle_start",
-                *(f"ensemble.top_unreliable.{k}" for k in ("erode_iterations", "min_area", "margin"))):
-        if isinstance(flat[key], int) and flat[key] < 0:
-            errors.append(f"{key}: must be 0 or more, got {flat[key]}")
-    if isinstance(cfg.train.weight_decay, float) and cfg.train.weight_decay < 0:
-        errors.append(f"train.weight_decay: must be 0 or more, got {cfg.train.weight_decay}")
-    errors += _validate_lovasz(cfg)
+                errors.append(f"{key}: must be one of {', '.join(registry)}, got {quote(value)}")
+    errors += _validate_choices(cfg)
+    errors += _validate_threshold("postprocess.threshold", cfg.postprocess.threshold, cfg.model.num_classes)
     errors += _validate_input_size(cfg.data.input_size, cfg.model)
     if isinstance(cfg.data.image_max, int) and not 1 <= cfg.data.image_max <= 65535:
         errors.append(f"data.image_max: a 16-bit value from 1 to 65535, got {cfg.data.image_max}")
     errors += _validate_model_options(cfg.model)
     if isinstance(cfg.model.init, str) and cfg.model.init not in (*RANDOM_INITS, "imagenet") \
             and not Path(cfg.model.init).is_file():
-        errors.append(f"model.init: {_quote(cfg.model.init)} is neither 'lecun', 'pytorch', 'imagenet' nor an existing "
+        errors.append(f"model.init: {quote(cfg.model.init)} is neither 'lecun', 'pytorch', 'imagenet' nor an existing "
                       "checkpoint file")
     errors += _validate_folds_list(cfg.train.folds, cfg.folds.n_folds)
     errors += _validate_competition(cfg)
-    errors += _validate_optimisation(cfg.train, cfg.model.activation)
+    errors += _validate_training(cfg.train, cfg.model.activation)
     errors += _validate_ensemble(cfg.ensemble)
     return errors
 
 
-def _validate_lovasz(cfg: Config) -> list[str]:
-    loss = cfg.train.loss
-    if not (isinstance(loss.name, str) and loss.name.startswith("lovasz")):
-        return []
-    errors = []
-    if isinstance(loss.weight, float) and not 0.0 <= loss.weight <= 1.0:
-        errors.append(f"train.loss.weight: {loss.name} blends w * Lovasz + (1 - w) * BCE, w must lie in [0, 1], "
-                      f"got {loss.weight}")
-    if cfg.model.activation == "softmax":
-        errors.append(f"train.loss.name: {loss.name} is the binary Lovasz hinge, for model.activation=sigmoid; "
-                      "with softmax use bce_dice or bce_jaccard")
-    return errors
+def _validate_choices(cfg: Config) -> list[str]:
+    """Each chosen loss, optimiser and schedule's own checks across its settings (a ``problems()`` method)."""
+    chosen = [cfg.train.loss, cfg.train.optimizer, cfg.train.schedule]
+    return [p for settings in chosen if hasattr(settings, "problems") for p in settings.problems()]
 
 
-def _validate_optimisation(train: TrainConfig, activation: Any) -> list[str]:
-    """The optimiser, schedule, accumulation and loss settings of the 1st-place recipes."""
+def _validate_training(train: TrainConfig, activation: Any) -> list[str]:
     errors = []
-    checks = [("train.momentum", train.momentum, lambda v: 0.0 <= v < 1.0, "lie in [0, 1)"),
-              ("train.gamma", train.gamma, lambda v: v > 0, "be positive"),
-              ("train.clip_grad_norm", train.clip_grad_norm, lambda v: v > 0, "be positive (or null: no clipping)"),
-              ("train.loss.edge_weight", train.loss.edge_weight, lambda v: v > 0, "be positive")]
-    errors += [f"{key}: must {what}, got {value}" for key, value, ok, what in checks
-               if isinstance(value, float) and not ok(value)]
-    milestones = train.cycle_milestones
-    if isinstance(milestones, list) and isinstance(train.cycle_len, int) and any(
-            isinstance(m, int) and not 0 <= m < train.cycle_len for m in milestones):
-        errors.append(f"train.cycle_milestones: {milestones} must lie in 0 .. {train.cycle_len - 1} "
-                      "(train.cycle_len - 1)")
     every, accumulate = train.checkpoint_every, train.accumulate
     if isinstance(every, int) and isinstance(accumulate, int) and accumulate > 0 and every % accumulate:
         errors.append(f"train.checkpoint_every: {every} is not a multiple of train.accumulate={accumulate}; a "
                       "checkpoint inside an accumulation would lose its gradients: use a multiple of it")
-    window = train.loss.edge_window
-    if isinstance(window, int) and window > 0 and window % 2 == 0:
-        errors.append(f"train.loss.edge_window: {window} is even; the pooled mask keeps its size only with an odd "
-                      f"window: use {window + 1}")
-    if train.loss.name == "bce_dice_edge" and activation == "softmax":
+    name = train.loss.name if train.loss is not None else None
+    if name == "bce_dice_edge" and activation == "softmax":
         errors.append("train.loss.name: bce_dice_edge weighs sigmoid outputs; with model.activation=softmax use "
                       "bce_dice or bce_jaccard")
+    if name in ("lovasz_hinge", "lovasz_hinge_elu") and activation == "softmax":
+        errors.append(f"train.loss.name: {name} is the binary Lovasz hinge, for model.activation=sigmoid; "
+                      "with softmax use bce_dice or bce_jaccard")
     return errors
 
 
@@ -609,8 +474,6 @@ def _validate_ensemble(ens: EnsembleConfig) -> list[str]:
     for index, member in enumerate(ens.members):
         if isinstance(member, EnsembleMember) and not (isinstance(member.run, str) and member.run):
             errors.append(f"ensemble.members[{index}].run: the output_dir of a run that predict.py finished")
-        if isinstance(member, EnsembleMember) and isinstance(member.weight, float) and member.weight < 0:
-            errors.append(f"ensemble.members[{index}].weight: must be 0 or more, got {member.weight}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         errors.append(f"ensemble.members: the name(s) {repeated} are used twice; give each member its own name")
@@ -623,8 +486,6 @@ def _validate_ensemble(ens: EnsembleConfig) -> list[str]:
                                                         and 0 <= top.level <= 255):
         errors.append(f"ensemble.top_unreliable: uncertain_low < uncertain_high and level must be uint8 levels "
                       f"(0..255), got {top.uncertain_low}, {top.uncertain_high}, {top.level}")
-    if isinstance(top.top_fraction, float) and not 0 < top.top_fraction <= 1:
-        errors.append(f"ensemble.top_unreliable.top_fraction: must lie in (0, 1], got {top.top_fraction}")
     return errors
 
 
@@ -634,11 +495,6 @@ def member_name(member: EnsembleMember) -> str:
 
 
 def _validate_threshold(key: str, value: Any, num_classes: Any) -> list[str]:
-    values = value if isinstance(value, list) else [value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return []  # reported as not finite
-    if any(isinstance(v, float) and not 0.0 <= v <= 1.0 for v in values):
-        return [f"{key}: must lie in [0, 1], got {_quote(value)}"]
     if isinstance(value, list) and isinstance(num_classes, int) and len(value) != num_classes:
         return [f"{key}: {len(value)} threshold(s) for model.num_classes={num_classes}; give one per class or "
                 "a single number"]
@@ -675,11 +531,11 @@ def _validate_submission_format(sub: SubmissionConfig, num_classes: int) -> list
     errors = [f"submission.values: unknown field {{{name}}}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
               for names in fields for name in names if name not in TEMPLATE_FIELDS]
     if sum(f == ["rle"] for f in fields) != 1:
-        errors.append(f"submission.values: exactly one column must be '{{rle}}' alone, got {_quote(sub.values)}")
+        errors.append(f"submission.values: exactly one column must be '{{rle}}' alone, got {quote(sub.values)}")
     if sub.rows == "image_class" and not any("class" in f for f in fields):
         errors.append("submission.rows=image_class: a column must name the class ({class}), or rows repeat")
     if sub.encode_size is not None and (len(sub.encode_size) != 2 or min(sub.encode_size) < 1):
-        errors.append(f"submission.encode_size: expected null or [H, W], got {_quote(sub.encode_size)}")
+        errors.append(f"submission.encode_size: expected null or [H, W], got {quote(sub.encode_size)}")
     return errors
 
 
@@ -706,9 +562,9 @@ def _validate_pattern(pattern: Any) -> list[str]:
     try:
         groups = re.compile(pattern).groups if isinstance(pattern, str) else 0
     except re.error as err:
-        return [f"folds.group_pattern: {_quote(pattern)} is not a regular expression ({err})"]
+        return [f"folds.group_pattern: {quote(pattern)} is not a regular expression ({err})"]
     if groups < 1:
-        return [f"folds.group_pattern: {_quote(pattern)} needs a group, e.g. '^([^_]+)_' (folds.group_by=pattern)"]
+        return [f"folds.group_pattern: {quote(pattern)} needs a group, e.g. '^([^_]+)_' (folds.group_by=pattern)"]
     return []
 
 
@@ -722,8 +578,8 @@ def choices(key: str) -> tuple:
     cls: Any = Config
     *sections, name = key.split(".")
     for section in sections:
-        cls = _type_hints(cls)[section]
-    annotation = _type_hints(cls)[name]
+        cls = type_hints(cls)[section]
+    annotation = type_hints(cls)[name]
     if typing.get_origin(annotation) is not Literal:
         raise KeyError(f"{key} is not a key with a fixed list of choices")
     return typing.get_args(annotation)
@@ -742,7 +598,7 @@ def _validate_input_size(size: Any, model: ModelConfig) -> list[str]:
     if size is None or not isinstance(size, list):
         return []
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        return [f"data.input_size: expected null or [H, W] with positive integers, got {_quote(size)}"]
+        return [f"data.input_size: expected null or [H, W] with positive integers, got {quote(size)}"]
     name = model.name if isinstance(model.name, str) and model.name in MODELS else "unet11"  # else reported alone
     spec = MODELS[name]
     multiple = spec.multiple_for(model)
@@ -785,18 +641,8 @@ def _validate_folds_list(folds: Any, n_folds: Any) -> list[str]:
     if bad:
         return [f"train.folds: {bad} outside 0..{n_folds - 1} (folds.n_folds={n_folds})"]
     if len(set(folds)) != len(folds) or not folds:
-        return [f"train.folds: expected a non-empty list of distinct fold numbers, got {_quote(folds)}"]
+        return [f"train.folds: expected a non-empty list of distinct fold numbers, got {quote(folds)}"]
     return []
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # ---------------------------------------------------------------- public entry points
@@ -820,27 +666,25 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at position "
                           f"{err.start}); save it as UTF-8") from None
-    try:
-        data = _load_yaml(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (output_dir: ..., data: ...), "
-                          f"got {_quote(data)}")
-    return data or {}
+    return read_yaml_text(text, f"config file {path}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 names: dict[str, str] | None = None) -> Config:
     """Read ``path`` (or the defaults when None), apply ``KEY=VALUE`` overrides, check everything.
 
-    ``names``: how a problem names a key the user set otherwise ({"submission.threshold": "--threshold
-    (submission.threshold)"}, a stage option)."""
+    ``names``: how a problem names a key the user set otherwise ({"postprocess.threshold": "--threshold
+    (postprocess.threshold)"}, a stage option). A renamed key (``DEPRECATED``) is moved to its new home with a
+    note on stderr."""
     data = read_yaml(path) if path is not None else {}
-    for key, value in parse_overrides(overrides or []):
-        _set_path(data, key, value)
     errors: list[str] = []
-    cfg = _from_dict(Config, data, "", errors)
+    notes = _move_deprecated(data, errors)
+    for key, value in parse_overrides(overrides or []):
+        for new_key, new_value in _renamed_override(data, key, value, notes):
+            set_path(data, new_key, new_value, CHOICE_KEYS)
+    for note in dict.fromkeys(notes):
+        print(f"note: {note}", file=sys.stderr)
+    cfg = from_dict(Config, data, "", errors)
     # Values are checked even when some types were wrong, so that every problem is listed at once;
     # each value check skips a field whose type is already reported.
     errors += _validate_values(cfg)

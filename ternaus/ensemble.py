@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import (
     ThresholdScores,
     TrueObjects,
@@ -226,12 +227,12 @@ def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataF
     the ensemble's maps to ``oof_predictions/`` and from them ``oof.csv``, ``oof_levels.npz``,
     ``postprocess_search.csv`` and ``postprocess.json`` (the search, tied to ``fingerprint``: what made the
     merged test predictions). Call it holding the out-of-fold files' claim."""
-    files, rows = RunFiles.of(cfg), list_train(cfg).to_dict("records")
+    files, rows = RunFiles.of(cfg), list_train(DataSource.of(cfg)).to_dict("records")
     remove_oof_temporaries(cfg, [row["id"] for row in rows], files.ensemble_cv)  # a killed run's
-    metric, at = cfg.postprocess.metric, thresholds(cfg.train.threshold, 1)[0]
+    metric, at = cfg.postprocess.metric, thresholds(cfg.postprocess.threshold, 1)[0]
     grid = search_thresholds(metric, at) if METRICS[metric].form == "objects" else None
     truth = true_objects(cfg, rows) if grid is not None else None
-    job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(cfg), grid=grid, truth=truth)
+    job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(DataSource.of(cfg)), grid=grid, truth=truth)
     with ThreadPoolExecutor(cfg.predict.writer_threads) as pool:
         found = list(tqdm(pool.map(job, rows), total=len(rows), desc="out-of-fold", dynamic_ncols=True))
     weights = {m.name: m.weight / sum(x.weight for x in members) for m in members}
@@ -284,7 +285,7 @@ def ensemble(cfg: Config) -> dict:
     check_outputs(cfg, {"output_dir": files.root, "predict.out_dir": files.predictions})
     _refuse_own_members(files, members)
     score = cfg.ensemble.oof and cfg.model.num_classes == 1
-    ids = [row["id"] for row in test_rows(cfg)]
+    ids = [row["id"] for row in test_rows(DataSource.of(cfg))]
     _check_inputs(cfg, members, ids, score)  # before any lock file or folder is made; again once they are held
     with ExitStack() as claims:
         claims.enter_context(claim_writer(files.predictions))
@@ -309,7 +310,7 @@ def _refuse_own_members(files: RunFiles, members: list[Member]) -> None:
 def _check_inputs(cfg: Config, members: list[Member], ids: list[str], score: bool) -> None:
     check_members(members, ids, cfg.model.num_classes)
     if score:
-        _check_oof_files(members, [row["id"] for row in list_train(cfg).to_dict("records")])
+        _check_oof_files(members, [row["id"] for row in list_train(DataSource.of(cfg)).to_dict("records")])
 
 
 def _ensemble(cfg: Config, members: list[Member], ids: list[str], score: bool) -> dict:

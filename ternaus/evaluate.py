@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ternaus.data.source import DataSource
 from ternaus.cli import load_stage_config, run_stage
 from ternaus.config import Config, resolve
 from ternaus.data.files import IMAGE_SUFFIXES, image_size, listing, read_text_csv
@@ -75,13 +76,13 @@ def truth_rows(cfg: Config, fmt: SubmissionFormat, masks: Path, images: Path) ->
     data = dataclasses.replace(cfg.data, train_dir=str(images.resolve()), masks_dir=str(masks.resolve()),
                                masks_csv=str(masks.resolve()))
     truth_cfg = dataclasses.replace(cfg, data=data)
-    table = list_train(truth_cfg)
+    table = list_train(DataSource.of(truth_cfg))
     lacking = table[(table["mask"] == "") & (table["rle"] == "")]["id"].tolist()
     if lacking:
         raise DataError(f"{len(lacking)} image(s) of {images} have no mask in {masks}, e.g. {lacking[:3]}")
     rows, classes = [], cfg.model.num_classes
     for row in table.to_dict("records"):
-        planes = load_masks(row, image_size(row["image"]), mask_spec(truth_cfg)) * 255
+        planes = load_masks(row, image_size(row["image"]), mask_spec(DataSource.of(truth_cfg))) * 255
         rows += image_rows(Path(row["image"]).name, masks_to_encode(planes, [0.5] * classes, fmt.encode_size), fmt)
     return pd.DataFrame(rows, columns=list(fmt.columns))
 
@@ -133,7 +134,7 @@ def score_submission(cfg: Config, submission: str | Path, truth: str | Path, ima
     the submission's format, or a folder of masks; see the module's docstring) over the images of ``images``
     (default ``data.test_dir``). Returns ``{metric: score}``."""
     fmt = submission_format(cfg)
-    images = Path(images) if images is not None else resolve(cfg, cfg.data.test_dir)
+    images = Path(images) if images is not None else DataSource.of(cfg).test_dir
     shapes = expected_keys(fmt, images)
     truth = Path(truth)
     true_table = truth_rows(cfg, fmt, truth, images) if truth.is_dir() else read_rows(truth, fmt, "the truth")
@@ -151,7 +152,7 @@ def _oof_line(path: str, metric: str) -> str:
     column = metric if metric in oof.columns else "dice"  # an oof.csv written before the metric was chosen
     tuned = f"; after the searched post-processing {oof[column + '_pp'].mean():.4f}" \
         if f"{column}_pp" in oof.columns else ""
-    return f"out-of-fold {column} (mean per image, at train.threshold): {oof[column].mean():.4f}{tuned}"
+    return f"out-of-fold {column} (mean per image, at postprocess.threshold): {oof[column].mean():.4f}{tuned}"
 
 
 def main(argv: list[str] | None = None) -> int:

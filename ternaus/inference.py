@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import (
     ThresholdScores,
     TrueObjects,
@@ -225,7 +226,7 @@ class PngWriter:
 def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config, runtime: Runtime,
             mask_at_input_size: bool = True) -> DataLoader:
     dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size,
-                                  masks=mask_spec(cfg), image_max=cfg.data.image_max)
+                                  masks=mask_spec(DataSource.of(cfg)), image_max=cfg.data.image_max)
     return same_size_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
 
 
@@ -294,7 +295,7 @@ class OofScores:
 
     def __init__(self, cfg: Config, rows: list[dict]):
         self.metric, self.classes = cfg.postprocess.metric, class_names(cfg)
-        trained_at = thresholds(cfg.train.threshold, len(self.classes))[0]
+        trained_at = thresholds(cfg.postprocess.threshold, len(self.classes))[0]
         self.grid = search_thresholds(self.metric, trained_at)
         # One class: the search runs on class 0. Objects need a threshold-by-threshold pass; counts do not.
         self.by_objects = METRICS[self.metric].form == "objects" and len(self.classes) == 1
@@ -323,9 +324,9 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
     """Each fold's held-out images, predicted by that fold's model and scored (``OofScores``): per-image Dice,
     Jaccard and ``postprocess.metric``, and what the post-processing search needs. The probability PNGs go to
     ``{output_dir}/oof_predictions/`` for the report."""
-    items = train_items(cfg, read_folds(cfg))
+    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
     geometry, classes = geometry_of(cfg), class_names(cfg)
-    cut = torch.tensor(thresholds(cfg.train.threshold, len(classes)), device=runtime.device).view(-1, 1, 1) * 255
+    cut = torch.tensor(thresholds(cfg.postprocess.threshold, len(classes)), device=runtime.device).view(-1, 1, 1) * 255
     found = OofScores(cfg, items.to_dict("records"))
     writer = PngWriter(cfg.predict.writer_threads)
     try:
@@ -367,11 +368,11 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
 
 
 def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setup: ExitStack) -> dict:
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last, device_index=device_index)
+    runtime = Runtime.of(cfg.runtime, device_index)
     # Everything that can be refused is checked before the first file is written.
-    rows = test_rows(cfg)
+    rows = test_rows(DataSource.of(cfg))
     check_image_files([Path(row["image"]) for row in rows], cfg.data.max_image_pixels)
-    items = train_items(cfg, read_folds(cfg)) if score_oof else None
+    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv) if score_oof else None
     fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
     if shard.index == 0:
@@ -416,6 +417,6 @@ def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime
         print(f"fold {fold}: out-of-fold Dice {group['dice'].mean():.4f}, IoU {group['jaccard'].mean():.4f}"
               f"{others} on {len(group)} images")
     others = "".join(f", {name} {oof[name].mean():.4f}" for name in extra)
-    print(f"out-of-fold (mean per image, at train.threshold): Dice {oof['dice'].mean():.4f}, "
+    print(f"out-of-fold (mean per image, at postprocess.threshold): Dice {oof['dice'].mean():.4f}, "
           f"IoU {oof['jaccard'].mean():.4f}{others}  ({files.oof_csv})")
     return {"oof": files.oof_csv, "oof_dice": float(oof["dice"].mean()), f"oof_{metric}": float(oof[metric].mean())}

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ternaus.registry import LOSS_OPTIONS, LOSSES
+from ternaus.registry import LOSSES, settings_of
 
 __all__ = ["soft_jaccard", "soft_dice", "bce_overlap_loss", "softmax_overlap_loss", "bce_dice_loss",
            "bce_jaccard_loss", "SegmentationLoss", "EPS", "probabilities", "class_overlaps", "class_index_targets",
@@ -200,14 +200,14 @@ def bce_dice_edge_loss(logits: torch.Tensor, targets: torch.Tensor, weight: floa
     return bce + weight * (1.0 - dice.mean())
 
 
-def loss_options(loss_cfg: object) -> dict[str, object]:
-    """The settings of ``train.loss`` the named loss takes besides its weight (``ternaus.registry.LOSS_OPTIONS``)."""
-    return {name: getattr(loss_cfg, name) for name in LOSS_OPTIONS.get(getattr(loss_cfg, "name", ""), ())}
+def loss_options(settings: object) -> dict[str, object]:
+    """The settings of ``train.loss`` the named loss takes besides its weight (its ``ternaus.registry`` entry's)."""
+    return {k: v for k, v in settings_of(settings).items() if k != "weight"}
 
 
 class SegmentationLoss(nn.Module):
-    """The loss ``train.loss.name`` names (``ternaus.registry.LOSSES``), with its settings; ``options``: those of
-    ``LOSS_OPTIONS`` for it (``loss_options``)."""
+    """The loss ``train.loss.name`` names (``ternaus.registry.LOSSES``), with its settings; ``options``: its own
+    settings besides the weight (``loss_options``). ``from_settings`` builds it from the ``train.loss`` section."""
 
     def __init__(self, kind: str = "bce_dice", weight: float = 1.0, activation: str = "sigmoid", **options: object):
         super().__init__()
@@ -215,6 +215,10 @@ class SegmentationLoss(nn.Module):
             raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
         self.kind, self.weight, self.activation, self.options = kind, weight, activation, options
         self.loss = LOSSES[kind].load()
+
+    @classmethod
+    def from_settings(cls, settings: object, activation: str = "sigmoid") -> "SegmentationLoss":
+        return cls(settings.name, settings.weight, activation, **loss_options(settings))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.loss(logits, targets, self.weight, self.activation, **self.options)

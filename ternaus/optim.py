@@ -18,8 +18,8 @@ from collections.abc import Iterable
 
 import torch
 
-from ternaus.config import TrainConfig
-from ternaus.registry import OPTIMIZERS, SCHEDULES
+from ternaus.registry import (OPTIMIZERS, SCHEDULES, AdamSettings, CarvanaSchedule, CycleSchedule, MomentumSettings,
+                              StepSchedule, StepThenCycleSchedule)
 
 __all__ = ["adam", "sgd", "rmsprop", "carvana_factor", "constant_factor", "step_factor", "cycle_factor",
            "step_then_cycle_factor", "carvana_lr_factor", "build_optimizer", "build_scheduler"]
@@ -28,22 +28,27 @@ __all__ = ["adam", "sgd", "rmsprop", "carvana_factor", "constant_factor", "step_
 # ---------------------------------------------------------------- optimisers
 
 
-def adam(parameters: Iterable[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+def adam(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+         settings: AdamSettings) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
 
 
-def sgd(parameters: Iterable[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+def sgd(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+        settings: MomentumSettings) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=lr, momentum=settings.momentum, weight_decay=weight_decay)
 
 
-def rmsprop(parameters: Iterable[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+def rmsprop(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+            settings: MomentumSettings) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(parameters, lr=lr, momentum=settings.momentum, weight_decay=weight_decay)
 
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``parameters``. Give it every parameter, a frozen encoder's too: frozen ones get no
-    gradient, which Adam and SGD skip, and the state_dict keeps one layout from the first step to the last."""
-    return OPTIMIZERS[train.optimizer].load()(parameters, train)
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], settings: object, lr: float,
+                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimiser ``settings`` names (``train.optimizer``) over ``parameters``. Give it every parameter, a frozen
+    encoder's too: frozen ones get no gradient, which Adam and SGD skip, and the state_dict keeps one layout from
+    the first step to the last."""
+    return OPTIMIZERS[settings.name].load()(parameters, lr, weight_decay, settings)
 
 
 # ---------------------------------------------------------------- schedules: epoch -> factor
@@ -54,32 +59,33 @@ def carvana_lr_factor(epoch: int, cycle_len: int = 5, cycle_step: int = 2) -> fl
     return 0.5 ** ((epoch % cycle_len) // cycle_step)
 
 
-def carvana_factor(epoch: int, train: TrainConfig) -> float:
-    return carvana_lr_factor(epoch, train.cycle_len, train.cycle_step)
+def carvana_factor(epoch: int, settings: CarvanaSchedule) -> float:
+    return carvana_lr_factor(epoch, settings.cycle_len, settings.cycle_step)
 
 
-def constant_factor(epoch: int, train: TrainConfig) -> float:
+def constant_factor(epoch: int, settings: object) -> float:
     return 1.0
 
 
-def step_factor(epoch: int, train: TrainConfig) -> float:
+def step_factor(epoch: int, settings: StepSchedule | StepThenCycleSchedule) -> float:
     """``gamma ** (epoch // step_epochs)``: torch's StepLR."""
-    return train.gamma ** (epoch // train.step_epochs)
+    return settings.gamma ** (epoch // settings.step_epochs)
 
 
-def cycle_factor(epoch: int, train: TrainConfig) -> float:
-    """``gamma`` to the number of ``cycle_milestones`` reached in the epoch's place within its ``cycle_len`` cycle."""
-    place = epoch % train.cycle_len
-    return train.gamma ** sum(place >= milestone for milestone in train.cycle_milestones)
+def cycle_factor(epoch: int, settings: CycleSchedule | StepThenCycleSchedule) -> float:
+    """``gamma`` to the number of ``milestones`` reached in the epoch's place within its ``cycle_len`` cycle."""
+    place = epoch % settings.cycle_len
+    return settings.gamma ** sum(place >= milestone for milestone in settings.milestones)
 
 
-def step_then_cycle_factor(epoch: int, train: TrainConfig) -> float:
+def step_then_cycle_factor(epoch: int, settings: StepThenCycleSchedule) -> float:
     """``step`` before ``cycle_start``, then ``cycle`` with its epochs counted from ``cycle_start``."""
-    if epoch < train.cycle_start:
-        return step_factor(epoch, train)
-    return cycle_factor(epoch - train.cycle_start, train)
+    if epoch < settings.cycle_start:
+        return step_factor(epoch, settings)
+    return cycle_factor(epoch - settings.cycle_start, settings)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    factor = SCHEDULES[train.schedule].load()
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: factor(epoch, train))
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: object) -> torch.optim.lr_scheduler.LambdaLR:
+    """``torch.optim.lr_scheduler.LambdaLR`` of the schedule ``settings`` names (``train.schedule``)."""
+    factor = SCHEDULES[settings.name].load()
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: factor(epoch, settings))

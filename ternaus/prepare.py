@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ternaus.data.source import DataSource
 from ternaus.config import Config, save_config
 from ternaus.data.files import image_size, listing
 from ternaus.data.layouts import check_train, list_train, load_masks, mask_spec
@@ -20,7 +21,7 @@ __all__ = ["prepare_folds"]
 
 def _mask_areas(table: pd.DataFrame, cfg: Config) -> list[int]:
     """Foreground pixels of every class: from Carvana's RLE when the CSV has it (no decoding), else decoded."""
-    spec = mask_spec(cfg)
+    spec = mask_spec(DataSource.of(cfg))
     return [mask_area(row["rle"]) if row["rle"] else int(load_masks(row, image_size(row["image"]), spec).sum())
             for row in table.to_dict("records")]
 
@@ -37,10 +38,10 @@ def prepare_folds(cfg: Config) -> Path:
 
 
 def _prepare_folds(cfg: Config) -> Path:
-    table = list_train(cfg)
+    table = list_train(DataSource.of(cfg))
     # Every image's first and last bytes and every mask in full: a bad file found now costs seconds,
     # found by train.py it costs a stopped run.
-    problems = check_train(table, processes=os.cpu_count() or 1, spec=mask_spec(cfg),
+    problems = check_train(table, processes=os.cpu_count() or 1, spec=mask_spec(DataSource.of(cfg)),
                            max_pixels=cfg.data.max_image_pixels)
     if problems:
         raise DataError(listing(f"{len(problems)} problem(s) in the training data under {cfg.data.root}", problems))

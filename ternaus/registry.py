@@ -11,11 +11,15 @@ its own module and one line here; ``tests/test_architecture.py`` loads every ent
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-__all__ = ["Ref", "ImageNetWeights", "ModelSpec", "MetricSpec", "MODELS", "LOSSES", "LOSS_OPTIONS", "OPTIMIZERS",
-           "SCHEDULES", "RULES", "METRICS", "TTAS", "LAYOUTS", "REGISTRIES"]
+from ternaus.schema import AtLeast, Between, Odd, Positive
+
+__all__ = ["Ref", "Choice", "ImageNetWeights", "ModelSpec", "MetricSpec", "MODELS", "LOSSES", "OPTIMIZERS",
+           "SCHEDULES", "RULES", "METRICS", "TTAS", "LAYOUTS", "REGISTRIES", "OverlapLoss", "LovaszLoss", "EdgeLoss",
+           "AdamSettings", "MomentumSettings", "CarvanaSchedule", "ConstantSchedule", "StepSchedule", "CycleSchedule",
+           "StepThenCycleSchedule", "settings_of"]
 
 
 @dataclass(frozen=True)
@@ -112,34 +116,161 @@ class MetricSpec:
     title: str  # how the logs and the report name it
 
 
-# train.loss.name: functions (logits, targets, weight, activation) -> scalar loss
-LOSSES: dict[str, Ref] = {
-    "bce_dice": Ref("ternaus.losses", "bce_dice_loss"),
-    "bce_jaccard": Ref("ternaus.losses", "bce_jaccard_loss"),
-    "lovasz_hinge": Ref("ternaus.losses", "lovasz_hinge_loss"),
-    "lovasz_hinge_elu": Ref("ternaus.losses", "lovasz_hinge_elu_loss"),
-    "bce_dice_edge": Ref("ternaus.losses", "bce_dice_edge_loss"),
+@dataclass(frozen=True)
+class Choice:
+    """A choice that owns its settings: the code (``Ref``) and the dataclass of the keys its config section takes
+    besides ``name``. The settings' types and rules (``ternaus.schema``) check them when the config loads."""
+
+    code: Ref
+    settings: type
+
+    def load(self) -> Any:
+        return self.code.load()
+
+
+def settings_of(choice: Any) -> dict[str, Any]:
+    """A choice's settings as keyword arguments: every field but ``name``."""
+    return {k: v for k, v in vars(choice).items() if k != "name"}
+
+
+_POSITIVE = Positive()
+
+
+# ---------------------------------------------------------------- train.loss: {name: ..., its settings}
+
+
+@dataclass
+class OverlapLoss:
+    """bce_dice: BCE - w * log(soft Dice), the Carvana model; bce_jaccard: BCE - w * log(soft Jaccard), the paper."""
+
+    name: str = "bce_dice"
+    weight: Annotated[float, AtLeast(0)] = 1.0
+
+
+@dataclass
+class LovaszLoss:
+    """w * Lovasz hinge + (1 - w) * BCE, a surrogate of each image's IoU (w in [0, 1]; 1: the hinge alone);
+    lovasz_hinge_elu: elu(e) + 1 in place of the hinge max(e, 0). One class or sigmoid classes."""
+
+    name: str = "lovasz_hinge"
+    weight: Annotated[float, Between(0, 1, what="blends w * Lovasz + (1 - w) * BCE, w")] = 1.0
+
+
+@dataclass
+class EdgeLoss:
+    """BCE + w * (1 - soft Dice), both weighted by ``edge_weight`` on the band where the mask average-pooled over
+    ``edge_window`` x ``edge_window`` pixels (odd; 41 at 1024 x 1024) lies strictly between 0.01 and 0.99 (the
+    1st-place team's 1024 x 1024 families; sigmoid only)."""
+
+    name: str = "bce_dice_edge"
+    weight: Annotated[float, AtLeast(0)] = 1.0
+    edge_window: Annotated[int, AtLeast(1), Odd()] = 41
+    edge_weight: Annotated[float, _POSITIVE] = 3.0
+
+
+# functions (logits, targets, weight, activation, **settings) -> scalar loss
+LOSSES: dict[str, Choice] = {
+    "bce_dice": Choice(Ref("ternaus.losses", "bce_dice_loss"), OverlapLoss),
+    "bce_jaccard": Choice(Ref("ternaus.losses", "bce_jaccard_loss"), OverlapLoss),
+    "lovasz_hinge": Choice(Ref("ternaus.losses", "lovasz_hinge_loss"), LovaszLoss),
+    "lovasz_hinge_elu": Choice(Ref("ternaus.losses", "lovasz_hinge_elu_loss"), LovaszLoss),
+    "bce_dice_edge": Choice(Ref("ternaus.losses", "bce_dice_edge_loss"), EdgeLoss),
 }
 
-# The settings (keys of train.loss) each loss takes besides weight and activation, by train.loss.name.
-LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
-    "bce_dice_edge": ("edge_window", "edge_weight"),
+
+# ---------------------------------------------------------------- train.optimizer: {name: ..., its settings}
+
+
+@dataclass
+class AdamSettings:
+    name: str = "adam"
+
+
+@dataclass
+class MomentumSettings:
+    """SGD (Nesterov off) and RMSprop: their momentum (0.0 is PyTorch's default for RMSprop)."""
+
+    name: str = "sgd"
+    momentum: Annotated[float, Between(0, 1, open_high=True)] = 0.9
+
+
+# functions (parameters, lr, weight_decay, settings) -> torch.optim.Optimizer
+OPTIMIZERS: dict[str, Choice] = {
+    "adam": Choice(Ref("ternaus.optim", "adam"), AdamSettings),
+    "sgd": Choice(Ref("ternaus.optim", "sgd"), MomentumSettings),
+    "rmsprop": Choice(Ref("ternaus.optim", "rmsprop"), MomentumSettings),
 }
 
-# train.optimizer: functions (parameters, train config) -> torch.optim.Optimizer
-OPTIMIZERS: dict[str, Ref] = {
-    "adam": Ref("ternaus.optim", "adam"),
-    "sgd": Ref("ternaus.optim", "sgd"),
-    "rmsprop": Ref("ternaus.optim", "rmsprop"),
-}
 
-# train.schedule: functions (epoch counted from 0, train config) -> the learning rate's factor
-SCHEDULES: dict[str, Ref] = {
-    "carvana": Ref("ternaus.optim", "carvana_factor"),
-    "constant": Ref("ternaus.optim", "constant_factor"),
-    "step": Ref("ternaus.optim", "step_factor"),
-    "cycle": Ref("ternaus.optim", "cycle_factor"),
-    "step_then_cycle": Ref("ternaus.optim", "step_then_cycle_factor"),
+# ---------------------------------------------------------------- train.schedule: {name: ..., its settings}
+
+
+@dataclass
+class CarvanaSchedule:
+    """Halved every ``cycle_step`` epochs inside cycles of ``cycle_len`` epochs (TernausNet's Carvana recipe)."""
+
+    name: str = "carvana"
+    cycle_len: Annotated[int, AtLeast(1)] = 5
+    cycle_step: Annotated[int, AtLeast(1)] = 2
+
+
+@dataclass
+class ConstantSchedule:
+    name: str = "constant"
+
+
+@dataclass
+class StepSchedule:
+    """Times ``gamma`` every ``step_epochs`` epochs (torch's StepLR)."""
+
+    name: str = "step"
+    gamma: Annotated[float, _POSITIVE] = 0.5
+    step_epochs: Annotated[int, AtLeast(1)] = 100
+
+
+def _milestone_problems(name: str, cycle_len: int, milestones: list[int]) -> list[str]:
+    if any(not 0 <= m < cycle_len for m in milestones):
+        return [f"train.schedule.milestones: {milestones} must lie in 0 .. {cycle_len - 1} (train.schedule.cycle_len "
+                f"- 1, schedule {name})"]
+    return []
+
+
+@dataclass
+class CycleSchedule:
+    """Inside cycles of ``cycle_len`` epochs, times ``gamma`` at each of ``milestones`` (20, [10, 15], 0.1: the
+    1st-place VGG family's lr, lr/10, lr/100)."""
+
+    name: str = "cycle"
+    cycle_len: Annotated[int, AtLeast(1)] = 5
+    milestones: list[int] = field(default_factory=lambda: [2, 4])
+    gamma: Annotated[float, _POSITIVE] = 0.5
+
+    def problems(self) -> list[str]:
+        return _milestone_problems(self.name, self.cycle_len, self.milestones)
+
+
+@dataclass
+class StepThenCycleSchedule:
+    """``step`` before epoch ``cycle_start``, ``cycle`` counted from it (the 1st-place LinkNet34 family)."""
+
+    name: str = "step_then_cycle"
+    gamma: Annotated[float, _POSITIVE] = 0.5
+    step_epochs: Annotated[int, AtLeast(1)] = 100
+    cycle_start: Annotated[int, AtLeast(0)] = 0
+    cycle_len: Annotated[int, AtLeast(1)] = 5
+    milestones: list[int] = field(default_factory=lambda: [2, 4])
+
+    def problems(self) -> list[str]:
+        return _milestone_problems(self.name, self.cycle_len, self.milestones)
+
+
+# functions (epoch counted from 0, settings) -> the learning rate's factor
+SCHEDULES: dict[str, Choice] = {
+    "carvana": Choice(Ref("ternaus.optim", "carvana_factor"), CarvanaSchedule),
+    "constant": Choice(Ref("ternaus.optim", "constant_factor"), ConstantSchedule),
+    "step": Choice(Ref("ternaus.optim", "step_factor"), StepSchedule),
+    "cycle": Choice(Ref("ternaus.optim", "cycle_factor"), CycleSchedule),
+    "step_then_cycle": Choice(Ref("ternaus.optim", "step_then_cycle_factor"), StepThenCycleSchedule),
 }
 
 # ensemble.rules: functions (merged (C, H, W) uint8, members' maps by name, ensemble config) -> merged map
@@ -173,8 +304,8 @@ LAYOUTS: dict[str, Ref] = {
 REGISTRIES: dict[str, dict[str, Any]] = {
     "model.name": MODELS,
     "train.loss.name": LOSSES,
-    "train.optimizer": OPTIMIZERS,
-    "train.schedule": SCHEDULES,
+    "train.optimizer.name": OPTIMIZERS,
+    "train.schedule.name": SCHEDULES,
     "ensemble.rules": RULES,
     "postprocess.metric": METRICS,
     "predict.tta": TTAS,

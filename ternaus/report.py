@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, thresholds
 from ternaus.data.files import read_image, read_prediction
@@ -174,7 +175,7 @@ def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bo
         return "<p>No oof.csv: run predict.py.</p>"
     column = next(c for c in (f"{cfg.postprocess.metric}_pp", cfg.postprocess.metric, "dice") if c in oof.columns)
     count = cfg.report.worst if worst else cfg.report.best
-    rows = list_train(cfg).set_index("id")
+    rows = list_train(DataSource.of(cfg)).set_index("id")
     kind = "worst" if worst else "best"
     items = []
     for rank, example in enumerate(pick_examples(oof, column, count, worst).itertuples(index=False), 1):
@@ -198,14 +199,14 @@ def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarra
     if probs is None:
         return None
     image = read_image(row["image"], cfg.data.image_max)
-    truth = load_masks(row, image.shape[:2], mask_spec(cfg))[0] > 0  # class 0, from whichever layout
+    truth = load_masks(row, image.shape[:2], mask_spec(DataSource.of(cfg)))[0] > 0  # class 0, from whichever layout
     return [image, truth.astype(np.uint8) * 255, probs, disagreement(image, truth, thresholded(probs, *post))]
 
 
 def test_section(cfg: Config, out: Path, post: tuple[float, int]) -> str:
     pred_dir = RunFiles.of(cfg).predictions
     items = []
-    for rank, row in enumerate(test_rows(cfg)[: cfg.report.test_images], 1):
+    for rank, row in enumerate(test_rows(DataSource.of(cfg))[: cfg.report.test_images], 1):
         image_id = row["id"]
         probs = read_probability(pred_dir / f"{image_id}.png", cfg.model.num_classes)
         if probs is None:

@@ -23,6 +23,13 @@ class Runtime:
     channels_last: bool
 
     @classmethod
+    def of(cls, settings: object, device_index: int = 0) -> "Runtime":
+        """The runtime the ``runtime`` section asks for (amp, amp_dtype, channels_last, deterministic), shared by
+        training and prediction."""
+        return cls.detect(settings.amp, settings.amp_dtype, settings.channels_last, settings.deterministic,
+                          device_index)
+
+    @classmethod
     def detect(cls, amp: bool = True, amp_dtype: str = "bfloat16", channels_last: bool = True,
                deterministic: bool = False, device_index: int = 0) -> "Runtime":
         """``device_index``: the GPU of this process (torchrun's LOCAL_RANK); one GPU per process."""

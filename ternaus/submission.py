@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.config import Config, class_names, resolve, save_config, submission_rows_problem, thresholds
 from ternaus.data.files import duplicates, image_size, read_prediction, read_text_csv
@@ -191,7 +192,7 @@ def _overlap_problems(path: Path, rows: list[tuple[int, tuple[str, ...], str]], 
 def _expected_keys(cfg: Config, fmt: SubmissionFormat) -> dict[tuple[str, ...], int]:
     """Every row key the test set calls for, with the pixel count its RLE is checked against."""
     expected = {}
-    for row in test_rows(cfg):
+    for row in test_rows(DataSource.of(cfg)):
         image = Path(row["image"])
         height, width = fmt.encode_size or image_size(image)
         expected.update({key: height * width for key in fmt.keys_of(image.name)})
@@ -262,7 +263,7 @@ def _encode_all(jobs: list, processes: int) -> list[list[tuple[str, ...]]]:
 
 def _sample(cfg: Config, fmt: SubmissionFormat) -> pd.DataFrame | None:
     """The sample submission when there is one (Carvana's layout requires it: it lists the test images)."""
-    path = resolve(cfg, cfg.data.sample_submission)
+    path = DataSource.of(cfg).sample_submission
     if not path.is_file():
         return None
     sample = read_text_csv(path, list(fmt.key_columns), "set submission.columns to the sample's header")
@@ -282,20 +283,20 @@ def _check_searched_for(cfg: Config, made_by: dict | None) -> None:
     raise DataError(f"{files.postprocess} was searched on the out-of-fold predictions of other models or settings "
                     f"than those that made {files.predictions} (or predict.py stopped before it searched again). "
                     "Run predict.py again (it keeps the test PNGs it already wrote), or set the threshold and the "
-                    "minimum area yourself: --threshold and --min-area, or submission.threshold and "
-                    "submission.min_area")
+                    "minimum area yourself: --threshold and --min-area, or postprocess.threshold and "
+                    "postprocess.min_area with postprocess.use_searched=false")
 
 
 def make_submission(cfg: Config, threshold: float | list[float] | None = None, min_area: int | None = None) -> Path:
     """Encode every test prediction and write ``{output_dir}/{submission.filename}``; checks it after writing.
 
-    ``threshold``/``min_area`` (the command line) win over the config, which wins over postprocess.json, which
-    is used only when it was searched for the models and settings that made the predictions."""
+    ``threshold``/``min_area`` (the command line) win over postprocess.json (with ``postprocess.use_searched``,
+    and only when it was searched for the models and settings that made the predictions), which wins over
+    ``postprocess.threshold`` / ``min_area``."""
     files = RunFiles.of(cfg)
     check_outputs(cfg, {"output_dir": files.root, "submission.filename": files.submission.parent},
                   {"submission.filename": files.submission})
-    searched = (threshold if threshold is not None else cfg.submission.threshold) is None or \
-        (min_area if min_area is not None else cfg.submission.min_area) is None
+    searched = cfg.postprocess.use_searched and (threshold is None or min_area is None)
     with ExitStack() as claims:
         claims.enter_context(claim(files.submission, f"the submission {files.submission}"))
         claims.enter_context(claim_reader(files.predictions))
@@ -308,7 +309,7 @@ def make_submission(cfg: Config, threshold: float | list[float] | None = None, m
 def _make_submission(cfg: Config, threshold: float | list[float] | None, min_area: int | None,
                      searched: bool) -> Path:
     fmt = submission_format(cfg)
-    rows = test_rows(cfg)
+    rows = test_rows(DataSource.of(cfg))
     made_by = predictions_made_by(RunFiles.of(cfg).predictions, [r["id"] for r in rows])
     if searched:
         _check_searched_for(cfg, made_by)
@@ -322,7 +323,7 @@ def _make_submission(cfg: Config, threshold: float | list[float] | None, min_are
     encoded = _encode_all(jobs, cfg.submission.processes or os.cpu_count() or 1)
     table = pd.DataFrame([row for image in encoded for row in image], columns=list(fmt.columns))
     if sample is not None:
-        table = order_like_sample(table, sample, fmt.key_columns, str(resolve(cfg, cfg.data.sample_submission)))
+        table = order_like_sample(table, sample, fmt.key_columns, str(DataSource.of(cfg).sample_submission))
     path = _write_csv(RunFiles.of(cfg).submission, table)
     problems = check_submission(path, cfg)
     if problems:

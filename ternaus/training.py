@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import TrueObjects, true_objects
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import FoldState, resume_fold_state, save_fold_state, unwrap
@@ -37,7 +38,7 @@ from ternaus.data.layouts import mask_spec, train_items
 from ternaus.distributed import World, broadcast_buffers, close_world, init_world, max_over_world, sum_over_world
 from ternaus.errors import BusyError, ConfigError, DataError, TrainingError
 from ternaus.io import atomic_write, claim, remove_stale_temporaries
-from ternaus.losses import SegmentationLoss, loss_options, probabilities
+from ternaus.losses import SegmentationLoss, probabilities
 from ternaus.metrics import class_scores
 from ternaus.models import build_model, set_encoder_frozen
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
@@ -122,7 +123,7 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
     if not train_rows or not val_rows:
         raise DataError(f"fold {fold} has {len(train_rows)} training and {len(val_rows)} validation images; "
                         "run prepare_folds.py again with this config")
-    masks, image_max = mask_spec(cfg), cfg.data.image_max
+    masks, image_max = mask_spec(DataSource.of(cfg)), cfg.data.image_max
     train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment), masks=masks,
                                     image_max=image_max)
     # Each rank validates its own share, without padding, so that every image is counted exactly once. Resized
@@ -166,7 +167,7 @@ class LossWatch:
             value = self.value.item() if local == step else "non-finite on another rank"
             raise TrainingError(f"{where}, step {step}: the training loss became {value}. Training "
                                 "stopped; the last good checkpoint is kept. Lower train.lr, or with float16 "
-                                "try train.amp_dtype=bfloat16, then run the same command to resume")
+                                "try runtime.amp_dtype=bfloat16, then run the same command to resume")
 
 
 def train_step(state: FoldState, batch: dict, runtime: Runtime, share: float = 1.0, step: bool = True,
@@ -298,11 +299,10 @@ def new_fold_state(cfg: Config, runtime: Runtime, world: World = World()) -> Fol
     model = runtime.prepare_model(build_model(cfg.model))
     # Every parameter, a frozen encoder's too: frozen ones get no gradient, which Adam and SGD skip (no update,
     # no weight decay, no state), and the optimizer's state_dict keeps one layout from the first step to the last.
-    optimizer = build_optimizer(model.parameters(), cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
+    optimizer = build_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.train.schedule)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
-    loss_fn = SegmentationLoss(cfg.train.loss.name, cfg.train.loss.weight, cfg.model.activation,
-                               **loss_options(cfg.train.loss))
+    loss_fn = SegmentationLoss.from_settings(cfg.train.loss, cfg.model.activation)
     return FoldState(model, optimizer, scheduler, scaler, loss_fn, world=world)
 
 
@@ -322,7 +322,7 @@ def _check_scores(scores: dict[str, float], desc: str) -> None:
     bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
     if bad:
         raise TrainingError(f"{desc}: validation gave {bad}. Training stopped; the last good checkpoint is kept. "
-                            "Lower train.lr, or with float16 try train.amp_dtype=bfloat16")
+                            "Lower train.lr, or with float16 try runtime.amp_dtype=bfloat16")
 
 
 def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldState:
@@ -430,7 +430,7 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
         # rank first takes rank 0's BatchNorm statistics, those of the model the checkpoint holds.
         broadcast_buffers(unwrap(state.model), world)
         scores = validate(unwrap(state.model), data.val_loader, runtime, state.loss_fn, geometry,
-                          cfg.train.threshold, world, class_names(cfg), cfg.postprocess.metric, data.truth)
+                          cfg.postprocess.threshold, world, class_names(cfg), cfg.postprocess.metric, data.truth)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
                "time_s": round(time.perf_counter() - started, 2)}
         _end_epoch(state, cfg, fold, row, desc)
@@ -479,9 +479,8 @@ def _claim_folds(claims: ExitStack, cfg: Config, folds: list[int], world: World)
 
 
 def _train_folds(cfg: Config, folds: list[int], one_fold: bool, world: World) -> dict[int, float]:
-    runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last,
-                             cfg.train.deterministic, world.local_rank)
-    items = train_items(cfg, read_folds(cfg))
+    runtime = Runtime.of(cfg.runtime, world.local_rank)
+    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
     check_image_files([Path(p) for p in items["image"]], cfg.data.max_image_pixels)
     if world.is_main:

@@ -112,13 +112,19 @@ def test_every_registry_entry_loads_and_is_what_its_registry_promises():
             *registry.SCHEDULES.values(), *registry.RULES.values()]
     assert all(callable(ref.load()) for ref in refs)
     assert {spec.form for spec in METRICS.values()} == {"counts", "objects"}
-    assert set(registry.LOSS_OPTIONS) <= set(LOSSES)
+    # A choice with settings: a dataclass whose first field is its name, each field with a default.
+    import dataclasses
+    for choice in [*LOSSES.values(), *registry.OPTIMIZERS.values(), *registry.SCHEDULES.values()]:
+        fields = dataclasses.fields(choice.settings)
+        assert fields[0].name == "name" and all(f.default is not dataclasses.MISSING or
+                                                f.default_factory is not dataclasses.MISSING for f in fields)
     assert all(isinstance(ref.load(), TTA) for ref in TTAS.values())
     wanted = [name for name in vars(Layout) if not name.startswith("_")]
     assert wanted == ["list_train", "test_rows", "load_masks", "missing_mask"]
     for ref in LAYOUTS.values():
         assert all(callable(getattr(ref.load(), name)) for name in wanted), ref
-    assert set(REGISTRIES) == {"model.name", "train.loss.name", "train.optimizer", "train.schedule", "ensemble.rules",
+    assert set(REGISTRIES) == {"model.name", "train.loss.name", "train.optimizer.name", "train.schedule.name",
+                               "ensemble.rules",
                                "postprocess.metric", "predict.tta", "data.layout"}
 
 

@@ -97,3 +97,76 @@ def test_stage_options_may_follow_the_overrides():
     parser.add_argument("--threshold", type=float, default=None)
     args = parser.parse_args(["--config", "c.yaml", "a.b=1", "--threshold", "0.6", "c.d=2"])
     assert (args.config, args.threshold, args.overrides) == ("c.yaml", 0.6, ["a.b=1", "c.d=2"])
+
+
+# ---------------------------------------------------------------- choices that own their settings, renamed keys
+
+
+def test_a_choice_takes_its_own_settings_and_refuses_another_choices():
+    cfg = load_config(None, ["train.schedule={name: cycle, cycle_len: 20, milestones: [10, 15], gamma: 0.1}",
+                             "train.optimizer=sgd", "train.optimizer.momentum=0.5"])
+    assert (cfg.train.schedule.name, cfg.train.schedule.cycle_len, cfg.train.schedule.milestones) == ("cycle", 20,
+                                                                                                       [10, 15])
+    assert (cfg.train.optimizer.name, cfg.train.optimizer.momentum) == ("sgd", 0.5)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.schedule=constant", "train.schedule.cycle_len=3", "train.optimizer.momentum=0.5",
+                           "train.loss={name: bce_dice, edge_window: 41}"])
+    message = str(err.value)
+    assert "train.schedule.cycle_len: constant has no such setting; carvana, cycle, step_then_cycle take(s) it" in message
+    assert "train.optimizer.momentum: adam has no such setting; rmsprop, sgd take(s) it" in message
+    assert "train.loss.edge_window: bce_dice has no such setting; bce_dice_edge take(s) it" in message
+    assert message.startswith("3 problem(s)")
+
+
+def test_a_schedules_settings_are_checked_only_for_that_schedule():
+    # The carvana schedule never reads milestones: a cycle length below them is no problem (it was refused).
+    assert load_config(None, ["train.schedule=carvana", "train.schedule.cycle_len=3"]).train.schedule.cycle_len == 3
+    with pytest.raises(ConfigError, match=r"train.schedule.milestones: \[2, 4\] must lie in 0 .. 2"):
+        load_config(None, ["train.schedule=cycle", "train.schedule.cycle_len=3"])
+    with pytest.raises(ConfigError, match="train.schedule.name: must be one of carvana, constant"):
+        load_config(None, ["train.schedule=cosine"])
+
+
+def test_field_rules_report_every_problem_at_once_and_cross_checks_still_run():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.epochs=0", "train.lr=-1", "train.augment.hflip=1.5", "train.loss.name=bce_dice_edge",
+                           "train.loss.edge_window=40", "model.activation=softmax", "data.num_workers=-1"])
+    message = str(err.value)
+    for expected in ("train.epochs: must be at least 1, got 0", "train.lr: must be positive, got -1.0",
+                     "train.augment.hflip: must lie in [0, 1], got 1.5", "train.loss.edge_window: 40 is even",
+                     "bce_dice_edge weighs sigmoid outputs", "data.num_workers: must be 0 or more, got -1"):
+        assert expected in message
+    assert message.startswith("6 problem(s)")
+
+
+def test_renamed_keys_still_work_for_a_release_with_a_note(capsys):
+    old = load_config(None, ["train.amp=false", "train.threshold=0.4", "train.optimizer=sgd", "train.momentum=0.5",
+                             "train.cycle_len=3", "submission.min_area=7"])
+    assert (old.runtime.amp, old.postprocess.threshold, old.train.optimizer.momentum) == (False, 0.4, 0.5)
+    assert old.train.schedule.cycle_len == 3 and old.postprocess.min_area == 7 and not old.postprocess.use_searched
+    notes = capsys.readouterr().err
+    assert "train.amp is renamed runtime.amp" in notes and "train.threshold is renamed postprocess.threshold" in notes
+    # A flat key the chosen schedule never read is dropped with a note, not refused.
+    assert load_config(None, ["train.schedule=constant", "train.gamma=0.1"]).train.schedule.name == "constant"
+    assert "train.gamma: ignored, the chosen schedule does not read it" in capsys.readouterr().err
+
+
+def test_a_renamed_key_set_twice_differently_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  threshold: 0.4\npostprocess:\n  threshold: 0.6\n")
+    with pytest.raises(ConfigError, match="train.threshold: renamed postprocess.threshold, which is also set"):
+        load_config(path)
+
+
+def test_the_saved_config_loads_back_the_same():
+    cfg = load_config("configs/carvana_linknet34.yaml")
+    from ternaus.config import config_to_dict
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    again = load_config(None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                               for k, v in yaml.safe_load(text).items() if not isinstance(v, dict)])
+    assert again.output_dir == cfg.output_dir
+    from ternaus.schema import from_dict
+
+    errors: list[str] = []
+    assert from_dict(type(cfg), yaml.safe_load(text), "", errors) == cfg and not errors

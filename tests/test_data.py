@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ternaus.data.source import DataSource
 from ternaus.config import load_config
 from ternaus.data.dataset import SegmentationDataset
 from ternaus.data.files import read_mask
@@ -81,7 +82,7 @@ def test_masks_come_from_the_csv_when_the_gif_is_missing(tiny_dataset, tmp_path)
     gif = sorted((root / "train_masks").iterdir())[0]
     truth = read_mask(gif)
     gif.unlink()
-    table = list_train(config_for(root, tmp_path))
+    table = list_train(DataSource.of(config_for(root, tmp_path)))
     row = table[table["mask"] == ""].iloc[0].to_dict()
     item = SegmentationDataset([row], Geometry(None), True, mask_at_input_size=False)[0]
     assert np.array_equal(item["mask"][0].numpy(), truth)

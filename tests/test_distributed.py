@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY_NET, tiny_net
 
+from ternaus.data.source import DataSource
 from ternaus.checkpoint import read_checkpoint
 from ternaus.config import load_config
 from ternaus.data.geometry import geometry_of
@@ -118,7 +119,7 @@ def test_torchrun_trains_one_fold_with_rank_0_alone_writing(ddp_run):
 def test_the_ddp_validation_score_counts_every_image_once(ddp_run, odd_dataset):
     out, fold, _, _ = ddp_run
     cfg = load_config(CONFIG, overrides(odd_dataset, out, f"train.folds=[{fold}]"))
-    items = train_items(cfg, read_folds(cfg))
+    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
     assert (items["fold"] == fold).sum() % 2 == 1
     runtime = Runtime(torch.device("cpu"), None, False)
     model = load_weights(tiny_net(), out / f"fold_{fold}" / "last.pt")

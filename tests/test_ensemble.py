@@ -12,6 +12,7 @@ import pytest
 import yaml
 from test_faults import pngs, run_dying_mid_write, temporaries
 
+from ternaus.data.source import DataSource
 from ternaus.config import TopRuleConfig, load_config
 from ternaus.data import layouts
 from ternaus.ensemble import ensemble
@@ -23,7 +24,7 @@ SHAPE = (40, 62)  # the tiny dataset's images: every prediction PNG has their si
 
 
 def listed_test_ids(root: Path) -> list[str]:
-    return [row["id"] for row in layouts.test_rows(load_config(None, [f"data.root={root}"]))]
+    return [row["id"] for row in layouts.test_rows(DataSource.of(load_config(None, [f"data.root={root}"])))]
 
 
 def train_ids(root: Path) -> list[str]:
@@ -83,7 +84,7 @@ def test_make_submission_reads_the_ensemble_like_any_run(tiny_dataset, tmp_path)
     a = make_member(tmp_path, "a", striped(200, 200, 0, 0), ids)
     b = make_member(tmp_path, "b", striped(100, 0, 0, 0), ids)
     cfg = ensemble_config(tiny_dataset, tmp_path / "ens", [{"run": str(a)}, {"run": str(b)}],
-                          "submission.threshold=0.5", "submission.processes=1")
+                          "postprocess.threshold=0.5", "postprocess.use_searched=false", "submission.processes=1")
     ensemble(cfg)  # rows 0-9: 150, rows 10-19: 100 -> only the first stripe is >= 128
     submission = pd.read_csv(make_submission(cfg))
     assert submission["img"].tolist() == [f"{i}.jpg" for i in ids]
@@ -259,7 +260,7 @@ def test_make_submission_refuses_the_searched_values_of_an_ensemble_whose_member
 
 def family_config(root: Path, out: Path, *extra: str):
     return load_config(ROOT / "configs" / "carvana_scratch.yaml", [
-        f"data.root={root}", f"output_dir={out}", "data.num_workers=0", "train.epochs=1", "train.amp=false",
+        f"data.root={root}", f"output_dir={out}", "data.num_workers=0", "train.epochs=1", "runtime.amp=false",
         "train.val_batch_size=16", "train.checkpoint_every=0", "predict.batch_size=16", "predict.writer_threads=2",
         "submission.processes=1", *extra])
 
@@ -294,7 +295,7 @@ def test_two_families_with_different_folds_merged_and_submitted(tiny_dataset, tm
 
     members = [{"run": str(tmp_path / name), "name": name} for name in families]
     cfg = ensemble_config(tiny_dataset, tmp_path / "ensemble", members, "ensemble.oof=true",
-                          "submission.threshold=null", "submission.processes=1")
+                          "postprocess.use_searched=true", "submission.processes=1")
     capsys.readouterr()
     table = ensemble(cfg)["cv"].set_index("run")
     printed = capsys.readouterr().out

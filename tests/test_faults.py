@@ -60,7 +60,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def overrides(root: Path, out: Path, *extra: str) -> list[str]:
     return [f"data.root={root}", f"output_dir={out}", *TINY_NET, "folds.n_folds=2", "data.input_size=null",
-            "data.num_workers=0", "train.batch_size=4", "train.deterministic=true", *extra]
+            "data.num_workers=0", "train.batch_size=4", "runtime.deterministic=true", *extra]
 
 
 def stage(script: str, root: Path, out: Path, *extra: str) -> list[str]:

@@ -354,7 +354,7 @@ def test_postprocess_json_is_refused_for_predictions_of_other_settings(tiny_data
                                     ["--threshold", "abc"]], ids=" ".join)
 def test_stage_options_are_checked_like_config_keys(tiny_dataset, tmp_path, capsys, option):
     out = tmp_path / "run"
-    refusal(capsys, run(make_submission, tiny_dataset, out, *option), f"{option[0]} (submission.")
+    refusal(capsys, run(make_submission, tiny_dataset, out, *option), f"{option[0]} (postprocess.")
     assert not out.exists()
 
 

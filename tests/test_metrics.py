@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_analysis import histograms_of  # per-image level histograms of hand-made maps
 
+from ternaus.data.source import DataSource
 from ternaus.analysis import (
     ThresholdScores,
     object_scores_of_image,
@@ -288,7 +289,7 @@ def test_resized_validation_scores_the_original_masks(tmp_path):
     cfg = load_config(None, [f"data.root={tmp_path}", "data.layout=folders", "data.train_dir=images",
                              "data.masks_dir=masks", "data.input_size=[32,32]", "data.num_workers=0",
                              "postprocess.metric=iou_ap"])
-    items = list_train(cfg).assign(fold=[0, 1])
+    items = list_train(DataSource.of(cfg)).assign(fold=[0, 1])
     runtime = Runtime(torch.device("cpu"), None, False)
     geometry = geometry_of(cfg)
     data = fold_data(cfg, items, 0, runtime, World())

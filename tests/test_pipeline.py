@@ -188,7 +188,7 @@ def test_evaluate_scores_the_submission_against_the_hidden_masks(pipeline_run, t
                              str(out / "submission.csv.gz"), str(tiny_dataset / "test_masks"), *overrides,
                              "--oof", str(out / "oof.csv")], cwd=ROOT, capture_output=True, text=True)
     assert f"submission dice (mean per image; Dice): {score:.4f}" in result.stdout, result.stderr
-    assert "out-of-fold dice (mean per image, at train.threshold): " in result.stdout
+    assert "out-of-fold dice (mean per image, at postprocess.threshold): " in result.stdout
 
 
 def test_evaluate_gives_one_for_the_truth_itself(tiny_dataset, tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ternaus.data.source import DataSource
 from ternaus.checkpoint import read_checkpoint
 from ternaus.config import load_config
 from ternaus.data.dataset import SegmentationDataset, input_shapes, same_size_batches
@@ -91,13 +92,13 @@ def test_a_turned_jpeg_and_its_mask_line_up_from_the_check_to_the_network_input(
     save_turned(tmp_path / "masks" / "a.png", mask * 255, 6)  # a tag on the mask is ignored as well
     cfg = load_config(None, [f"data.root={tmp_path}", "data.layout=folders", "data.train_dir=images",
                              "data.masks_dir=masks", "data.test_dir=images"])
-    table = list_train(cfg)
-    assert check_train(table, spec=mask_spec(cfg)) == []
-    item = SegmentationDataset(table.to_dict("records"), Geometry(None, 32), True, masks=mask_spec(cfg))[0]
+    table = list_train(DataSource.of(cfg))
+    assert check_train(table, spec=mask_spec(DataSource.of(cfg))) == []
+    item = SegmentationDataset(table.to_dict("records"), Geometry(None, 32), True, masks=mask_spec(DataSource.of(cfg)))[0]
     assert item["size"].tolist() == [64, 96] and item["image"].shape == (3, 64, 96)
     white = item["image"].min(dim=0).values > 200
     assert torch.equal(white, item["mask"][0] > 0) and white.sum() == 15 * 30
-    assert [row["id"] for row in listed_test_rows(cfg)] == ["a"]
+    assert [row["id"] for row in listed_test_rows(DataSource.of(cfg))] == ["a"]
 
 
 # ---------------------------------------------------------------- 3. palette masks: as a viewer shows them
@@ -328,7 +329,7 @@ def test_mixed_sizes_predict_byte_identical_pngs_whatever_the_batch_size(mixed_s
         cfg = load_config(None, [f"data.root={mixed_sizes}", "data.layout=folders", "data.test_dir=images",
                                  f"output_dir={mixed_sizes / 'run'}", f"predict.out_dir=b{batch_size}",
                                  f"predict.batch_size={batch_size}", "data.num_workers=0"])
-        rows = listed_test_rows(cfg)
+        rows = listed_test_rows(DataSource.of(cfg))
         assert input_shapes(rows, Geometry(None, 32)) == [(64, 96), (128, 128)] * 2
         out = predict_test(cfg, [model], runtime, rows, {"batch_size": batch_size})
         written[batch_size] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
@@ -364,7 +365,7 @@ def airbus(tmp_path):
 
     root = GENERATORS["airbus"](tmp_path / "data", images=2, test_images=2, seed=0, size=32)
     cfg = load_config("configs/airbus.yaml", [f"data.root={root}", f"output_dir={tmp_path / 'run'}"])
-    return cfg, sorted(row["image"].rsplit("/", 1)[-1] for row in listed_test_rows(cfg))
+    return cfg, sorted(row["image"].rsplit("/", 1)[-1] for row in listed_test_rows(DataSource.of(cfg)))
 
 
 def test_the_checker_names_the_lines_of_overlapping_objects(airbus, tmp_path):
@@ -418,4 +419,4 @@ def test_upper_case_jpg_is_refused_with_renaming_as_the_fix(tmp_path):
     cfg = load_config(None, [f"data.root={root}"])
     with pytest.raises(DataError, match=r"do not end in .jpg exactly, e.g. \[.*\.JPG'\]; renaming them to end in "
                                         r"\.jpg \(lower case\) is enough"):
-        list_train(cfg)
+        list_train(DataSource.of(cfg))

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ternaus.data.source import DataSource
 from ternaus.config import load_config
 from ternaus.data.files import image_size, read_image, read_mask
 from ternaus.data.layouts import test_rows as listed_test_rows
@@ -74,4 +75,4 @@ def test_prepare_folds_and_the_test_listing_on_the_real_tgs_folder_with_the_tgs_
     empty_share = (folds["mask_area"] == 0).groupby(folds["fold"]).mean()
     assert empty_share.max() - empty_share.min() < 0.05  # stratified by mask area: about 39 % empty in each
     sample = pd.read_csv(TGS / "sample_submission.csv", dtype=str)
-    assert sorted(row["id"] for row in listed_test_rows(cfg)) == sorted(sample["id"]) and len(sample) == 1011
+    assert sorted(row["id"] for row in listed_test_rows(DataSource.of(cfg))) == sorted(sample["id"]) and len(sample) == 1011

@@ -79,22 +79,22 @@ def test_the_edge_loss_settings_are_checked():
 def test_the_families_schedules_epoch_by_epoch():
     vgg = load_config(ROOT / "configs" / "carvana_vgg11_1024.yaml").train
     cycle = [1.0] * 10 + [0.1] * 5 + [0.01] * 5
-    assert [cycle_factor(e, vgg) for e in range(60)] == pytest.approx(cycle * 3)
+    assert [cycle_factor(e, vgg.schedule) for e in range(60)] == pytest.approx(cycle * 3)
     scratch = load_config(ROOT / "configs" / "carvana_scratch.yaml").train
-    assert [step_factor(e, scratch) for e in (0, 99, 100, 199, 200, 249)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert [step_factor(e, scratch.schedule) for e in (0, 99, 100, 199, 200, 249)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
     albu = load_config(ROOT / "configs" / "carvana_linknet34.yaml").train
     restart = [1.0, 1.0, 0.1, 0.1, 0.01]
     expected = [1.0] * 12 + [0.1] * 11 + (restart * 4)[:17]
-    assert [step_then_cycle_factor(e, albu) for e in range(40)] == pytest.approx(expected)
+    assert [step_then_cycle_factor(e, albu.schedule) for e in range(40)] == pytest.approx(expected)
 
 
 def test_sgd_with_momentum_and_weight_decay_follows_its_schedule_through_the_scheduler():
-    train_cfg = load_config(ROOT / "configs" / "carvana_scratch.yaml", ["train.step_epochs=2"]).train
+    train_cfg = load_config(ROOT / "configs" / "carvana_scratch.yaml", ["train.schedule.step_epochs=2"]).train
     parameter = torch.nn.Parameter(torch.ones(3))
-    optimizer = build_optimizer([parameter], train_cfg)
+    optimizer = build_optimizer([parameter], train_cfg.optimizer, train_cfg.lr, train_cfg.weight_decay)
     assert isinstance(optimizer, torch.optim.SGD)
     assert (optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (0.9, 5e-4)
-    scheduler = build_scheduler(optimizer, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg.schedule)
     lrs = []
     for _ in range(5):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -115,11 +115,11 @@ def test_accumulation_groups_by_hand():
 def one_layer_state(lr: float, clip: float | None = None, momentum: float = 0.0) -> FoldState:
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 1, 3, padding=1)
-    train_cfg = load_config(None, ["train.optimizer=sgd", f"train.lr={lr}", f"train.momentum={momentum}"]).train
-    optimizer = build_optimizer(model.parameters(), train_cfg)
+    train_cfg = load_config(None, ["train.optimizer=sgd", f"train.lr={lr}", f"train.optimizer.momentum={momentum}"]).train
+    optimizer = build_optimizer(model.parameters(), train_cfg.optimizer, train_cfg.lr)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     # BCE alone (a Dice weight of 0): a mean over pixels, so two images' mean is the mean of their means.
-    return FoldState(model, optimizer, build_scheduler(optimizer, train_cfg), scaler, SegmentationLoss("bce_dice", 0.0))
+    return FoldState(model, optimizer, build_scheduler(optimizer, train_cfg.schedule), scaler, SegmentationLoss("bce_dice", 0.0))
 
 
 def batch_of(images: torch.Tensor, masks: torch.Tensor) -> dict:
@@ -163,7 +163,7 @@ def scratch_config(root: Path, out: Path, *extra: str):
     return load_config(ROOT / "configs" / "carvana_scratch.yaml", [
         f"data.root={root}", f"output_dir={out}", "data.num_workers=0", "data.input_size=[32,32]", "folds.n_folds=2",
         "model.widths=[4,8]", "model.center_width=8", "train.epochs=1", "train.batch_size=1", "train.accumulate=2",
-        "train.val_batch_size=16", "train.loss.edge_window=5", "train.amp=false", "train.deterministic=true",
+        "train.val_batch_size=16", "train.loss.edge_window=5", "runtime.amp=false", "runtime.deterministic=true",
         "train.lr=0.05", *extra])
 
 

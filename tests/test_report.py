@@ -169,7 +169,7 @@ def test_montage_truth_comes_from_the_layouts_masks_csv_in_its_rle_order(tmp_pat
     pd.DataFrame({"id": ["ship1"], "fold": [0], "dice": [1.0], "jaccard": [1.0]}).to_csv(run / "oof.csv", index=False)
     cfg = load_config(ROOT / "configs/airbus.yaml", [f"data.root={data}", f"output_dir={run}", "folds.n_folds=2",
                                                      "report.worst=1", "report.best=1", "report.tile_height=20",
-                                                     "submission.threshold=0.5", "submission.min_area=0"])
+                                                     "postprocess.threshold=0.5", "postprocess.use_searched=false"])
     build_report(cfg)
     montage = cv2.cvtColor(cv2.imread(str(run / "report" / "worst_01.png")), cv2.COLOR_BGR2RGB)
     gap = (montage.shape[1] - 4 * W) // 3  # four tiles of 30 x 20 at height 20

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ternaus.data.source import DataSource
 from ternaus.config import load_config
 from ternaus.data.dataset import SegmentationDataset, pad_collate
 from ternaus.data.geometry import Geometry
@@ -48,9 +49,9 @@ def mixed_folder(tmp_path):
 
 def test_folders_pair_by_stem_and_mixed_sizes_are_padded_and_restored(mixed_folder):
     cfg = folders_config(mixed_folder)
-    table = list_train(cfg)
+    table = list_train(DataSource.of(cfg))
     assert table["id"].tolist() == ["a", "b", "c"] and all(table["mask"].str.len() > 0)
-    dataset = SegmentationDataset(table.to_dict("records"), Geometry(None, 32), True, masks=mask_spec(cfg))
+    dataset = SegmentationDataset(table.to_dict("records"), Geometry(None, 32), True, masks=mask_spec(DataSource.of(cfg)))
     batch = pad_collate([dataset[i] for i in range(3)])
     # Each image padded to its own multiple of 32 (32x32, 64x32, 64x64), the batch to the largest.
     assert batch["image"].shape == (3, 3, 64, 64) and batch["mask"].shape == (3, 1, 64, 64)
@@ -61,17 +62,17 @@ def test_folders_pair_by_stem_and_mixed_sizes_are_padded_and_restored(mixed_fold
         mask = Geometry(None, 32).restore(maps, tuple(size))[0].numpy()
         h, w = size
         assert mask.shape == (h, w) and mask.sum() == (h // 2) * (w // 3) and mask[: h // 2, : w // 3].all()
-    assert [r["id"] for r in listed_test_rows(cfg)] == ["a", "b", "c"]
+    assert [r["id"] for r in listed_test_rows(DataSource.of(cfg))] == ["a", "b", "c"]
 
 
 def test_folders_refuse_two_images_of_one_stem_and_masks_without_images(mixed_folder):
     cv2.imwrite(str(mixed_folder / "images" / "a.jpg"), np.zeros((4, 4), np.uint8))
     with pytest.raises(DataError, match="both a.jpg and a.png"):
-        list_train(folders_config(mixed_folder))
+        list_train(DataSource.of(folders_config(mixed_folder)))
     (mixed_folder / "images" / "a.jpg").unlink()
     (mixed_folder / "images" / "c.tif").unlink()
     with pytest.raises(DataError, match=r"1 mask\(s\) .* have no image.*\['c'\]"):
-        list_train(folders_config(mixed_folder))
+        list_train(DataSource.of(folders_config(mixed_folder)))
 
 
 def test_class_index_masks_become_one_plane_per_class(tmp_path):
@@ -110,12 +111,12 @@ def test_instance_rows_are_unioned_and_an_empty_row_is_an_empty_mask(tmp_path):
     pd.DataFrame({"ImageId": ["s1.jpg", "s1.jpg", "s2.jpg"], "EncodedPixels": ["1 2", "14 3", ""]}).to_csv(
         tmp_path / "masks.csv", index=False)
     cfg = csv_config(tmp_path, "instance")
-    rows = list_train(cfg).to_dict("records")
+    rows = list_train(DataSource.of(cfg)).to_dict("records")
     assert [r["id"] for r in rows] == ["s1", "s2"]
-    assert np.array_equal(load_masks(rows[0], (4, 5), mask_spec(cfg))[0], ship_a | ship_b)
-    assert load_masks(rows[1], (4, 5), mask_spec(cfg)).sum() == 0
+    assert np.array_equal(load_masks(rows[0], (4, 5), mask_spec(DataSource.of(cfg)))[0], ship_a | ship_b)
+    assert load_masks(rows[1], (4, 5), mask_spec(DataSource.of(cfg))).sum() == 0
     with pytest.raises(DataError, match="more than once.*data.csv.rows=instance"):
-        list_train(csv_config(tmp_path, "image"))
+        list_train(DataSource.of(csv_config(tmp_path, "image")))
 
 
 def test_image_class_rows_fill_their_class_plane_and_unlisted_images_are_empty(tmp_path):
@@ -123,12 +124,12 @@ def test_image_class_rows_fill_their_class_plane_and_unlisted_images_are_empty(t
     pd.DataFrame({"ImageId": ["x.jpg", "x.jpg"], "ClassId": ["3", "1"], "EncodedPixels": ["1 2", "5 4"]}).to_csv(
         tmp_path / "masks.csv", index=False)
     cfg = csv_config(tmp_path, "image_class", "data.csv.class_column=ClassId", "model.num_classes=3")
-    rows = list_train(cfg).to_dict("records")
-    planes = load_masks(rows[0], (4, 5), mask_spec(cfg))
+    rows = list_train(DataSource.of(cfg)).to_dict("records")
+    planes = load_masks(rows[0], (4, 5), mask_spec(DataSource.of(cfg)))
     assert planes.shape == (3, 4, 5)
     assert planes[0][:, 1].tolist() == [1, 1, 1, 1] and planes[0].sum() == 4  # "5 4": column 1, column-major
     assert planes[1].sum() == 0 and planes[2][0:2, 0].tolist() == [1, 1] and planes[2].sum() == 2
-    assert load_masks(rows[1], (4, 5), mask_spec(cfg)).sum() == 0  # y is not in the CSV: no defect
+    assert load_masks(rows[1], (4, 5), mask_spec(DataSource.of(cfg))).sum() == 0  # y is not in the CSV: no defect
 
 
 def test_rle_csv_refuses_rows_without_images_unknown_classes_and_runs_outside_the_image(tmp_path):
@@ -137,15 +138,15 @@ def test_rle_csv_refuses_rows_without_images_unknown_classes_and_runs_outside_th
         tmp_path / "masks.csv", index=False)
     cfg = csv_config(tmp_path, "image_class", "data.csv.class_column=ClassId", "model.num_classes=2")
     with pytest.raises(DataError, match=r"1 image\(s\) of .*masks.csv are not in .*\['gone'\]"):
-        list_train(cfg)
+        list_train(DataSource.of(cfg))
     pd.DataFrame({"ImageId": ["x.jpg"], "ClassId": ["5"], "EncodedPixels": ["1 2"]}).to_csv(tmp_path / "masks.csv",
                                                                                            index=False)
     with pytest.raises(DataError, match=r"classes \['5'\] are not in data.class_names \['1', '2'\]"):
-        list_train(cfg)
+        list_train(DataSource.of(cfg))
     pd.DataFrame({"ImageId": ["x.jpg"], "ClassId": ["1"], "EncodedPixels": ["19 5"]}).to_csv(tmp_path / "masks.csv",
                                                                                             index=False)
     with pytest.raises(DataError, match="does not fit its 5x4 image"):
-        load_masks(list_train(cfg).to_dict("records")[0], (4, 5), mask_spec(cfg))
+        load_masks(list_train(DataSource.of(cfg)).to_dict("records")[0], (4, 5), mask_spec(DataSource.of(cfg)))
 
 
 def test_group_ids_by_car_none_and_pattern():
@@ -172,7 +173,7 @@ def test_stratifying_by_empty_masks_spreads_the_empty_images_evenly():
     (["submission.values=[\"{image}\"]"], "1 value(s) for 2 submission.columns"),
     (["submission.values=[\"{img}\", \"{rle}\"]"], "unknown field {img}"),
     (["submission.rows=image_class"], "must name the class"),
-    (["submission.threshold=[0.5, 0.5]"], "2 threshold(s) for model.num_classes=1"),
+    (["postprocess.threshold=[0.5, 0.5]"], "2 threshold(s) for model.num_classes=1"),
     (["folds.group_by=pattern", "folds.group_pattern=abc"], "needs a group"),
     (["data.class_names=[a, b]"], "2 name(s) for model.num_classes=1"),
     (["data.rle.order=X"], "data.rle.order: must be one of C, F"),
@@ -196,6 +197,6 @@ def test_one_class_layouts_and_formats_are_refused_for_several_classes_when_used
     cfg = load_config(None, [f"data.root={tiny_dataset}", "model.num_classes=2"])  # training needs no format
     with pytest.raises(ConfigError, match="submission.rows=image writes one class, model.num_classes=2"):
         submission_format(cfg)
-    rows = list_train(cfg).head(1).to_dict("records")
+    rows = list_train(DataSource.of(cfg)).head(1).to_dict("records")
     with pytest.raises(DataError, match="1 mask plane.*model.num_classes=2: Carvana's layout holds one class"):
-        SegmentationDataset(rows, Geometry(None, 32), True, masks=mask_spec(cfg))[0]
+        SegmentationDataset(rows, Geometry(None, 32), True, masks=mask_spec(DataSource.of(cfg)))[0]

@@ -54,7 +54,7 @@ def test_a_frozen_encoder_trains_only_after_its_epochs_and_a_resume_mid_freeze_c
     torch.manual_seed(0)
     start = save_checkpoint(tmp_path / "start.pt", model=lecun_uniform_(tiny_net()))  # freezing needs trained weights
     initial = read_checkpoint(start)["model"]
-    settings = (f"model.init={start}", "model.freeze_encoder_epochs=1", "train.epochs=2", "train.deterministic=true",
+    settings = (f"model.init={start}", "model.freeze_encoder_epochs=1", "train.epochs=2", "runtime.deterministic=true",
                 "data.input_size=[32,32]")
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     for out in (whole, resumed):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ternaus.config import Config, resolve
+from ternaus.data.source import DataSource
 from ternaus.data.files import read_id_csv, read_mask
 from ternaus.data.ids import normalise_ids
 from ternaus.errors import DataError
@@ -57,14 +57,14 @@ def _read_rle_csv(path: Path) -> dict[str, str]:
     return dict(zip(normalise_ids(table["img"], str(path), (".jpg",)), table["rle_mask"]))
 
 
-def list_train(cfg: Config) -> pd.DataFrame:
+def list_train(source: DataSource) -> pd.DataFrame:
     """One row per training image: id, car_id, image path, mask path ('' if none), RLE ('' if none)."""
-    image_dir, mask_dir = resolve(cfg, cfg.data.train_dir), resolve(cfg, cfg.data.masks_dir)
+    image_dir, mask_dir = source.train_dir, source.masks_dir
     ids = _ids_in(image_dir, ".jpg")
     if not ids:
         raise DataError(f"no training images (*.jpg) in {image_dir}; put the training images there, "
                         "or point data.root (or data.train_dir) at the folder that holds them")
-    rles = _read_rle_csv(resolve(cfg, cfg.data.masks_csv))
+    rles = _read_rle_csv(source.masks_csv)
     rows = []
     for image_id in ids:
         mask_path = mask_dir / f"{image_id}_mask.gif"
@@ -78,11 +78,11 @@ def list_train(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def list_test(cfg: Config) -> list[str]:
+def list_test(source: DataSource) -> list[str]:
     """Test ids in ``sample_submission.csv`` order, checked against the images in ``test/``."""
-    test_dir = resolve(cfg, cfg.data.test_dir)
+    test_dir = source.test_dir
     on_disk = set(_ids_in(test_dir, ".jpg"))
-    sample = resolve(cfg, cfg.data.sample_submission)
+    sample = source.sample_submission
     if not sample.is_file():
         raise DataError(f"{sample} does not exist; it fixes the submission's rows (set data.sample_submission)")
     ids = normalise_ids(read_id_csv(sample, ["img"])["img"], str(sample), (".jpg",))
@@ -99,10 +99,9 @@ def list_test(cfg: Config) -> list[str]:
     return ids
 
 
-def test_rows(cfg: Config) -> list[dict[str, str]]:
+def test_rows(source: DataSource) -> list[dict[str, str]]:
     """The test images as rows (id, image path), in sample order."""
-    test_dir = resolve(cfg, cfg.data.test_dir)
-    return [{"id": i, "image": str(test_dir / f"{i}.jpg")} for i in list_test(cfg)]
+    return [{"id": i, "image": str(source.test_dir / f"{i}.jpg")} for i in list_test(source)]
 
 
 def load_masks(row: Any, shape: tuple[int, int], spec: Any = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ternaus.config import Config, resolve
+from ternaus.data.source import DataSource
 from ternaus.data.files import IMAGE_SUFFIXES, MASK_SUFFIXES, read_class_mask, read_mask
 from ternaus.errors import DataError
 
@@ -45,30 +45,30 @@ def files_by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[st
     return found
 
 
-def images_in(cfg: Config, folder_key: str) -> dict[str, Path]:
+def images_in(source: DataSource, folder_key: str) -> dict[str, Path]:
     """The images of the folder ``data.<folder_key>`` by stem; an empty folder is refused."""
-    folder = resolve(cfg, getattr(cfg.data, folder_key))
+    folder = source.path(getattr(source.settings, folder_key))
     images = files_by_stem(folder, IMAGE_SUFFIXES, "images")
     if not images:
         raise DataError(f"no images in {folder}; put them there or point data.root (or data.{folder_key}) at them")
     return images
 
 
-def list_train(cfg: Config) -> pd.DataFrame:
+def list_train(source: DataSource) -> pd.DataFrame:
     """``images/`` and ``masks/`` paired by stem; an image without a mask is listed with mask '' (refused later)."""
-    images = images_in(cfg, "train_dir")
-    masks = files_by_stem(resolve(cfg, cfg.data.masks_dir), MASK_SUFFIXES, "masks")
+    images = images_in(source, "train_dir")
+    masks = files_by_stem(source.masks_dir, MASK_SUFFIXES, "masks")
     orphans = sorted(set(masks) - set(images))
     if orphans:
-        raise DataError(f"{len(orphans)} mask(s) in {resolve(cfg, cfg.data.masks_dir)} have no image in "
-                        f"{resolve(cfg, cfg.data.train_dir)}, e.g. {orphans[:3]}; masks pair with images by file stem")
+        raise DataError(f"{len(orphans)} mask(s) in {source.masks_dir} have no image in "
+                        f"{source.train_dir}, e.g. {orphans[:3]}; masks pair with images by file stem")
     return pd.DataFrame([{"id": stem, "image": str(path), "mask": str(masks.get(stem, "")), "rle": ""}
                          for stem, path in images.items()])
 
 
-def test_rows(cfg: Config) -> list[dict[str, Any]]:
+def test_rows(source: DataSource) -> list[dict[str, Any]]:
     """The test images as rows (id, image path), sorted by id; the sample submission orders the rows later."""
-    return [{"id": stem, "image": str(path)} for stem, path in images_in(cfg, "test_dir").items()]
+    return [{"id": stem, "image": str(path)} for stem, path in images_in(source, "test_dir").items()]
 
 
 def load_masks(row: Any, shape: tuple[int, int], spec: Any) -> np.ndarray:

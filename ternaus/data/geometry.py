@@ -78,6 +78,11 @@ class Geometry:
 
 
 def geometry_of(cfg: Config) -> Geometry:
-    """The configured geometry: ``data.input_size``, and the model's size multiple for padding."""
-    size = tuple(cfg.data.input_size) if cfg.data.input_size else None
-    return Geometry(size, MODELS[cfg.model.name].multiple_for(cfg.model))
+    """The configured geometry (a stage entry's constructor): ``data.input_size``, and the model's size multiple
+    for padding."""
+    return geometry_for(cfg.data.input_size, cfg.model)
+
+
+def geometry_for(input_size: list[int] | None, model: object) -> Geometry:
+    """``input_size`` ([H, W] or None: pad) and the size multiple of the network ``model`` (the model section)."""
+    return Geometry(tuple(input_size) if input_size else None, MODELS[model.name].multiple_for(model))

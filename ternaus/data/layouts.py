@@ -18,22 +18,22 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from ternaus.config import Config, DataConfig
+from ternaus.config import DataConfig
 from ternaus.data.files import declared_size_problem, image_file_problem, image_size
 from ternaus.errors import DataError
 from ternaus.registry import LAYOUTS
 from ternaus.rle import RleFormat
-from ternaus.run_files import RunFiles
+from ternaus.data.source import DataSource
 
 __all__ = ["Layout", "MaskSpec", "mask_spec", "layout_of", "list_train", "test_rows", "load_masks", "check_train_row",
            "check_train", "train_items"]
 
 
 class Layout(Protocol):
-    def list_train(self, cfg: Config) -> pd.DataFrame:
+    def list_train(self, source: DataSource) -> pd.DataFrame:
         """One row per training image (see the module's docstring)."""
 
-    def test_rows(self, cfg: Config) -> list[dict[str, Any]]:
+    def test_rows(self, source: DataSource) -> list[dict[str, Any]]:
         """The test images as rows (id, image path), in the order the submission lists them when known."""
 
     def load_masks(self, row: Any, shape: tuple[int, int], spec: "MaskSpec") -> np.ndarray:
@@ -52,22 +52,22 @@ class MaskSpec:
     layout: str = "carvana"
 
 
-def mask_spec(cfg: Config) -> MaskSpec:
-    return MaskSpec(cfg.model.num_classes, cfg.data.rle, cfg.data.layout)
+def mask_spec(source: DataSource) -> MaskSpec:
+    return MaskSpec(source.num_classes, source.rle, source.layout)
 
 
 def layout_of(name: str) -> Layout:
     return LAYOUTS[name].load()
 
 
-def list_train(cfg: Config) -> pd.DataFrame:
+def list_train(source: DataSource) -> pd.DataFrame:
     """One row per training image of the configured layout."""
-    return layout_of(cfg.data.layout).list_train(cfg)
+    return layout_of(source.layout).list_train(source)
 
 
-def test_rows(cfg: Config) -> list[dict[str, Any]]:
+def test_rows(source: DataSource) -> list[dict[str, Any]]:
     """The test images as rows (id, image path): Carvana's in sample order, other layouts' sorted by id."""
-    return layout_of(cfg.data.layout).test_rows(cfg)
+    return layout_of(source.layout).test_rows(source)
 
 
 def load_masks(row: Any, shape: tuple[int, int], spec: MaskSpec = MaskSpec()) -> np.ndarray:
@@ -113,12 +113,12 @@ def check_train(table: pd.DataFrame, processes: int = 1, spec: MaskSpec = MaskSp
     return [problem for problems in found for problem in problems]
 
 
-def train_items(cfg: Config, folds: pd.DataFrame) -> pd.DataFrame:
+def train_items(source: DataSource, folds: pd.DataFrame, folds_csv: Path) -> pd.DataFrame:
     """The training table joined with ``folds.csv``; refuses a folds file that does not match the data."""
-    table = list_train(cfg)
+    table = list_train(source)
     merged = table.merge(folds[["id", "fold"]], on="id", how="outer", indicator=True)
     stale = merged[merged["_merge"] != "both"]
     if len(stale):
-        raise DataError(f"{RunFiles.of(cfg).folds_csv} does not match the data in {cfg.data.root} "
+        raise DataError(f"{folds_csv} does not match the data in {source.root} "
                         f"({len(stale)} ids differ, e.g. {stale['id'].iloc[0]}); run prepare_folds.py again")
     return merged.drop(columns="_merge").astype({"fold": int})

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ternaus.config import Config, class_names, resolve
+from ternaus.data.source import DataSource
 from ternaus.data.files import duplicates, read_text_csv
 from ternaus.data.folders import images_in, test_rows
 from ternaus.data.ids import normalise_ids
@@ -27,33 +27,33 @@ from ternaus.rle import decode_rle
 __all__ = ["list_train", "test_rows", "load_masks", "missing_mask"]
 
 
-def _read_masks_csv(cfg: Config) -> pd.DataFrame:
-    csv = cfg.data.csv
+def _read_masks_csv(source: DataSource) -> pd.DataFrame:
+    csv = source.csv
     wanted = [csv.image_column, csv.rle_column] + ([csv.class_column] if csv.rows == "image_class" else [])
-    return read_text_csv(resolve(cfg, cfg.data.masks_csv), wanted,
+    return read_text_csv(source.masks_csv, wanted,
                          "set data.csv.image_column, rle_column and class_column to its header",
                          absent_hint="set data.masks_csv to the competition's masks CSV")
 
 
-def _class_indices(values: pd.Series, cfg: Config) -> list[int]:
-    names = class_names(cfg)
+def _class_indices(values: pd.Series, source: DataSource) -> list[int]:
+    names = list(source.classes)
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise DataError(f"{resolve(cfg, cfg.data.masks_csv)}: classes {unknown[:5]} are not in data.class_names "
+        raise DataError(f"{source.masks_csv}: classes {unknown[:5]} are not in data.class_names "
                         f"{names}; list the competition's classes there (and set model.num_classes)")
     return [names.index(v) for v in values]
 
 
-def _runs_by_image(table: pd.DataFrame, cfg: Config, suffixes: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
+def _runs_by_image(table: pd.DataFrame, source: DataSource, suffixes: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
     """Each image's (class index, RLE) rows; ``suffixes``: each training image's file suffix, by id."""
-    csv, where = cfg.data.csv, str(resolve(cfg, cfg.data.masks_csv))
+    csv, where = source.csv, str(source.masks_csv)
     stems = pd.Series(normalise_ids(table[csv.image_column], where, suffixes, unique=False), dtype=str)
     if csv.rows == "image":
         repeated = duplicates(stems)
         if repeated:
             raise DataError(f"{where} lists {len(repeated)} image(s) more than once, e.g. "
                             f"{repeated[:3]}; for one row per object set data.csv.rows=instance")
-    classes = _class_indices(table[csv.class_column], cfg) if csv.rows == "image_class" else [0] * len(table)
+    classes = _class_indices(table[csv.class_column], source) if csv.rows == "image_class" else [0] * len(table)
     if csv.rows == "image_class":
         repeated = duplicates(stems + " class " + pd.Series(table[csv.class_column].tolist(), dtype=str))
         if repeated:
@@ -65,14 +65,14 @@ def _runs_by_image(table: pd.DataFrame, cfg: Config, suffixes: dict[str, str]) -
     return runs
 
 
-def list_train(cfg: Config) -> pd.DataFrame:
+def list_train(source: DataSource) -> pd.DataFrame:
     """Every image of ``train_dir``, with its CSV rows as ``runs``."""
-    images = images_in(cfg, "train_dir")
-    runs = _runs_by_image(_read_masks_csv(cfg), cfg, {stem: path.suffix for stem, path in images.items()})
+    images = images_in(source, "train_dir")
+    runs = _runs_by_image(_read_masks_csv(source), source, {stem: path.suffix for stem, path in images.items()})
     strays = sorted(set(runs) - set(images))
     if strays:
-        raise DataError(f"{len(strays)} image(s) of {resolve(cfg, cfg.data.masks_csv)} are not in "
-                        f"{resolve(cfg, cfg.data.train_dir)}, e.g. {strays[:3]}; check data.train_dir and "
+        raise DataError(f"{len(strays)} image(s) of {source.masks_csv} are not in "
+                        f"{source.train_dir}, e.g. {strays[:3]}; check data.train_dir and "
                         "data.csv.image_column")
     return pd.DataFrame([{"id": stem, "image": str(path), "mask": "", "rle": "", "runs": tuple(runs.get(stem, ()))}
                          for stem, path in images.items()])

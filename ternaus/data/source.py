@@ -1,0 +1,86 @@
+"""Where a competition's data lies and how it is read: the ``data`` section resolved once, at a stage's entry.
+
+``DataSource.of(cfg)`` turns the configuration into this object; the layouts (``ternaus.data.layouts``) and
+every reader below the stage entry points take it, never the whole ``Config``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ternaus.config import Config, DataConfig, MasksCsvConfig, class_names
+from ternaus.rle import RleFormat
+
+__all__ = ["DataSource"]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """The data section's settings with its paths resolved under ``root`` (absolute paths stay), and the classes'
+    names as the CSVs and the submission write them (one per network output class)."""
+
+    settings: DataConfig = field(default_factory=DataConfig)
+    classes: tuple[str, ...] = ("1",)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "DataSource":
+        return cls(cfg.data, tuple(class_names(cfg)))
+
+    def path(self, relative: str) -> Path:
+        """A data path: absolute paths stay, relative ones are under ``data.root``."""
+        return Path(relative) if os.path.isabs(relative) else Path(self.settings.root) / relative
+
+    @property
+    def root(self) -> Path:
+        return Path(self.settings.root)
+
+    @property
+    def layout(self) -> str:
+        return self.settings.layout
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.path(self.settings.train_dir)
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.path(self.settings.masks_dir)
+
+    @property
+    def masks_csv(self) -> Path:
+        return self.path(self.settings.masks_csv)
+
+    @property
+    def test_dir(self) -> Path:
+        return self.path(self.settings.test_dir)
+
+    @property
+    def sample_submission(self) -> Path:
+        return self.path(self.settings.sample_submission)
+
+    @property
+    def csv(self) -> MasksCsvConfig:
+        return self.settings.csv
+
+    @property
+    def rle(self) -> RleFormat:
+        return self.settings.rle
+
+    def places(self) -> tuple[dict[str, Path], dict[str, Path]]:
+        """The data's folders and files that exist, by the key that names them, resolved: what a stage's outputs
+        must keep apart from."""
+        folders = {f"data.{key}": self.path(getattr(self.settings, key)) for key in ("train_dir", "masks_dir",
+                                                                                     "test_dir")}
+        files = {f"data.{key}": self.path(getattr(self.settings, key)) for key in ("masks_csv", "sample_submission")}
+        return ({k: p.resolve() for k, p in folders.items() if p.is_dir()},
+                {k: p.resolve() for k, p in files.items() if p.is_file()})
+
+    def describe(self) -> dict[str, Any]:
+        return {"root": str(self.root), "layout": self.layout}
