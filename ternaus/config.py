@@ -409,7 +409,7 @@ def _renamed_override(tree: dict, key: str, value: Any, notes: list[str]) -> lis
     return [(new, value), *([("postprocess.use_searched", False)] if key in _FIXES_SUBMISSION else [])]
 
 
-CHOICE_KEYS = frozenset({"train.loss", "train.optimizer", "train.schedule"})
+CHOICE_KEYS = {"train.loss": LOSSES, "train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES}
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -28,31 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from ternaus.data.source import DataSource
-from ternaus.analysis import (
-    ThresholdScores,
-    TrueObjects,
-    choose_postprocessing,
-    level_histograms,
-    object_scores_of_image,
-    scores_from_histograms,
-    search_thresholds,
-    true_objects,
-    write_oof_analysis,
-)
+from ternaus.analysis import TrueObjects, search_thresholds, true_objects, write_oof_analysis
 from ternaus.config import Config, EnsembleConfig, EnsembleMember, member_name, read_yaml, save_config, thresholds
 from ternaus.data.files import listing, png_shape, prediction_image, read_prediction
 from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec, test_rows
 from ternaus.errors import ConfigError, DataError
+from ternaus.evaluation import Evaluator, ImageScores
 from ternaus.inference import PngWriter, remove_oof_temporaries, write_png
 from ternaus.io import atomic_write, claim
 from ternaus.merge import weighted_mean
-from ternaus.metrics import instances
 from ternaus.predictions import claim_reader, claim_writer, fingerprints_of, keep_or_redo, png_complete, searched_key
-from ternaus.registry import METRICS, RULES
+from ternaus.registry import RULES
 from ternaus.run_files import RunFiles, check_outputs, predictions_record
 
 __all__ = ["ensemble", "Member", "load_member", "check_members", "merge_maps", "merge_test", "score_oof",
@@ -198,28 +187,21 @@ def merge_test(cfg: Config, members: list[Member], ids: list[str], fingerprint: 
 # ---------------------------------------------------------------- out of fold
 
 
-def _oof_image(row: dict, members: list[Member], cfg: Config, spec: MaskSpec, grid: tuple[float, ...] | None,
-               truth: TrueObjects | None) -> dict[str, tuple]:
-    """One training image's (2, 256) level histograms (``analysis.level_histograms``, class 0) for each member and
-    for the ensemble (and, with rules, for the plain mean as "<ensemble> (mean)"); with a metric of objects
-    (``grid`` given) also each one's row of ``ThresholdScores`` on ``grid``. The ensemble's map is written to
-    ``oof_predictions/``, so that this ensemble can be a member of another."""
+def _oof_image(row: dict, members: list[Member], cfg: Config, spec: MaskSpec, evaluators: dict[str, Evaluator],
+               truth: TrueObjects | None) -> dict[str, ImageScores]:
+    """One training image scored (class 0) by each member and by the ensemble (and, with rules, by the plain
+    mean as "<ensemble> (mean)"), each by its own evaluator; pure but for the ensemble's map, which is written
+    to ``oof_predictions/`` so that this ensemble can be a member of another."""
     maps = _read_maps(members, {m.name: m.oof(row["id"]) for m in members}, 1)
-    target = load_masks(row, maps[members[0].name].shape[1:], spec)[0] > 0
+    target = load_masks(row, maps[members[0].name].shape[1:], spec)[:1] > 0
     merged = {f"{ENSEMBLE} (mean)" if cfg.ensemble.rules else ENSEMBLE:
               weighted_mean([maps[m.name] for m in members], [m.weight for m in members])}
     if cfg.ensemble.rules:
         merged[ENSEMBLE] = merge_maps(maps, members, cfg.ensemble)
     write_png(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", prediction_image(merged[ENSEMBLE]))
-    objects = None
-    if grid is not None:
-        objects = truth(row["id"], target.shape) if truth is not None else instances(target)
-    found = {}
-    for name, levels in {**maps, **merged}.items():
-        histograms = level_histograms(torch.from_numpy(levels[0]), torch.from_numpy(target)).numpy()
-        scores = None if grid is None else object_scores_of_image(levels[0], objects, grid, cfg.postprocess.metric)
-        found[name] = (histograms, scores)
-    return found
+    objects = truth(row["id"], target.shape[1:]) if truth is not None else None
+    return {name: evaluators[name].score(row["id"], levels[:1], target, objects, fold=-1)
+            for name, levels in {**maps, **merged}.items()}
 
 
 def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataFrame:
@@ -230,22 +212,22 @@ def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataF
     files, rows = RunFiles.of(cfg), list_train(DataSource.of(cfg)).to_dict("records")
     remove_oof_temporaries(cfg, [row["id"] for row in rows], files.ensemble_cv)  # a killed run's
     metric, at = cfg.postprocess.metric, thresholds(cfg.postprocess.threshold, 1)[0]
-    grid = search_thresholds(metric, at) if METRICS[metric].form == "objects" else None
-    truth = true_objects(cfg, rows) if grid is not None else None
-    job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(DataSource.of(cfg)), grid=grid, truth=truth)
+    names = [m.name for m in members] + ([f"{ENSEMBLE} (mean)"] if cfg.ensemble.rules else []) + [ENSEMBLE]
+    evaluators = {name: Evaluator(metric, ["1"], at, search_thresholds(metric, at)) for name in names}
+    truth = true_objects(cfg, rows)
+    job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(DataSource.of(cfg)), evaluators=evaluators, truth=truth)
     with ThreadPoolExecutor(cfg.predict.writer_threads) as pool:
-        found = list(tqdm(pool.map(job, rows), total=len(rows), desc="out-of-fold", dynamic_ncols=True))
+        for found in tqdm(pool.map(job, rows), total=len(rows), desc="out-of-fold", dynamic_ncols=True):
+            for name, scores in found.items():  # in the rows' order, whichever thread scored them
+                evaluators[name].keep(scores)
     weights = {m.name: m.weight / sum(x.weight for x in members) for m in members}
     table = []
-    for name in found[0]:
-        histograms = np.stack([f[name][0] for f in found])
-        scores = None if grid is None else ThresholdScores.of_images(grid, [f[name][1] for f in found])
+    for name, evaluator in evaluators.items():
         if name == ENSEMBLE:  # the search's result is what make_submission.py uses
-            chosen = write_oof_analysis(cfg, pd.DataFrame({"id": [r["id"] for r in rows], "fold": -1}), histograms,
-                                        scores, searched_key(fingerprint))
+            chosen = write_oof_analysis(cfg, evaluator.table(), evaluator.histograms(), evaluator.threshold_scores(),
+                                        searched_key(fingerprint))
         else:
-            chosen = choose_postprocessing(scores or scores_from_histograms(histograms, search_thresholds(metric, at),
-                                                                            metric), metric, at)[0]
+            chosen = evaluator.search()[0]
         table.append({"run": name, "weight": weights.get(name), "cv": chosen.default_score, "at": at,
                       "cv_searched": chosen.score, "threshold": chosen.threshold, "min_area": chosen.min_area})
     table = pd.DataFrame(table)

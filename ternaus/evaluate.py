@@ -38,7 +38,7 @@ from ternaus.data.files import IMAGE_SUFFIXES, image_size, listing, read_text_cs
 from ternaus.data.folders import files_by_stem
 from ternaus.data.layouts import list_train, load_masks, mask_spec
 from ternaus.errors import ConfigError, DataError
-from ternaus.metrics import image_score
+from ternaus.evaluation import Evaluator
 from ternaus.registry import METRICS
 from ternaus.rle import decode_rle
 from ternaus.submission import SubmissionFormat, image_rows, masks_to_encode, submission_format
@@ -114,9 +114,11 @@ def objects_by_key(table: pd.DataFrame, fmt: SubmissionFormat, shapes: dict[Key,
 
 def score_objects(metric: str, predicted: dict[Key, list[np.ndarray]], truth: dict[Key, list[np.ndarray]],
                   shapes: dict[Key, tuple[int, int]]) -> float:
-    """Mean over ``shapes``' keys of ``metric`` (``ternaus.metrics.image_score``)."""
-    return float(np.mean([image_score(metric, predicted.get(key, []), truth.get(key, []), shape)
-                          for key, shape in shapes.items()]))
+    """Mean over ``shapes``' keys of ``metric``, each key scored by ``Evaluator.score_objects``."""
+    evaluator = Evaluator(metric)
+    for key, shape in shapes.items():
+        evaluator.add_objects(",".join(key), predicted.get(key, []), truth.get(key, []), shape)
+    return float(np.mean(evaluator.table()[metric]))
 
 
 def _submitted_keys_problem(table: pd.DataFrame, fmt: SubmissionFormat, shapes: dict) -> str | None:

@@ -21,21 +21,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ternaus.data.source import DataSource
-from ternaus.analysis import (
-    ThresholdScores,
-    TrueObjects,
-    level_histograms,
-    object_scores_of_image,
-    search_thresholds,
-    true_objects,
-    write_oof_analysis,
-)
+from ternaus.analysis import search_thresholds, true_objects, write_oof_analysis
 from ternaus.config import Config, class_names, save_config, thresholds
 from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, same_size_batches
 from ternaus.data.files import check_image_files, prediction_image
@@ -43,9 +34,9 @@ from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, test_rows, train_items
 from ternaus.distributed import world_from_environment
 from ternaus.errors import ConfigError
+from ternaus.evaluation import Evaluator
 from ternaus.io import atomic_write, atomic_write_bytes, claim, remove_stale_temporaries
 from ternaus.losses import probabilities
-from ternaus.metrics import class_scores, instances
 from ternaus.models import new_model
 from ternaus.predictions import claim_writer, keep_or_redo, searched_key
 from ternaus.registry import METRICS
@@ -56,8 +47,7 @@ from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
 __all__ = ["predict", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
-           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png", "remove_oof_temporaries",
-           "oof_record", "OofScores"]
+           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png", "remove_oof_temporaries"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -277,57 +267,16 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
         writer.close()
 
 
-def oof_record(pred: torch.Tensor, target: torch.Tensor, classes: list[str], metric: str = "dice",
-               truth: list[np.ndarray] | None = None) -> dict[str, float]:
-    """Dice, Jaccard and ``metric`` of one image's (C, H, W) masks, means over the classes; with several classes
-    also each class's Dice (``dice_<class>``). ``truth``: class 0's true objects, where known."""
-    scores = class_scores(metric, pred, target, truth)
-    record = {name: float(values.mean()) for name, values in scores.items()}
-    if len(classes) > 1:
-        record.update({f"dice_{name}": float(value) for name, value in zip(classes, scores["dice"])})
-    return record
-
-
-class OofScores:
-    """What the out-of-fold pass keeps per image for the analysis: the per-image records, the (2, 256) level
-    histograms (``analysis.level_histograms``) and, for a metric of objects, the image's row of
-    ``ThresholdScores`` on the search's thresholds."""
-
-    def __init__(self, cfg: Config, rows: list[dict]):
-        self.metric, self.classes = cfg.postprocess.metric, class_names(cfg)
-        trained_at = thresholds(cfg.postprocess.threshold, len(self.classes))[0]
-        self.grid = search_thresholds(self.metric, trained_at)
-        # One class: the search runs on class 0. Objects need a threshold-by-threshold pass; counts do not.
-        self.by_objects = METRICS[self.metric].form == "objects" and len(self.classes) == 1
-        self.truth: TrueObjects | None = true_objects(cfg, rows)
-        self.records: list[dict] = []
-        self.histograms: list[np.ndarray] = []
-        self.objects: list[tuple[np.ndarray, np.ndarray, float]] = []
-
-    def add(self, image_id: str, fold: int, levels: torch.Tensor, target: torch.Tensor, cut: torch.Tensor) -> None:
-        """``levels`` (C, H, W) uint8 and ``target`` (C, H, W) bool, on any device; ``cut`` (C, 1, 1) levels."""
-        truth = self.truth(image_id, tuple(target.shape[1:])) if self.truth is not None else None
-        self.records.append({"id": image_id, "fold": fold,
-                             **oof_record(levels >= cut, target, self.classes, self.metric, truth)})
-        self.histograms.append(level_histograms(levels[:1], target[:1]).cpu().numpy())  # class 0
-        if self.by_objects:
-            plane = target[0].cpu().numpy()
-            objects = truth if truth is not None else instances(plane)
-            self.objects.append(object_scores_of_image(levels[0].cpu().numpy(), objects, self.grid, self.metric))
-
-    def threshold_scores(self) -> ThresholdScores | None:
-        return ThresholdScores.of_images(self.grid, self.objects) if self.by_objects else None
-
-
 @torch.no_grad()
-def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> OofScores:
-    """Each fold's held-out images, predicted by that fold's model and scored (``OofScores``): per-image Dice,
-    Jaccard and ``postprocess.metric``, and what the post-processing search needs. The probability PNGs go to
-    ``{output_dir}/oof_predictions/`` for the report."""
+def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> Evaluator:
+    """Each fold's held-out images, predicted by that fold's model and scored at ``postprocess.threshold`` under
+    ``postprocess.metric`` (an ``Evaluator`` with the search's thresholds, the search covering one class).
+    The probability PNGs go to ``{output_dir}/oof_predictions/`` for the report."""
     items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
-    geometry, classes = geometry_of(cfg), class_names(cfg)
-    cut = torch.tensor(thresholds(cfg.postprocess.threshold, len(classes)), device=runtime.device).view(-1, 1, 1) * 255
-    found = OofScores(cfg, items.to_dict("records"))
+    geometry, classes, metric = geometry_of(cfg), class_names(cfg), cfg.postprocess.metric
+    at = thresholds(cfg.postprocess.threshold, len(classes))
+    found = Evaluator(metric, classes, at, search_thresholds(metric, at[0]) if len(classes) == 1 else None)
+    truth = true_objects(cfg, items.to_dict("records"))
     writer = PngWriter(cfg.predict.writer_threads)
     try:
         for fold, model in models.items():
@@ -343,7 +292,8 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
                     writer.submit(RunFiles.of(cfg).oof_predictions / f"{image_id}.png",
                                   prediction_image(levels.cpu().numpy()))
                     target = mask[:, : size[0], : size[1]].to(runtime.device) > 0  # (batch padding cropped)
-                    found.add(image_id, fold, levels, target, cut)
+                    objects = truth(image_id, size) if truth is not None else None
+                    found.add(image_id, levels, target, objects, fold)
     finally:
         writer.close()
     return found
@@ -397,12 +347,11 @@ def remove_oof_temporaries(cfg: Config, ids: list[str], *also: Path) -> None:
 
 def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime, fingerprint: dict) -> dict:
     found = predict_oof(cfg, models, runtime)
-    oof, metric = pd.DataFrame(found.records), cfg.postprocess.metric
+    oof, metric = found.table(), cfg.postprocess.metric
     files = RunFiles.of(cfg)
-    if cfg.model.num_classes == 1:  # the search's histograms hold one class
-        chosen = write_oof_analysis(cfg, oof, np.stack(found.histograms), found.threshold_scores(),
-                                    searched_key(fingerprint))
-        grid = found.grid
+    if found.search_grid is not None:  # one class: the search's histograms hold class 0
+        chosen = write_oof_analysis(cfg, oof, found.histograms(), found.threshold_scores(), searched_key(fingerprint))
+        grid = found.search_grid
         how = (f"exact over {len(grid)} thresholds" if METRICS[metric].form == "counts" else
                f"on {len(grid)} thresholds {grid[0]}-{grid[-1]} only: {metric} counts objects, which the level "
                "histograms cannot")

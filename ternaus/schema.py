@@ -358,9 +358,11 @@ def from_dict(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
 # ---------------------------------------------------------------- overrides
 
 
-def set_path(tree: dict, dotted: str, value: Any, choices: frozenset[str] = frozenset()) -> None:
-    """``tree[a][b][c] = value`` for ``"a.b.c"``. ``choices``: the dotted keys of choices with settings; such a
-    choice given by its name alone is ``{name: NAME}``, and naming another choice drops the old one's settings."""
+def set_path(tree: dict, dotted: str, value: Any, choices: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """``tree[a][b][c] = value`` for ``"a.b.c"``. ``choices``: the registries of the choices with settings, by
+    dotted key. Such a choice given by its name alone is ``{name: NAME}``; naming another one (``train.loss=X`` or
+    ``train.loss.name=X``) keeps only the settings the new one takes."""
+    choices = choices or {}
     node = tree
     parts = dotted.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -369,12 +371,27 @@ def set_path(tree: dict, dotted: str, value: Any, choices: frozenset[str] = froz
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{dotted}': '{part}' is not a section")
-    current = node.get(parts[-1])
-    if dotted in choices and isinstance(value, str) and isinstance(current, dict):
-        # The same choice keeps its settings; another starts from its own defaults.
-        node[parts[-1]] = current if current.get("name") == value else {"name": value}
+    section = dotted if dotted in choices else dotted.removesuffix(".name") if dotted.endswith(".name") else None
+    if section in choices and isinstance(value, str):
+        holder = node if section == dotted else _parent(tree, section)
+        last = section.rsplit(".", 1)[-1]
+        holder[last] = _switched(holder.get(last), value, choices[section])
         return
     node[parts[-1]] = value
+
+
+def _parent(tree: dict, dotted: str) -> dict:
+    node = tree
+    for part in dotted.split(".")[:-1]:
+        node = node.setdefault(part, {})
+    return node
+
+
+def _switched(current: Any, name: str, registry: Mapping[str, Any]) -> dict:
+    """A choice's section after naming ``name``: the settings of ``current`` that ``name``'s settings also have."""
+    old = current if isinstance(current, dict) else {}
+    takes = type_hints(registry[name].settings) if name in registry else {}
+    return {"name": name, **{k: v for k, v in old.items() if k != "name" and k in takes}}
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:

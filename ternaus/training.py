@@ -37,9 +37,9 @@ from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, train_items
 from ternaus.distributed import World, broadcast_buffers, close_world, init_world, max_over_world, sum_over_world
 from ternaus.errors import BusyError, ConfigError, DataError, TrainingError
+from ternaus.evaluation import Evaluator
 from ternaus.io import atomic_write, claim, remove_stale_temporaries
 from ternaus.losses import SegmentationLoss, probabilities
-from ternaus.metrics import class_scores
 from ternaus.models import build_model, set_encoder_frozen
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
 from ternaus.run_files import RunFiles, check_outputs, folds_to_train, read_folds
@@ -231,18 +231,16 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
     return total / max(state.step * state.world.size, 1)
 
 
-def _image_scores(logit: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], geometry: Geometry,
-                  cut: torch.Tensor, activation: str, metric: str, truth: list[np.ndarray] | None) -> torch.Tensor:
-    """[Dice, Jaccard, metric, Dice of each class] of one image at its own size, the first three class means.
+def _at_image_size(logit: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], geometry: Geometry,
+                   activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's (C, H, W) float probabilities and bool true masks at its own size.
 
     ``mask``: the original mask (batch padding at the bottom and right) in resize mode, the network-sized one
     (cropped back exactly) in pad mode."""
-    pred = probabilities(geometry.restore(logit, size)[None], activation)[0] >= cut[0]
+    probs = probabilities(geometry.restore(logit, size)[None], activation)[0]
     height, width = size
     target = (mask[:, :height, :width] if geometry.input_size is not None else geometry.restore(mask, size)) > 0.5
-    scores = class_scores(metric, pred, target, truth)
-    means = [scores["dice"].mean(), scores["jaccard"].mean(), scores[metric].mean()]
-    return torch.from_numpy(np.concatenate([means, scores["dice"]]))
+    return probs, target
 
 
 def _network_masks(masks: torch.Tensor, sizes: list[list[int]], geometry: Geometry) -> torch.Tensor:
@@ -267,10 +265,8 @@ def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_
     model.eval()
     activation = getattr(loss_fn, "activation", "sigmoid")
     n_classes = len(classes) if classes else 1
-    # [images, loss sum, Dice sum, Jaccard sum, metric sum, each class's Dice sum], in float64 so that the mean
-    # does not depend on the order; the same length on every rank, even one with no image to validate.
-    sums = torch.zeros(5 + n_classes, dtype=torch.float64)
-    cut = torch.tensor(thresholds(threshold, n_classes), device=runtime.device).view(1, -1, 1, 1)
+    evaluator = Evaluator(metric, classes or [str(k + 1) for k in range(n_classes)], thresholds(threshold, n_classes))
+    loss_sum = 0.0  # each batch's loss times its image count, in float64 so that the mean does not depend on order
     for batch in loader:
         images = normalise_on_device(runtime.to_device(batch["image"]))
         sizes = batch["size"].tolist()
@@ -278,17 +274,14 @@ def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_
         net_masks = _network_masks(masks, sizes, geometry) if geometry.input_size is not None else masks
         with runtime.autocast():
             logits = model(images)
-        loss = loss_fn(logits, net_masks.to(runtime.device).float()).item()
-        sums[:2] += torch.tensor([len(images), loss * len(images)], dtype=torch.float64)
+        loss_sum += loss_fn(logits, net_masks.to(runtime.device).float()).item() * len(images)
         for image_id, logit, mask, size in zip(batch["id"], logits.float(), masks.to(runtime.device), sizes):
             objects = truth(image_id, tuple(size)) if truth is not None else None
-            sums[2:] += _image_scores(logit, mask, tuple(size), geometry, cut, activation, metric, objects)
-    count, loss, dice, jaccard, score, *per_class = sum_over_world(sums, world).tolist()
-    scores = {"val_loss": loss / count, "val_dice": dice / count, "val_jaccard": jaccard / count}
-    scores[f"val_{metric}"] = score / count  # the same value again for dice and jaccard
-    if len(per_class) > 1:
-        names = classes or [str(k + 1) for k in range(len(per_class))]
-        scores.update({f"val_dice_{name}": value / count for name, value in zip(names, per_class)})
+            evaluator.add(image_id, *_at_image_size(logit, mask, tuple(size), geometry, activation), objects)
+    # [loss sum, images, Dice sum, ...]: the same length on every rank, even one with no image to validate.
+    loss, *sums = sum_over_world(torch.from_numpy(np.concatenate([[loss_sum], evaluator.sums()])), world).tolist()
+    scores = {"val_loss": loss / sums[0]}
+    scores.update({f"val_{name}": value for name, value in evaluator.means(sums).items()})
     return scores
 
 

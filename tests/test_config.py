@@ -170,3 +170,12 @@ def test_the_saved_config_loads_back_the_same():
 
     errors: list[str] = []
     assert from_dict(type(cfg), yaml.safe_load(text), "", errors) == cfg and not errors
+
+
+def test_naming_another_choice_keeps_only_the_settings_it_takes():
+    scratch = "configs/carvana_scratch.yaml"  # loss: bce_dice_edge, weight 1.0, edge_window 41, edge_weight 3.0
+    for override in ("train.loss.name=lovasz_hinge", "train.loss=lovasz_hinge"):
+        loss = load_config(scratch, [override, "train.loss.weight=0.25"]).train.loss
+        assert (loss.name, loss.weight) == ("lovasz_hinge", 0.25) and not hasattr(loss, "edge_window")
+    assert load_config(scratch, ["train.optimizer=rmsprop"]).train.optimizer.momentum == 0.9  # kept from sgd's
+    assert load_config(scratch, ["train.schedule.name=cycle"]).train.schedule.gamma == 0.5
