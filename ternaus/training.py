@@ -501,6 +501,7 @@ def _claim_folds(files: RunFiles, folds: list[int], world: World) -> Iterator[No
 
 
 def _say_removed(outputs: StageOutputs, folds: list[int], files: RunFiles) -> None:
+    """Name, per fold, the partly written files the protocol cleared when it claimed the folds' folders."""
     for k in folds:
         stale = outputs.removed.get(files.fold_dir(k), [])
         if stale:
