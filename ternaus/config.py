@@ -27,7 +27,7 @@ from ternaus.io import atomic_write_text, claim, remove_stale_temporaries
 from ternaus.registry import (LOSSES, MODELS, OPTIMIZERS, REGISTRIES, SCHEDULES, AdamSettings, CarvanaSchedule,
                               OverlapLoss)
 from ternaus.rle import RleFormat
-from ternaus.schema import (AtLeast, Between, OneOf, Positive, flatten, from_dict, load_yaml, parse_overrides, quote,
+from ternaus.schema import (AtLeast, Between, OneOf, Positive, flatten, from_dict, parse_overrides, quote,
                             read_yaml_text, set_path, type_hints)
 
 __all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "AugmentConfig", "TrainConfig",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -37,12 +36,13 @@ from ternaus.data.files import listing, png_shape, prediction_image, read_predic
 from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec, test_rows
 from ternaus.errors import ConfigError, DataError
 from ternaus.evaluation import Evaluator, ImageScores
-from ternaus.inference import PngWriter, remove_oof_temporaries, write_png
-from ternaus.io import atomic_write, claim
+from ternaus.inference import PngWriter, oof_outputs, remove_oof_temporaries, write_png
+from ternaus.io import atomic_write
 from ternaus.merge import weighted_mean
 from ternaus.predictions import claim_reader, claim_writer, fingerprints_of, keep_or_redo, png_complete, searched_key
 from ternaus.registry import RULES
-from ternaus.run_files import RunFiles, check_outputs, predictions_record
+from ternaus.run_files import RunFiles, data_places, predictions_record
+from ternaus.stage import ConfigFile, StageOutputs, out_of_fold_lock
 
 __all__ = ["ensemble", "Member", "load_member", "check_members", "merge_maps", "merge_test", "score_oof",
            "ensemble_fingerprint"]
@@ -204,13 +204,13 @@ def _oof_image(row: dict, members: list[Member], cfg: Config, spec: MaskSpec, ev
             for name, levels in {**maps, **merged}.items()}
 
 
-def score_oof(cfg: Config, members: list[Member], fingerprint: dict) -> pd.DataFrame:
+def score_oof(cfg: Config, members: list[Member], fingerprint: dict, outputs: StageOutputs) -> pd.DataFrame:
     """Each member's and the ensemble's out-of-fold CV under ``postprocess.metric``; writes ``ensemble_cv.csv``,
     the ensemble's maps to ``oof_predictions/`` and from them ``oof.csv``, ``oof_levels.npz``,
     ``postprocess_search.csv`` and ``postprocess.json`` (the search, tied to ``fingerprint``: what made the
-    merged test predictions). Call it holding the out-of-fold files' claim."""
+    merged test predictions). ``outputs``: the stage's, holding the out-of-fold files' claim."""
     files, rows = RunFiles.of(cfg), list_train(DataSource.of(cfg)).to_dict("records")
-    remove_oof_temporaries(cfg, [row["id"] for row in rows], files.ensemble_cv)  # a killed run's
+    remove_oof_temporaries(outputs, files, [row["id"] for row in rows])  # a killed run's
     metric, at = cfg.postprocess.metric, thresholds(cfg.postprocess.threshold, 1)[0]
     names = [m.name for m in members] + ([f"{ENSEMBLE} (mean)"] if cfg.ensemble.rules else []) + [ENSEMBLE]
     evaluators = {name: Evaluator(metric, ["1"], at, search_thresholds(metric, at)) for name in names}
@@ -264,20 +264,23 @@ def ensemble(cfg: Config) -> dict:
     if sum(m.weight for m in members) <= 0:
         raise ConfigError("ensemble.members: the weights add up to 0; give at least one member a positive weight")
     files = RunFiles.of(cfg)
-    check_outputs(cfg, {"output_dir": files.root, "predict.out_dir": files.predictions})
-    _refuse_own_members(files, members)
     score = cfg.ensemble.oof and cfg.model.num_classes == 1
+    claims = [partial(claim_writer, files.predictions), *([out_of_fold_lock(files)] if score else [])]
+    for member in members:  # read whole: held against their writers
+        claims.append(partial(claim_reader, member.files.predictions))
+        if score:
+            claims.append(out_of_fold_lock(member.files))
+    # The predictions folder's own temporaries are cleared by keep_or_redo, the PNGs of oof_predictions/ by
+    # score_oof: both know the ids.
+    outputs = StageOutputs("ensemble", data_places(cfg),
+                           folders={"output_dir": files.root, "predict.out_dir": files.predictions}, claims=claims,
+                           temporaries={files.root: oof_outputs(files, files.ensemble_cv)} if score else None,
+                           config=ConfigFile(files.config("ensemble"), partial(save_config, cfg)))
+    _refuse_own_members(files, members)
     ids = [row["id"] for row in test_rows(DataSource.of(cfg))]
     _check_inputs(cfg, members, ids, score)  # before any lock file or folder is made; again once they are held
-    with ExitStack() as claims:
-        claims.enter_context(claim_writer(files.predictions))
-        if score:
-            claims.enter_context(claim(files.oof, f"the out-of-fold files in {files.root}"))
-        for member in members:
-            claims.enter_context(claim_reader(member.files.predictions))
-            if score:
-                claims.enter_context(claim(member.files.oof, f"the out-of-fold files in {member.files.root}"))
-        return _ensemble(cfg, members, ids, score)
+    with outputs:
+        return _ensemble(cfg, members, ids, score, outputs)
 
 
 def _refuse_own_members(files: RunFiles, members: list[Member]) -> None:
@@ -295,16 +298,16 @@ def _check_inputs(cfg: Config, members: list[Member], ids: list[str], score: boo
         _check_oof_files(members, [row["id"] for row in list_train(DataSource.of(cfg)).to_dict("records")])
 
 
-def _ensemble(cfg: Config, members: list[Member], ids: list[str], score: bool) -> dict:
+def _ensemble(cfg: Config, members: list[Member], ids: list[str], score: bool, outputs: StageOutputs) -> dict:
     _check_inputs(cfg, members, ids, score)
-    save_config(cfg, RunFiles.of(cfg).config("ensemble"))
+    outputs.save_config()
     total = sum(m.weight for m in members)
     listed = ", ".join(f"{m.name} ({m.weight / total:.3f})" for m in members)
     print(f"merging {len(ids)} test predictions of {listed}; rules: {', '.join(cfg.ensemble.rules) or 'none'}")
     fingerprint = ensemble_fingerprint(members, cfg, ids)
     result = {"predictions": merge_test(cfg, members, ids, fingerprint), "cv": None}
     if score:
-        result["cv"] = score_oof(cfg, members, fingerprint)
+        result["cv"] = score_oof(cfg, members, fingerprint, outputs)
     elif cfg.ensemble.oof:
         print(f"out-of-fold CV skipped: the search covers one class, model.num_classes={cfg.model.num_classes}")
     return result

@@ -33,7 +33,7 @@ import pandas as pd
 
 from ternaus.data.source import DataSource
 from ternaus.cli import load_stage_config, run_stage
-from ternaus.config import Config, resolve
+from ternaus.config import Config
 from ternaus.data.files import IMAGE_SUFFIXES, image_size, listing, read_text_csv
 from ternaus.data.folders import files_by_stem
 from ternaus.data.layouts import list_train, load_masks, mask_spec

@@ -21,10 +21,11 @@ from torch import nn
 from ternaus.config import Config
 from ternaus.data.dataset import normalise_on_device
 from ternaus.errors import ConfigError
-from ternaus.io import atomic_write, claim, remove_stale_temporaries
+from ternaus.io import atomic_write
 from ternaus.models import TernausNet, new_model
 from ternaus.registry import MODELS
-from ternaus.run_files import check_outputs
+from ternaus.run_files import data_places
+from ternaus.stage import Lock, StageOutputs
 from ternaus.weights import load_weights
 
 __all__ = ["Deployable", "export", "export_model", "FORMATS", "default_output"]
@@ -114,12 +115,12 @@ def export(cfg: Config, checkpoint: str | Path, fmt: str, out: str | Path | None
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train.py writes fold_K/best.pt)")
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
-    check_outputs(cfg, {"--out": out.parent}, {"--out": out})
+    outputs = StageOutputs("export", data_places(cfg), folders={"--out": out.parent}, files={"--out": out},
+                           claims=[Lock(out, str(out))], temporaries={out.parent: {out.name}})
     if out.exists() and out.samefile(checkpoint):
         raise ConfigError(f"--out {out} is the checkpoint itself; name another file")
     model = load_weights(new_model(cfg.model), checkpoint)
-    with claim(out, str(out)):
-        remove_stale_temporaries(out.parent, {out.name})
+    with outputs:
         path = export_model(model, fmt, out, normalise, sigmoid)
     multiple = MODELS[cfg.model.name].multiple_for(cfg.model)
     given = "uint8 RGB 0..255" if normalise else "float32, ImageNet-normalised RGB"

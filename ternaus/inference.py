@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -35,19 +36,20 @@ from ternaus.data.layouts import mask_spec, test_rows, train_items
 from ternaus.distributed import world_from_environment
 from ternaus.errors import ConfigError
 from ternaus.evaluation import Evaluator
-from ternaus.io import atomic_write, atomic_write_bytes, claim, remove_stale_temporaries
+from ternaus.io import atomic_write, atomic_write_bytes
 from ternaus.losses import probabilities
 from ternaus.models import new_model
 from ternaus.predictions import claim_writer, keep_or_redo, searched_key
 from ternaus.registry import METRICS
-from ternaus.run_files import RunFiles, check_outputs, folds_to_train, predictions_record, read_folds
+from ternaus.run_files import RunFiles, data_places, folds_to_train, predictions_record, read_folds
 from ternaus.runtime import Runtime
+from ternaus.stage import ConfigFile, StageOutputs, out_of_fold_lock
 from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
 __all__ = ["predict", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
-           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png", "remove_oof_temporaries"]
+           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png", "remove_oof_temporaries", "oof_outputs"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -308,16 +310,21 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
     world = world_from_environment()
     shard = shard or Shard(world.rank, world.size)
     files = RunFiles.of(cfg)
-    check_outputs(cfg, {"output_dir": files.root, "predict.out_dir": files.predictions})
     score_oof = cfg.predict.oof and shard.index == 0
-    with ExitStack() as claims:
-        setup = claims.enter_context(claim_writer(files.predictions, shard.index, shard.count))
-        if score_oof:
-            claims.enter_context(claim(files.oof, f"the out-of-fold files in {files.root}"))
-        return _predict(cfg, shard, world.local_rank, score_oof, setup)
+    # The predictions folder's own temporaries are cleared by keep_or_redo, which knows this shard's ids.
+    outputs = StageOutputs("predict", data_places(cfg),
+                           folders={"output_dir": files.root, "predict.out_dir": files.predictions},
+                           claims=[partial(claim_writer, files.predictions, shard.index, shard.count),
+                                   *([out_of_fold_lock(files)] if score_oof else [])],
+                           temporaries={files.root: oof_outputs(files)} if score_oof else None,
+                           config=ConfigFile(files.config("predict"), partial(save_config, cfg))
+                           if shard.index == 0 else None)
+    with outputs:
+        return _predict(cfg, shard, world.local_rank, score_oof, outputs)
 
 
-def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setup: ExitStack) -> dict:
+def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, outputs: StageOutputs) -> dict:
+    setup = outputs.held[0]  # the predictions folder's lock (claim_writer)
     runtime = Runtime.of(cfg.runtime, device_index)
     # Everything that can be refused is checked before the first file is written.
     rows = test_rows(DataSource.of(cfg))
@@ -325,24 +332,27 @@ def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setu
     items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv) if score_oof else None
     fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
     models = load_fold_models(cfg, runtime)
-    if shard.index == 0:
-        save_config(cfg, RunFiles.of(cfg).config("predict"))
+    outputs.save_config()  # shard 0's
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")
     out_dir = predict_test(cfg, list(models.values()), runtime, rows, fingerprint, shard, setup)
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
-        remove_oof_temporaries(cfg, list(items["id"]))
+        remove_oof_temporaries(outputs, RunFiles.of(cfg), list(items["id"]))
         result.update(_score_oof(cfg, models, runtime, fingerprint))
     return result
 
 
-def remove_oof_temporaries(cfg: Config, ids: list[str], *also: Path) -> None:
-    """What a killed out-of-fold phase left (its PNGs of ``ids``, its outputs and the files ``also`` in
-    ``output_dir``); called holding the out-of-fold files' claim."""
-    files = RunFiles.of(cfg)
-    remove_stale_temporaries(files.root, {p.name for p in (*files.oof_outputs, *also)})
-    remove_stale_temporaries(files.oof_predictions, {f"{i}.png" for i in ids})
+def oof_outputs(files: RunFiles, *also: Path) -> set[str]:
+    """The names of the files the out-of-fold phase writes in ``output_dir`` (and those of ``also``): the
+    temporaries a stage that writes them declares (``StageOutputs(temporaries=...)``)."""
+    return {p.name for p in (*files.oof_outputs, *also)}
+
+
+def remove_oof_temporaries(outputs: StageOutputs, files: RunFiles, ids: list[str]) -> None:
+    """What a killed out-of-fold phase left in ``oof_predictions/`` (its PNGs of ``ids``); its files in
+    ``output_dir`` are declared to ``outputs`` (``oof_outputs``), which holds the out-of-fold files' claim."""
+    outputs.remove_temporaries(files.oof_predictions, {f"{i}.png" for i in ids})
 
 
 def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime, fingerprint: dict) -> dict:

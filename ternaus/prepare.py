@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -13,8 +14,9 @@ from ternaus.data.files import image_size, listing
 from ternaus.data.layouts import check_train, list_train, load_masks, mask_spec
 from ternaus.errors import DataError
 from ternaus.folds import assign_folds, folds_from_file, group_column, group_ids, mask_area
-from ternaus.io import atomic_write, claim, remove_stale_temporaries
-from ternaus.run_files import RunFiles, check_outputs
+from ternaus.io import atomic_write
+from ternaus.run_files import RunFiles, data_places
+from ternaus.stage import ConfigFile, Lock, StageOutputs
 
 __all__ = ["prepare_folds"]
 
@@ -31,13 +33,15 @@ def prepare_folds(cfg: Config) -> Path:
 
     The group column is ``car_id`` for folds.group_by=car (Carvana), ``group`` otherwise."""
     files = RunFiles.of(cfg)
-    check_outputs(cfg, {"output_dir": files.root})
-    with claim(files.folds_csv, f"{files.folds_csv}"):
-        remove_stale_temporaries(files.root, {files.folds_csv.name})
-        return _prepare_folds(cfg)
+    outputs = StageOutputs("prepare_folds", data_places(cfg), folders={"output_dir": files.root},
+                           claims=[Lock(files.folds_csv, f"{files.folds_csv}")],
+                           temporaries={files.root: {files.folds_csv.name}},
+                           config=ConfigFile(files.config("prepare_folds"), partial(save_config, cfg)))
+    with outputs:
+        return _prepare_folds(cfg, outputs)
 
 
-def _prepare_folds(cfg: Config) -> Path:
+def _prepare_folds(cfg: Config, outputs: StageOutputs) -> Path:
     table = list_train(DataSource.of(cfg))
     # Every image's first and last bytes and every mask in full: a bad file found now costs seconds,
     # found by train.py it costs a stopped run.
@@ -49,7 +53,7 @@ def _prepare_folds(cfg: Config) -> Path:
     table[group] = group_ids(table["id"], cfg.folds.group_by, cfg.folds.group_pattern)
     folds = _split(table, cfg, group)
     files = RunFiles.of(cfg)
-    save_config(cfg, files.config("prepare_folds"))
+    outputs.save_config()
     path = atomic_write(files.folds_csv, lambda tmp: folds.to_csv(tmp, index=False))
     sizes = folds.groupby("fold")[group].nunique().tolist()
     what = "cars" if group == "car_id" else "groups"

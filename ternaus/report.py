@@ -20,10 +20,11 @@ from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, thresholds
 from ternaus.data.files import read_image, read_prediction
 from ternaus.data.layouts import list_train, load_masks, mask_spec, test_rows
-from ternaus.io import atomic_write_bytes, atomic_write_text, claim, remove_stale_temporaries
+from ternaus.io import atomic_write_bytes, atomic_write_text
 from ternaus.plots import svg_line_chart
 from ternaus.registry import METRICS
-from ternaus.run_files import RunFiles, check_outputs, folds_to_train
+from ternaus.run_files import RunFiles, data_places, folds_to_train
+from ternaus.stage import Lock, StageOutputs
 from ternaus.submission import masks_to_encode
 
 __all__ = ["build_report", "report_files", "cv_table", "pick_examples", "disagreement", "montage_row", "TP", "FP", "FN"]
@@ -241,10 +242,9 @@ def report_files(cfg: Config) -> set[str]:
 def build_report(cfg: Config) -> Path:
     """Write ``{output_dir}/{report.out_dir}/index.html`` and its PNGs; returns the page's path."""
     out = RunFiles.of(cfg).report
-    check_outputs(cfg, {"report.out_dir": out})
-    with claim(out, f"the report {out}"):
+    with StageOutputs("report", data_places(cfg), folders={"report.out_dir": out},
+                      claims=[Lock(out, f"the report {out}")], temporaries={out: report_files(cfg)}):
         out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out, report_files(cfg))
         return _build_report(cfg, out)
 
 

@@ -158,11 +158,13 @@ def folds_to_train(cfg: Config) -> list[int]:
 # ---------------------------------------------------------------- outputs kept apart from the data
 
 
-def data_places(cfg: Config) -> tuple[dict[str, Path], dict[str, Path]]:
-    """The data's folders and files (those that exist), by the key that names them, resolved."""
+def data_places(cfg: Config) -> dict[str, Path]:
+    """The data's folders (``data.train_dir``, ``masks_dir``, ``test_dir``) and files (``data.masks_csv``,
+    ``sample_submission``) that exist, by the key that names them, resolved: what ``check_outputs`` keeps
+    outputs apart from."""
     folders = {f"data.{key}": resolve(cfg, getattr(cfg.data, key)) for key in ("train_dir", "masks_dir", "test_dir")}
     files = {f"data.{key}": resolve(cfg, getattr(cfg.data, key)) for key in ("masks_csv", "sample_submission")}
-    return ({k: p.resolve() for k, p in folders.items() if p.is_dir()},
+    return ({k: p.resolve() for k, p in folders.items() if p.is_dir()} |
             {k: p.resolve() for k, p in files.items() if p.is_file()})
 
 
@@ -176,20 +178,22 @@ def _overlap(output: Path, data: Path) -> str | None:
     return None
 
 
-def check_outputs(cfg: Config, folders: dict[str, Path], files: dict[str, Path] | None = None) -> None:
+def check_outputs(data: dict[str, Path], folders: dict[str, Path], files: dict[str, Path] | None = None) -> None:
     """Refuse, before anything runs, an output folder that is, lies inside or contains a data folder, and an
     output file that is a data file: a stage replaces and deletes files where it writes, and the data must
-    never be among them. ``folders``/``files``: by the key or option that sets them."""
-    data_folders, data_files = data_places(cfg)
+    never be among them. ``data``: the data's places (``data_places``); ``folders``/``files``: the outputs, by
+    the key or option that sets them. Raises ConfigError listing every overlap."""
+    data_folders = {key: place for key, place in data.items() if place.is_dir()}
+    data_files = {key: place for key, place in data.items() if key not in data_folders}
     problems = []
     for key, folder in folders.items():
-        for data_key, data in data_folders.items():
-            how = _overlap(Path(folder).resolve(), data)
+        for data_key, place in data_folders.items():
+            how = _overlap(Path(folder).resolve(), place)
             if how:
-                problems.append(f"{key}: {folder} {how} the data folder {data} ({data_key})")
+                problems.append(f"{key}: {folder} {how} the data folder {place} ({data_key})")
     for key, path in (files or {}).items():
-        problems += [f"{key}: {path} is the data file {data_key}" for data_key, data in data_files.items()
-                     if Path(path).resolve() == data]
+        problems += [f"{key}: {path} is the data file {data_key}" for data_key, place in data_files.items()
+                     if Path(path).resolve() == place]
     if problems:
         raise ConfigError("outputs and data overlap:\n  - " + "\n  - ".join(problems) + "\nA stage writes, replaces "
                           "and deletes files in its output folders; point output_dir (or the key named) at a folder "

@@ -10,8 +10,8 @@ Encoding runs in a process pool: PNG decoding and RLE are CPU-bound and independ
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -22,16 +22,17 @@ from tqdm import tqdm
 
 from ternaus.data.source import DataSource
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
-from ternaus.config import Config, class_names, resolve, save_config, submission_rows_problem, thresholds
+from ternaus.config import Config, class_names, save_config, submission_rows_problem, thresholds
 from ternaus.data.files import duplicates, image_size, read_prediction, read_text_csv
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
-from ternaus.io import atomic_write, claim, remove_stale_temporaries
+from ternaus.io import atomic_write
 from ternaus.metrics import instances
 from ternaus.predictions import claim_reader
 from ternaus.predictions import made_by as predictions_made_by
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
-from ternaus.run_files import RunFiles, check_outputs
+from ternaus.run_files import RunFiles, data_places
+from ternaus.stage import ConfigFile, Lock, StageOutputs, out_of_fold_lock
 
 __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "overlapping_objects",
            "SubmissionFormat", "submission_format", "masks_to_encode", "image_rows", "order_like_sample"]
@@ -294,20 +295,21 @@ def make_submission(cfg: Config, threshold: float | list[float] | None = None, m
     and only when it was searched for the models and settings that made the predictions), which wins over
     ``postprocess.threshold`` / ``min_area``."""
     files = RunFiles.of(cfg)
-    check_outputs(cfg, {"output_dir": files.root, "submission.filename": files.submission.parent},
-                  {"submission.filename": files.submission})
     searched = cfg.postprocess.use_searched and (threshold is None or min_area is None)
-    with ExitStack() as claims:
-        claims.enter_context(claim(files.submission, f"the submission {files.submission}"))
-        claims.enter_context(claim_reader(files.predictions))
-        if searched:  # predict.py's out-of-fold phase writes postprocess.json
-            claims.enter_context(claim(files.oof, f"the out-of-fold files in {files.root}"))
-        remove_stale_temporaries(files.submission.parent, {files.submission.name})
-        return _make_submission(cfg, threshold, min_area, searched)
+    claims = [Lock(files.submission, f"the submission {files.submission}"), partial(claim_reader, files.predictions)]
+    if searched:  # predict.py's out-of-fold phase writes postprocess.json
+        claims.append(out_of_fold_lock(files))
+    outputs = StageOutputs("make_submission", data_places(cfg),
+                           folders={"output_dir": files.root, "submission.filename": files.submission.parent},
+                           files={"submission.filename": files.submission}, claims=claims,
+                           temporaries={files.submission.parent: {files.submission.name}},
+                           config=ConfigFile(files.config("make_submission"), partial(save_config, cfg)))
+    with outputs:
+        return _make_submission(cfg, threshold, min_area, searched, outputs)
 
 
 def _make_submission(cfg: Config, threshold: float | list[float] | None, min_area: int | None,
-                     searched: bool) -> Path:
+                     searched: bool, outputs: StageOutputs) -> Path:
     fmt = submission_format(cfg)
     rows = test_rows(DataSource.of(cfg))
     made_by = predictions_made_by(RunFiles.of(cfg).predictions, [r["id"] for r in rows])
@@ -319,7 +321,7 @@ def _make_submission(cfg: Config, threshold: float | list[float] | None, min_are
     paths = _prediction_paths(cfg, [r["id"] for r in rows])
     jobs = [(p, Path(row["image"]).name, cuts, min_area, fmt) for p, row in zip(paths, rows)]
     sample = _sample(cfg, fmt)
-    save_config(cfg, RunFiles.of(cfg).config("make_submission"))
+    outputs.save_config()
     encoded = _encode_all(jobs, cfg.submission.processes or os.cpu_count() or 1)
     table = pd.DataFrame([row for image in encoded for row in image], columns=list(fmt.columns))
     if sample is not None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +36,24 @@ from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on
 from ternaus.data.files import check_image_files
 from ternaus.data.geometry import Geometry, geometry_of
 from ternaus.data.layouts import mask_spec, train_items
-from ternaus.distributed import World, broadcast_buffers, close_world, init_world, max_over_world, sum_over_world
+from ternaus.distributed import (
+    World,
+    broadcast_buffers,
+    close_world,
+    init_world,
+    max_over_world,
+    sum_over_world,
+    world_from_environment,
+)
 from ternaus.errors import BusyError, ConfigError, DataError, TrainingError
 from ternaus.evaluation import Evaluator
-from ternaus.io import atomic_write, claim, remove_stale_temporaries
+from ternaus.io import atomic_write
 from ternaus.losses import SegmentationLoss, probabilities
 from ternaus.models import build_model, set_encoder_frozen
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
-from ternaus.run_files import RunFiles, check_outputs, folds_to_train, read_folds
+from ternaus.run_files import RunFiles, data_places, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
+from ternaus.stage import ConfigFile, Lock, StageOutputs
 
 __all__ = ["train", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader", "same_size_loader", "fold_data",
            "train_step", "accumulation_group", "validate", "new_fold_state"]
@@ -325,9 +335,6 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
     say = print if world.is_main else _quiet
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        stale = remove_stale_temporaries(out, {files.last(fold).name, files.best(fold).name, files.log(fold).name})
-        if stale:
-            say(f"fold {fold}: removed {len(stale)} partly written file(s) left by an interrupted run")
     seed_everything(_epoch_seed(cfg, fold, 0))
     state = new_fold_state(cfg, runtime, world)
     last = files.last(fold)
@@ -438,12 +445,19 @@ def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
     folds = [fold] if fold is not None else folds_to_train(cfg)
     if not set(folds) <= set(range(cfg.folds.n_folds)):
         raise ConfigError(f"--fold {fold}: folds.n_folds={cfg.folds.n_folds} gives folds 0..{cfg.folds.n_folds - 1}")
-    check_outputs(cfg, {"output_dir": RunFiles.of(cfg).root})
+    files = RunFiles.of(cfg)
+    world = world_from_environment()  # the process group itself starts once the outputs are checked
+    main = world.is_main  # rank 0 alone writes: it claims, clears and saves
+    # One config file per fold when folds run side by side (one per GPU) into the same output_dir.
+    name = f"train_fold_{folds[0]}" if fold is not None else "train"
+    outputs = StageOutputs("train", data_places(cfg), folders={"output_dir": files.root},
+                           claims=[partial(_claim_folds, files, folds, world)],
+                           temporaries={files.fold_dir(k): _fold_files(files, k) for k in folds} if main else None,
+                           config=ConfigFile(files.config(name), partial(save_config, cfg)) if main else None)
     world = init_world()
     try:
-        with ExitStack() as claims:
-            _claim_folds(claims, cfg, folds, world)
-            scores = _train_folds(cfg, folds, fold is not None, world)
+        with outputs:
+            scores = _train_folds(cfg, folds, world, outputs)
     except BaseException:
         close_world(world, wait=False)  # the other ranks stop at their next collective
         raise
@@ -451,35 +465,50 @@ def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
     return scores
 
 
-def _claim_folds(claims: ExitStack, cfg: Config, folds: list[int], world: World) -> None:
-    """Rank 0, which alone writes, claims the folds' folders; every rank learns whether it could, so that
-    all stop together when another run holds one."""
-    failure = None
-    if world.is_main:
-        try:
-            for k in folds:
-                folder = RunFiles.of(cfg).fold_dir(k)
-                claims.enter_context(claim(folder, f"fold {k} ({folder})"))
-        except (BusyError, OSError) as err:
-            failure = err
-    failed = failure is not None
-    if world.distributed:
-        failed = bool(max_over_world(torch.tensor([float(failed)]), world).item())
-    if failure is not None:
-        raise failure
-    if failed:
-        raise BusyError("rank 0 could not claim the folds' folders; its message says why")
+def _fold_files(files: RunFiles, fold: int) -> set[str]:
+    """The names of the files train.py writes in a fold's folder."""
+    return {files.last(fold).name, files.best(fold).name, files.log(fold).name}
 
 
-def _train_folds(cfg: Config, folds: list[int], one_fold: bool, world: World) -> dict[int, float]:
+@contextmanager
+def _claim_folds(files: RunFiles, folds: list[int], world: World) -> Iterator[None]:
+    """Rank 0, which alone writes, claims the folds' folders for the block; every rank learns whether it could,
+    so that all stop together when another run holds one."""
+    with ExitStack() as claims:
+        failure = None
+        if world.is_main:
+            try:
+                for k in folds:
+                    folder = files.fold_dir(k)
+                    claims.enter_context(Lock(folder, f"fold {k} ({folder})")())
+            except (BusyError, OSError) as err:
+                failure = err
+        failed = failure is not None
+        if world.distributed:
+            failed = bool(max_over_world(torch.tensor([float(failed)]), world).item())
+        if failure is not None:
+            raise failure
+        if failed:
+            raise BusyError("rank 0 could not claim the folds' folders; its message says why")
+        yield
+
+
+def _say_removed(outputs: StageOutputs, folds: list[int], files: RunFiles) -> None:
+    """Name, per fold, the partly written files the protocol cleared when it claimed the folds' folders."""
+    for k in folds:
+        stale = outputs.removed.get(files.fold_dir(k), [])
+        if stale:
+            print(f"fold {k}: removed {len(stale)} partly written file(s) left by an interrupted run")
+
+
+def _train_folds(cfg: Config, folds: list[int], world: World, outputs: StageOutputs) -> dict[int, float]:
     runtime = Runtime.of(cfg.runtime, world.local_rank)
     items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
     check_image_files([Path(p) for p in items["image"]], cfg.data.max_image_pixels)
     if world.is_main:
-        # One file per fold when folds run side by side (one per GPU) into the same output_dir.
-        name = f"train_fold_{folds[0]}" if one_fold else "train"
-        save_config(cfg, RunFiles.of(cfg).config(name))
+        outputs.save_config()
         ranks = f", {world.size} processes" if world.distributed else ""
         print(f"training folds {folds} on {runtime.describe()}{ranks}")
+        _say_removed(outputs, folds, RunFiles.of(cfg))
     return {k: train_fold(cfg, k, items, runtime, world) for k in folds}

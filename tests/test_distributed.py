@@ -20,7 +20,7 @@ from ternaus.distributed import World
 from ternaus.inference import Shard, fixed_batches
 from ternaus.losses import SegmentationLoss
 from ternaus.prepare import prepare_folds
-from ternaus.run_files import read_folds
+from ternaus.run_files import RunFiles, read_folds
 from ternaus.runtime import Runtime
 from ternaus.training import EpochSampler, fold_data, validate
 from ternaus.weights import load_weights
