@@ -27,10 +27,10 @@ from ternaus.registry import MODELS, REGISTRIES
 from ternaus.rle import RleFormat
 
 __all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "LossConfig", "AugmentConfig",
-           "TrainConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
-           "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS", "load_config",
-           "save_config", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices", "resolve",
-           "submission_rows_problem"]
+           "EmaConfig", "TrainConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig",
+           "EnsembleMember", "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS",
+           "load_config", "save_config", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices",
+           "resolve", "submission_rows_problem"]
 
 RANDOM_INITS = ("lecun", "pytorch")  # model.init values that start every weight at random
 
@@ -161,6 +161,14 @@ class AugmentConfig:
 
 
 @dataclass
+class EmaConfig:
+    # An exponential moving average of the weights (and BatchNorm statistics), updated after every optimiser
+    # step: ema = decay * ema + (1 - decay) * weights. Validation scores it and best.pt holds it.
+    enabled: bool = False
+    decay: float = 0.999  # in (0, 1); about 1 / (1 - decay) steps are averaged
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 52
     # Per process (per GPU under torchrun): N processes step on N * batch_size images.
@@ -212,6 +220,10 @@ class TrainConfig:
     threshold: float | list[float] = 0.5  # or one per class
     # How often the progress bar's loss is refreshed: each refresh synchronises with the GPU.
     log_every: int = 10
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    # TensorBoard events under {output_dir}/tensorboard/fold_K (rank 0): the epoch's scores, the learning rate,
+    # the training loss every log_every optimiser steps, a few validation images with their predicted masks.
+    tensorboard: bool = True
 
 
 @dataclass
@@ -558,7 +570,14 @@ def _validate_values(cfg: Config) -> list[str]:
     errors += _validate_competition(cfg)
     errors += _validate_optimisation(cfg.train, cfg.model.activation)
     errors += _validate_ensemble(cfg.ensemble)
+    errors += _validate_ema(cfg.train.ema)
     return errors
+
+
+def _validate_ema(ema: EmaConfig) -> list[str]:
+    if isinstance(ema.decay, float) and not 0.0 < ema.decay < 1.0:
+        return [f"train.ema.decay: must lie in (0, 1) (0.999 averages about the last 1,000 steps), got {ema.decay}"]
+    return []
 
 
 def _validate_lovasz(cfg: Config) -> list[str]:
