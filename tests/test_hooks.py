@@ -115,6 +115,13 @@ def test_best_pt_holds_the_ema_weights_and_predict_loads_them(tiny_dataset, tmp_
     assert all(torch.equal(tensor, best["model"][key]) for key, tensor in model.state_dict().items())
 
 
+def test_the_hooks_see_optimiser_steps_not_batches_when_accumulating(tiny_dataset, tmp_path):
+    out = trained(tiny_dataset, tmp_path, "train.epochs=1", "train.ema.enabled=true", "train.accumulate=3")
+    hooks = read_checkpoint(out / "fold_0" / "last.pt")["hooks"]
+    # 4 batches in groups of 3: 2 optimiser steps, the epoch's last group holding the one batch left.
+    assert int(hooks["ema"]["n_averaged"]) == hooks["tensorboard"]["step"] == 2
+
+
 def test_with_the_ema_off_the_checkpoints_hold_the_trained_model(tiny_dataset, tmp_path):
     out = trained(tiny_dataset, tmp_path, "train.epochs=1")
     best, last = (read_checkpoint(out / "fold_0" / name) for name in ("best.pt", "last.pt"))
