@@ -1,10 +1,11 @@
 """Training checkpoints, and resuming a fold from one.
 
 A checkpoint holds the model (unwrapped: no ``module.`` prefix), optimizer, scaler, scheduler, epoch, step,
-best score, the random generators' states, the log and the config, written atomically; it is read back with
-``weights_only=True``. ``FoldState`` is everything a fold's training carries from step to step:
-``save_fold_state`` writes it, ``resume_fold_state`` restores it, so that a run killed at any moment and
-started again ends with the same weights and log as an uninterrupted one.
+best score, the random generators' states, the log, the config and each training hook's state (``hooks``, by
+the hook's name; ``ternaus/hooks.py``), written atomically; it is read back with ``weights_only=True``.
+``FoldState`` is everything a fold's training carries from step to step: ``save_fold_state`` writes it,
+``resume_fold_state`` restores it, so that a run killed at any moment and started again ends with the same
+weights and log as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -83,18 +84,22 @@ class FoldState:
     best_score: float = -math.inf
     log: list[dict] = field(default_factory=list)
     world: World = World()
+    # The fold's training hooks (ternaus.hooks.Hook): each one's state_dict() is saved under its name.
+    hooks: list = field(default_factory=list)
 
 
 def save_fold_state(state: FoldState, path: Path, cfg: Config, fold: int,
-                    partial_loss: torch.Tensor | None = None) -> None:
-    """Rank 0 writes the state; ``partial_loss``: the loss summed over every rank so far in the epoch."""
+                    partial_loss: torch.Tensor | None = None, model: nn.Module | None = None) -> None:
+    """Rank 0 writes the state; ``partial_loss``: the loss summed over every rank so far in the epoch; ``model``:
+    the weights to save as the checkpoint's model in place of ``state.model`` (best.pt: the model validated)."""
     if not state.world.is_main:
         return
-    save_checkpoint(path, model=state.model, optimizer=state.optimizer, scaler=state.scaler,
-                    scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
+    save_checkpoint(path, model=model if model is not None else state.model, optimizer=state.optimizer,
+                    scaler=state.scaler, scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
                     config=config_to_dict(cfg), fold=fold, step=state.step,
                     loss_sum=partial_loss.detach().cpu() if partial_loss is not None else None,
-                    log=state.log, rng=rng_states(), world_size=state.world.size)
+                    log=state.log, rng=rng_states(), world_size=state.world.size,
+                    hooks={hook.name: hook.state_dict() for hook in state.hooks})
 
 
 def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int) -> None:
@@ -112,7 +117,8 @@ def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int
 
 
 def resume_fold_state(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None:
-    """Load ``path`` into ``state``: weights, optimizer, schedule, position in the epoch, log, generators."""
+    """Load ``path`` into ``state``: weights, optimizer, schedule, position in the epoch, log, generators, and
+    the state of each of ``state.hooks`` the checkpoint holds."""
     ckpt = read_checkpoint(path)
     fit_state_dict(unwrap(state.model), ckpt, path)
     if ckpt.get("step"):
@@ -129,3 +135,9 @@ def resume_fold_state(state: FoldState, path: Path, cfg: Config, runtime: Runtim
     state.log = list(ckpt.get("log") or [])
     if ckpt.get("rng"):
         set_rng_states(ckpt["rng"])
+    saved = ckpt.get("hooks") or {}
+    # A hook the checkpoint has no state for (one just switched on) starts afresh; a saved state whose hook is
+    # off now is left unused.
+    for hook in state.hooks:
+        if hook.name in saved:
+            hook.load_state_dict(saved[hook.name])

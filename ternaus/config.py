@@ -31,7 +31,7 @@ from ternaus.schema import (AtLeast, Between, OneOf, Positive, flatten, from_dic
                             read_yaml_text, set_path, type_hints)
 
 __all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "AugmentConfig", "TrainConfig",
-           "RuntimeConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
+           "RuntimeConfig", "EmaConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
            "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS", "load_config",
            "save_config", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices", "resolve",
            "submission_rows_problem", "DEPRECATED"]
@@ -152,6 +152,15 @@ class AugmentConfig:
 
 
 @dataclass
+class EmaConfig:
+    # An exponential moving average of the weights (and BatchNorm statistics), updated after every optimiser
+    # step: ema = decay * ema + (1 - decay) * weights. Validation scores it and best.pt holds it.
+    enabled: bool = False
+    # About 1 / (1 - decay) steps are averaged: 0.999 averages about the last 1,000.
+    decay: Annotated[float, Between(0, 1, open_low=True, open_high=True)] = 0.999
+
+
+@dataclass
 class TrainConfig:
     epochs: Count = 52
     # Per process (per GPU under torchrun): N processes step on N * batch_size images.
@@ -192,6 +201,10 @@ class TrainConfig:
     compile: bool = False
     # How often the progress bar's loss is refreshed: each refresh synchronises with the GPU.
     log_every: Count = 10
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    # TensorBoard events under {output_dir}/tensorboard/fold_K (rank 0): the epoch's scores, the learning rate,
+    # the training loss every log_every optimiser steps, a few validation images with their predicted masks.
+    tensorboard: bool = True
 
 
 @dataclass

@@ -83,6 +83,11 @@ class RunFiles:
     def log(self, fold: int) -> Path:
         return self.fold_dir(fold) / "log.csv"
 
+    def tensorboard(self, fold: int) -> Path:
+        """The fold's TensorBoard event folder (outside ``fold_K/``, which holds the checkpoints and log alone):
+        ``tensorboard --logdir {output_dir}`` shows every fold."""
+        return self.root / "tensorboard" / f"fold_{fold}"
+
     def checkpoint(self, fold: int) -> Path:
         """The checkpoint predict.py uses (``predict.checkpoint``)."""
         return self.fold_dir(fold) / self.checkpoint_name

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -47,6 +47,7 @@ from ternaus.distributed import (
 )
 from ternaus.errors import BusyError, ConfigError, DataError, TrainingError
 from ternaus.evaluation import Evaluator
+from ternaus.hooks import Hook, HookContext, build_hooks, evaluated_model
 from ternaus.io import atomic_write
 from ternaus.losses import SegmentationLoss, probabilities
 from ternaus.models import build_model, set_encoder_frozen
@@ -227,6 +228,9 @@ def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg:
         size, last = accumulation_group(state.step, steps_in_epoch, cfg.train.accumulate)
         loss = train_step(state, batch, runtime, 1.0 / size, last, cfg.train.clip_grad_norm)
         state.step += 1
+        if last:  # an optimiser step; before its checkpoint, which holds the hooks' states
+            for hook in state.hooks:
+                hook.on_step_end(state, loss)
         watch.observe(loss, state.step)
         state.loss_sum += loss
         if state.step % cfg.train.log_every == 0:  # the only host synchronisations inside the epoch
@@ -328,8 +332,9 @@ def _check_scores(scores: dict[str, float], desc: str) -> None:
                             "Lower train.lr, or with float16 try runtime.amp_dtype=bfloat16")
 
 
-def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldState:
-    """A fresh state, or the one in ``last.pt`` when resuming; under DDP the model is wrapped last."""
+def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World, hooks: Sequence[Hook] = ()) -> FoldState:
+    """A fresh state, or the one in ``last.pt`` when resuming (the hooks' states too); under DDP the model is
+    wrapped last."""
     files = RunFiles.of(cfg)
     out = files.fold_dir(fold)
     say = print if world.is_main else _quiet
@@ -337,6 +342,7 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World) -> FoldS
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(_epoch_seed(cfg, fold, 0))
     state = new_fold_state(cfg, runtime, world)
+    state.hooks = list(hooks)
     last = files.last(fold)
     if cfg.train.resume and last.is_file():
         resume_fold_state(state, last, cfg, runtime)
@@ -389,7 +395,8 @@ def _quiet(*args, **kwargs) -> None:
     """print() for ranks other than 0."""
 
 
-def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -> None:
+def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str, validated: torch.nn.Module) -> None:
+    """Step the schedule, log the row, and checkpoint: ``best.pt`` holds ``validated``, the model scored."""
     metric = cfg.postprocess.metric
     key = f"val_{metric}"
     _check_scores({"val_loss": row["val_loss"], "val_dice": row["val_dice"], key: row[key]}, desc)
@@ -399,8 +406,10 @@ def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -
     improved = row[key] > state.best_score
     state.best_score = max(state.best_score, row[key])
     state.log.append(row)
+    for hook in state.hooks:
+        hook.on_epoch_end(state, row)
     if improved:
-        save_fold_state(state, files.best(fold), cfg, fold)
+        save_fold_state(state, files.best(fold), cfg, fold, model=validated)
     save_fold_state(state, files.last(fold), cfg, fold)
     _write_log(files.log(fold), state.log, state.world)
     if state.world.is_main:
@@ -412,9 +421,21 @@ def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str) -
 def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, world: World = World()) -> float:
     """Train fold ``fold`` to ``train.epochs``, resuming from ``last.pt`` when present; returns the best
     validation score of ``postprocess.metric``."""
-    state = _start_fold(cfg, fold, runtime, world)
     data = fold_data(cfg, items, fold, runtime, world)
-    geometry = geometry_of(cfg)
+    hooks = build_hooks(HookContext(cfg, fold, runtime, world, data.val_loader.dataset))
+    state = _start_fold(cfg, fold, runtime, world, hooks)
+    try:
+        for hook in state.hooks:
+            hook.on_fit_start(state)
+        _train_epochs(state, cfg, fold, data, runtime)
+    finally:
+        for hook in state.hooks:
+            hook.on_fit_end(state)
+    return state.best_score
+
+
+def _train_epochs(state: FoldState, cfg: Config, fold: int, data: FoldData, runtime: Runtime) -> None:
+    world, geometry = state.world, geometry_of(cfg)
     while state.epoch < cfg.train.epochs:
         seed = _epoch_seed(cfg, fold, state.epoch + 1)
         if state.step == 0:  # a mid-epoch resume has its generators' states from the checkpoint
@@ -426,15 +447,20 @@ def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, wo
         _apply_encoder_freeze(state, cfg, runtime, desc)
         train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
                                      lambda: _save_progress(state, cfg, fold))
-        # The plain model: each rank validates a different number of batches, with no collective inside; every
-        # rank first takes rank 0's BatchNorm statistics, those of the model the checkpoint holds.
+        # The plain model (or the hooks' choice, the EMA's average): each rank validates a different number of
+        # batches, with no collective inside; every rank first takes rank 0's BatchNorm statistics, those of the
+        # model the checkpoint holds.
         broadcast_buffers(unwrap(state.model), world)
-        scores = validate(unwrap(state.model), data.val_loader, runtime, state.loss_fn, geometry,
+        validated = evaluated_model(state)
+        if validated is not unwrap(state.model):
+            broadcast_buffers(validated, world)
+        scores = validate(validated, data.val_loader, runtime, state.loss_fn, geometry,
                           cfg.postprocess.threshold, world, class_names(cfg), cfg.postprocess.metric, data.truth)
+        for hook in state.hooks:
+            hook.on_validation_end(state, scores)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
                "time_s": round(time.perf_counter() - started, 2)}
-        _end_epoch(state, cfg, fold, row, desc)
-    return state.best_score
+        _end_epoch(state, cfg, fold, row, desc, validated)
 
 
 def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
