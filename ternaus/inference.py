@@ -119,9 +119,11 @@ def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, P
     return paths
 
 
-def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None) -> dict[int, torch.nn.Module]:
+def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None,
+                     paths: dict[int, Path] | None = None) -> dict[int, torch.nn.Module]:
+    """Each fold's model from the run's checkpoints (``predict.checkpoint``), or from ``paths`` (fold -> file)."""
     models = {}
-    for fold, path in checkpoint_paths(cfg, folds).items():
+    for fold, path in (paths if paths is not None else checkpoint_paths(cfg, folds)).items():
         model = load_weights(new_model(cfg.model), path)
         models[fold] = runtime.prepare_model(model).eval()
     return models
@@ -348,8 +350,11 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
     return found
 
 
-def predict(cfg: Config, shard: Shard | None = None) -> dict:
+def predict(cfg: Config, shard: Shard | None = None, checkpoints: dict[int, Path] | None = None) -> dict:
     """The predict stage: test PNGs, then the out-of-fold scores; returns paths and the OOF Dice.
+
+    ``checkpoints`` (fold -> file): the weights to use instead of the run's ``fold_K/{predict.checkpoint}``
+    (a bundle's, ``ternaus.bundle``).
 
     With ``shard`` (``--shard i/n``), or under ``torchrun`` (shard RANK of WORLD_SIZE, on GPU LOCAL_RANK),
     this process predicts its share of the test set only; the shards together write what one process would.
@@ -363,17 +368,19 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
         setup = claims.enter_context(claim_writer(files.predictions, shard.index, shard.count))
         if score_oof:
             claims.enter_context(claim(files.oof, f"the out-of-fold files in {files.root}"))
-        return _predict(cfg, shard, world.local_rank, score_oof, setup)
+        return _predict(cfg, shard, world.local_rank, score_oof, setup, checkpoints)
 
 
-def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setup: ExitStack) -> dict:
+def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, setup: ExitStack,
+             checkpoints: dict[int, Path] | None = None) -> dict:
     runtime = Runtime.detect(cfg.train.amp, cfg.train.amp_dtype, cfg.train.channels_last, device_index=device_index)
     # Everything that can be refused is checked before the first file is written.
     rows = test_rows(cfg)
     check_image_files([Path(row["image"]) for row in rows], cfg.data.max_image_pixels)
     items = train_items(cfg, read_folds(cfg)) if score_oof else None
-    fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
-    models = load_fold_models(cfg, runtime)
+    paths = checkpoints if checkpoints is not None else checkpoint_paths(cfg)
+    fingerprint = prediction_fingerprint(cfg, paths, runtime)
+    models = load_fold_models(cfg, runtime, paths=paths)
     if shard.index == 0:
         save_config(cfg, RunFiles.of(cfg).config("predict"))
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
