@@ -54,7 +54,7 @@ from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
-__all__ = ["predict", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
+__all__ = ["predict", "checkpoint_paths", "prediction_fingerprint", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
            "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png", "remove_oof_temporaries",
            "oof_record", "OofScores"]
 

@@ -7,6 +7,8 @@ by the same runs and settings.
 
 from ternaus.cli import load_stage_config, run_stage, stage_parser
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = stage_parser(__doc__, prog).parse_args(argv)

@@ -10,6 +10,8 @@ import sys
 
 from ternaus.cli import load_stage_config, run_stage, stage_parser
 
+__all__ = ["main"]
+
 
 def _check(cfg, path: str) -> None:
     from ternaus.submission import check_submission

@@ -6,6 +6,8 @@ the shards together write exactly what one process would.
 
 from ternaus.cli import load_stage_config, run_stage, stage_parser
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = stage_parser(__doc__, prog)

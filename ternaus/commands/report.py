@@ -4,6 +4,8 @@ images, test predictions) and its PNGs, from the files train.py and predict.py w
 from ternaus.cli import load_stage_config, run_stage, stage_parser
 from ternaus.report import build_report
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = stage_parser(__doc__, prog).parse_args(argv)

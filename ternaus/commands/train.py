@@ -2,6 +2,8 @@
 
 from ternaus.cli import load_stage_config, run_stage, stage_parser
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = stage_parser(__doc__, prog)
