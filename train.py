@@ -1,22 +1,5 @@
-"""Train one UNet11 per fold (all folds of train.folds, or --fold K): writes {output_dir}/fold_K/."""
-
-from ternaus.cli import load_stage_config, run_stage, stage_parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--fold", type=int, default=None, help="train this fold only")
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        cfg = load_stage_config(args)
-        # Imported once the config has loaded: a mistyped key is reported at once, not after torch starts.
-        from ternaus.training import train
-
-        train(cfg, args.fold)
-
-    return run_stage(body)
-
+"""The train stage (also `ternaus train`); its code is ternaus/commands/train.py."""
+from ternaus.commands.train import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

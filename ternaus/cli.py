@@ -31,8 +31,9 @@ class StageParser(argparse.ArgumentParser):
         return self.parse_intermixed_args(args, namespace)
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = StageParser(description=description)
+def stage_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """``prog``: how usage names the command (``ternaus train``); None: the script's name."""
+    parser = StageParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="YAML file, e.g. configs/synthetic.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="override a config value, e.g. train.epochs=3 data.input_size=[128,192]")

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from ternaus import __version__
 from ternaus.errors import ConfigError
 from ternaus.io import atomic_write_text, claim, remove_stale_temporaries
 from ternaus.registry import (LOSSES, MODELS, OPTIMIZERS, REGISTRIES, SCHEDULES, AdamSettings, CarvanaSchedule,
@@ -33,8 +34,8 @@ from ternaus.schema import (AtLeast, Between, OneOf, Positive, flatten, from_dic
 __all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "AugmentConfig", "TrainConfig",
            "RuntimeConfig", "EmaConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
            "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS", "load_config",
-           "save_config", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices", "resolve",
-           "submission_rows_problem", "DEPRECATED"]
+           "save_config", "config_yaml", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices",
+           "resolve", "submission_rows_problem", "DEPRECATED"]
 
 RANDOM_INITS = ("lecun", "pytorch")  # model.init values that start every weight at random
 Count = Annotated[int, AtLeast(1)]
@@ -713,10 +714,16 @@ def _named(problem: str, names: dict[str, str]) -> str:
     return names[key] + problem[len(key):] if key else problem
 
 
+def config_yaml(cfg: Config) -> str:
+    """The resolved configuration as YAML. Its first line, a comment, names the version of ternaus that wrote it,
+    so that the file still loads back as a config (``load_config``)."""
+    return f"# ternaus {__version__}\n" + yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved configuration as YAML (atomically), clearing a killed writer's temporary of it."""
+    """Write the resolved configuration (``config_yaml``) atomically, clearing a killed writer's temporary of it."""
     path = Path(path)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    text = config_yaml(cfg)
     with claim(path, str(path)):
         remove_stale_temporaries(path.parent, {path.name})
         return atomic_write_text(path, text)

@@ -157,8 +157,8 @@ def _oof_line(path: str, metric: str) -> str:
     return f"out-of-fold {column} (mean per image, at postprocess.threshold): {oof[column].mean():.4f}{tuned}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ternaus.evaluate",
+def main(argv: list[str] | None = None, prog: str = "python -m ternaus.evaluate") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Score a submission against known masks with the config's metric.")
     parser.add_argument("--config", required=True, help="the competition's YAML (its format and postprocess.metric)")
     parser.add_argument("submission", help="submission CSV (.csv or .csv.gz)")

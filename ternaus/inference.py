@@ -48,8 +48,9 @@ from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
-__all__ = ["predict", "predict_test", "tta_probabilities", "image_probabilities", "load_fold_models", "to_uint8",
-           "predict_oof", "Shard", "PngWriter", "fixed_batches", "write_png", "remove_oof_temporaries", "oof_outputs"]
+__all__ = ["predict", "checkpoint_paths", "prediction_fingerprint", "predict_test", "tta_probabilities",
+           "image_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter", "fixed_batches",
+           "write_png", "remove_oof_temporaries", "oof_outputs"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -112,9 +113,11 @@ def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, P
     return paths
 
 
-def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None) -> dict[int, torch.nn.Module]:
+def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None,
+                     paths: dict[int, Path] | None = None) -> dict[int, torch.nn.Module]:
+    """Each fold's model from the run's checkpoints (``predict.checkpoint``), or from ``paths`` (fold -> file)."""
     models = {}
-    for fold, path in checkpoint_paths(cfg, folds).items():
+    for fold, path in (paths if paths is not None else checkpoint_paths(cfg, folds)).items():
         model = load_weights(new_model(cfg.model), path)
         models[fold] = runtime.prepare_model(model).eval()
     return models
@@ -301,8 +304,11 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
     return found
 
 
-def predict(cfg: Config, shard: Shard | None = None) -> dict:
+def predict(cfg: Config, shard: Shard | None = None, checkpoints: dict[int, Path] | None = None) -> dict:
     """The predict stage: test PNGs, then the out-of-fold scores; returns paths and the OOF Dice.
+
+    ``checkpoints`` (fold -> file): the weights to use instead of the run's ``fold_K/{predict.checkpoint}``
+    (a bundle's, ``ternaus.bundle``).
 
     With ``shard`` (``--shard i/n``), or under ``torchrun`` (shard RANK of WORLD_SIZE, on GPU LOCAL_RANK),
     this process predicts its share of the test set only; the shards together write what one process would.
@@ -320,18 +326,20 @@ def predict(cfg: Config, shard: Shard | None = None) -> dict:
                            config=ConfigFile(files.config("predict"), partial(save_config, cfg))
                            if shard.index == 0 else None)
     with outputs:
-        return _predict(cfg, shard, world.local_rank, score_oof, outputs)
+        return _predict(cfg, shard, world.local_rank, score_oof, outputs, checkpoints)
 
 
-def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, outputs: StageOutputs) -> dict:
+def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, outputs: StageOutputs,
+             checkpoints: dict[int, Path] | None = None) -> dict:
     setup = outputs.held[0]  # the predictions folder's lock (claim_writer)
     runtime = Runtime.of(cfg.runtime, device_index)
     # Everything that can be refused is checked before the first file is written.
     rows = test_rows(DataSource.of(cfg))
     check_image_files([Path(row["image"]) for row in rows], cfg.data.max_image_pixels)
     items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv) if score_oof else None
-    fingerprint = prediction_fingerprint(cfg, checkpoint_paths(cfg), runtime)
-    models = load_fold_models(cfg, runtime)
+    paths = checkpoints if checkpoints is not None else checkpoint_paths(cfg)
+    fingerprint = prediction_fingerprint(cfg, paths, runtime)
+    models = load_fold_models(cfg, runtime, paths=paths)
     outputs.save_config()  # shard 0's
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")

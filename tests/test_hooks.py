@@ -10,6 +10,8 @@ import torch
 from conftest import TINY_NET
 from torch import nn
 
+from ternaus.run_files import RunFiles
+from ternaus.data.source import DataSource
 from ternaus.checkpoint import read_checkpoint
 from ternaus.config import load_config
 from ternaus.errors import ConfigError
@@ -24,7 +26,7 @@ SMALL = ("data.input_size=[32,32]",)
 def config(root, out, *overrides):
     return load_config(None, [f"data.root={root}", f"output_dir={out}", *TINY_NET, "folds.n_folds=2",
                               "train.folds=[0]", "train.batch_size=4", "train.val_batch_size=8", "data.num_workers=0",
-                              "train.lr=1.0e-3", "train.log_every=2", "train.deterministic=true", *SMALL, *overrides])
+                              "train.lr=1.0e-3", "train.log_every=2", "runtime.deterministic=true", *SMALL, *overrides])
 
 
 def trained(root, out, *overrides) -> Path:
@@ -170,7 +172,7 @@ def test_tensorboard_leaves_the_random_generators_as_it_found_them(tiny_dataset,
     out = trained(tiny_dataset, tmp_path, "train.epochs=1", "train.tensorboard=false")
     cfg = config(tiny_dataset, out)
     runtime, world = Runtime.detect(), World()
-    data = fold_data(cfg, train_items(cfg, read_folds(cfg)), 0, runtime, world)
+    data = fold_data(cfg, train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv), 0, runtime, world)
     (hook,) = build_hooks(HookContext(cfg, 0, runtime, world, data.val_loader.dataset))
     state = _start_fold(cfg, 0, runtime, world, [hook])  # resumed from last.pt, at the end of epoch 1
     seed_everything(5)
