@@ -97,7 +97,7 @@ def read_curves(cfg: Config, out: Path, runs: list[Initialisation]) -> pd.DataFr
     """Long table of every run's log: init, fold, epoch, lr, train_loss, val_dice, val_jaccard, ..."""
     frames = []
     for run in (r for r in runs if r.init is not None):
-        for fold in folds_to_train(cfg):
+        for fold in folds_to_train(cfg.train.folds, cfg.folds.n_folds):
             log = pd.read_csv(RunFiles(out / run.name).log(fold))
             frames.append(log.assign(init=run.name, fold=fold))
     return pd.concat(frames, ignore_index=True)

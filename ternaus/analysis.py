@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ternaus.config import Config, thresholds
+from ternaus.config import PostprocessConfig, thresholds
+from ternaus.data.source import DataSource
 from ternaus.io import atomic_write, atomic_write_text
 from ternaus.metrics import image_score, instances
 from ternaus.registry import METRICS
@@ -231,20 +232,20 @@ class TrueObjects:
         return [mask for mask in objects if mask.any()]
 
 
-def true_objects(cfg: Config, rows: list[dict]) -> TrueObjects | None:
+def true_objects(metric: str, source: DataSource, rows: list[dict]) -> TrueObjects | None:
     """``TrueObjects`` of ``rows`` where the metric scores objects and the masks CSV has them; else None: the
     objects are then the connected components of each true mask."""
-    if METRICS[cfg.postprocess.metric].form != "objects":
+    if METRICS[metric].form != "objects":
         return None
-    if cfg.data.layout != "rle_csv" or cfg.data.csv.rows != "instance":
+    if source.layout != "rle_csv" or source.csv.rows != "instance":
         return None
-    return TrueObjects({row["id"]: row for row in rows}, cfg.data.rle)
+    return TrueObjects({row["id"]: row for row in rows}, source.rle)
 
 
 # ---------------------------------------------------------------- files of a run
 
 
-def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray,
+def write_oof_analysis(files: RunFiles, post: PostprocessConfig, oof: pd.DataFrame, histograms: np.ndarray,
                        objects: ThresholdScores | None = None, predictions: dict | None = None) -> PostProcessing:
     """``oof.csv`` with scores at the training threshold and after the searched post-processing,
     ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` under ``output_dir``.
@@ -253,8 +254,8 @@ def write_oof_analysis(cfg: Config, oof: pd.DataFrame, histograms: np.ndarray,
     ``objects`` (the out-of-fold pass's scores on ``search_thresholds``) for a metric of objects.
     ``predictions``: what made the predictions the search was run for (``predictions.searched_key``), kept in
     postprocess.json so that make_submission.py never applies it to the predictions of other models."""
-    files, metric = RunFiles.of(cfg), cfg.postprocess.metric
-    trained_at = thresholds(cfg.postprocess.threshold, 1)[0]  # one class: a number, or a list of one
+    metric = post.metric
+    trained_at = thresholds(post.threshold, 1)[0]  # one class: a number, or a list of one
     scores = objects if objects is not None else scores_from_histograms(
         histograms, search_thresholds(metric, trained_at), metric)
     chosen, table = choose_postprocessing(scores, metric, trained_at)
@@ -278,14 +279,13 @@ def read_postprocessing(output_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def resolve_postprocessing(cfg: Config, threshold: float | list[float] | None = None,
+def resolve_postprocessing(post: PostprocessConfig, files: RunFiles, threshold: float | list[float] | None = None,
                            min_area: int | None = None) -> tuple[float | list[float], int, str]:
     """The submission's threshold and minimum area, and where each came from. First found wins: the
     command line, then the values ``predict.py`` searched (``postprocess.json``) when ``postprocess.use_searched``,
     then ``postprocess.threshold`` / ``postprocess.min_area``."""
-    post = cfg.postprocess
-    searched = (read_postprocessing(cfg.output_dir) or {}) if post.use_searched else {}
-    where = f"{RunFiles.of(cfg).postprocess} (searched on the out-of-fold predictions)"
+    searched = (read_postprocessing(files.root) or {}) if post.use_searched else {}
+    where = f"{files.postprocess} (searched on the out-of-fold predictions)"
     picks = []
     for cli, key in ((threshold, "threshold"), (min_area, "min_area")):
         picks.append(next((value, source) for value, source in (

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ternaus.data.source import DataSource
 from ternaus import __version__
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.checkpoint import read_checkpoint
@@ -42,7 +43,7 @@ from ternaus.errors import ConfigError, DataError
 from ternaus.inference import checkpoint_paths, predict, prediction_fingerprint
 from ternaus.io import atomic_write, atomic_write_text
 from ternaus.predictions import searched_key
-from ternaus.run_files import RunFiles, data_places
+from ternaus.run_files import RunFiles
 from ternaus.stage import Lock, StageOutputs
 from ternaus.runtime import Runtime
 from ternaus.submission import make_submission
@@ -105,7 +106,7 @@ def _postprocessing(cfg: Config, paths: dict[int, Path]) -> dict[str, Any]:
             raise DataError(f"{RunFiles.of(cfg).postprocess} was searched for other checkpoints or settings than "
                             "the run's; run predict.py again, or set postprocess.threshold and postprocess.min_area with "
                             "postprocess.use_searched=false")
-    threshold, min_area, sources = resolve_postprocessing(cfg)
+    threshold, min_area, sources = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg))
     return {"threshold": threshold, "min_area": min_area, "from": sources}
 
 
@@ -179,7 +180,7 @@ def make_bundle(cfg: Config, out: str | Path, wheel: str | Path | None = None) -
     out = Path(out)
     paths = checkpoint_paths(cfg)
     # The bundle holds its own copy of the resolved config (config.yaml), so the protocol saves none in the run.
-    outputs = StageOutputs("bundle", data_places(cfg), folders={"--out": out}, claims=[Lock(out, f"the bundle {out}")],
+    outputs = StageOutputs("bundle", DataSource.of(cfg).places(), folders={"--out": out}, claims=[Lock(out, f"the bundle {out}")],
                            temporaries={out: {CONFIG, POSTPROCESS, MANIFEST, *(f"fold_{k}.pt" for k in paths)}})
     postprocess = _postprocessing(cfg, paths)
     expects = _expected_images(cfg)

@@ -41,7 +41,7 @@ from ternaus.io import atomic_write
 from ternaus.merge import weighted_mean
 from ternaus.predictions import claim_reader, claim_writer, fingerprints_of, keep_or_redo, png_complete, searched_key
 from ternaus.registry import RULES
-from ternaus.run_files import RunFiles, data_places, predictions_record
+from ternaus.run_files import RunFiles, predictions_record
 from ternaus.stage import ConfigFile, StageOutputs, out_of_fold_lock
 
 __all__ = ["ensemble", "Member", "load_member", "check_members", "merge_maps", "merge_test", "score_oof",
@@ -214,7 +214,7 @@ def score_oof(cfg: Config, members: list[Member], fingerprint: dict, outputs: St
     metric, at = cfg.postprocess.metric, thresholds(cfg.postprocess.threshold, 1)[0]
     names = [m.name for m in members] + ([f"{ENSEMBLE} (mean)"] if cfg.ensemble.rules else []) + [ENSEMBLE]
     evaluators = {name: Evaluator(metric, ["1"], at, search_thresholds(metric, at)) for name in names}
-    truth = true_objects(cfg, rows)
+    truth = true_objects(cfg.postprocess.metric, DataSource.of(cfg), rows)
     job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(DataSource.of(cfg)), evaluators=evaluators, truth=truth)
     with ThreadPoolExecutor(cfg.predict.writer_threads) as pool:
         for found in tqdm(pool.map(job, rows), total=len(rows), desc="out-of-fold", dynamic_ncols=True):
@@ -224,7 +224,7 @@ def score_oof(cfg: Config, members: list[Member], fingerprint: dict, outputs: St
     table = []
     for name, evaluator in evaluators.items():
         if name == ENSEMBLE:  # the search's result is what make_submission.py uses
-            chosen = write_oof_analysis(cfg, evaluator.table(), evaluator.histograms(), evaluator.threshold_scores(),
+            chosen = write_oof_analysis(RunFiles.of(cfg), cfg.postprocess, evaluator.table(), evaluator.histograms(), evaluator.threshold_scores(),
                                         searched_key(fingerprint))
         else:
             chosen = evaluator.search()[0]
@@ -272,7 +272,7 @@ def ensemble(cfg: Config) -> dict:
             claims.append(out_of_fold_lock(member.files))
     # The predictions folder's own temporaries are cleared by keep_or_redo, the PNGs of oof_predictions/ by
     # score_oof: both know the ids.
-    outputs = StageOutputs("ensemble", data_places(cfg),
+    outputs = StageOutputs("ensemble", DataSource.of(cfg).places(),
                            folders={"output_dir": files.root, "predict.out_dir": files.predictions}, claims=claims,
                            temporaries={files.root: oof_outputs(files, files.ensemble_cv)} if score else None,
                            config=ConfigFile(files.config("ensemble"), partial(save_config, cfg)))

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ternaus.data.source import DataSource
 from ternaus.config import Config
 from ternaus.data.dataset import normalise_on_device
 from ternaus.errors import ConfigError
 from ternaus.io import atomic_write
 from ternaus.models import TernausNet, new_model
 from ternaus.registry import MODELS
-from ternaus.run_files import data_places
 from ternaus.stage import Lock, StageOutputs
 from ternaus.weights import load_weights
 
@@ -115,7 +115,7 @@ def export(cfg: Config, checkpoint: str | Path, fmt: str, out: str | Path | None
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (train.py writes fold_K/best.pt)")
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
-    outputs = StageOutputs("export", data_places(cfg), folders={"--out": out.parent}, files={"--out": out},
+    outputs = StageOutputs("export", DataSource.of(cfg).places(), folders={"--out": out.parent}, files={"--out": out},
                            claims=[Lock(out, str(out))], temporaries={out.parent: {out.name}})
     if out.exists() and out.samefile(checkpoint):
         raise ConfigError(f"--out {out} is the checkpoint itself; name another file")

@@ -41,7 +41,7 @@ from ternaus.losses import probabilities
 from ternaus.models import new_model
 from ternaus.predictions import claim_writer, keep_or_redo, searched_key
 from ternaus.registry import METRICS
-from ternaus.run_files import RunFiles, data_places, folds_to_train, predictions_record, read_folds
+from ternaus.run_files import RunFiles, folds_to_train, predictions_record, read_folds
 from ternaus.runtime import Runtime
 from ternaus.stage import ConfigFile, StageOutputs, out_of_fold_lock
 from ternaus.training import build_loader, same_size_loader
@@ -104,7 +104,7 @@ def to_uint8(probs: torch.Tensor) -> torch.Tensor:
 
 def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, Path]:
     paths = {}
-    for fold in folds if folds is not None else folds_to_train(cfg):
+    for fold in folds if folds is not None else folds_to_train(cfg.train.folds, cfg.folds.n_folds):
         path = RunFiles.of(cfg).checkpoint(fold)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: train fold {fold} first (python train.py --config ... "
@@ -277,11 +277,11 @@ def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtim
     """Each fold's held-out images, predicted by that fold's model and scored at ``postprocess.threshold`` under
     ``postprocess.metric`` (an ``Evaluator`` with the search's thresholds, the search covering one class).
     The probability PNGs go to ``{output_dir}/oof_predictions/`` for the report."""
-    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
+    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv)
     geometry, classes, metric = geometry_of(cfg), class_names(cfg), cfg.postprocess.metric
     at = thresholds(cfg.postprocess.threshold, len(classes))
     found = Evaluator(metric, classes, at, search_thresholds(metric, at[0]) if len(classes) == 1 else None)
-    truth = true_objects(cfg, items.to_dict("records"))
+    truth = true_objects(cfg.postprocess.metric, DataSource.of(cfg), items.to_dict("records"))
     writer = PngWriter(cfg.predict.writer_threads)
     try:
         for fold, model in models.items():
@@ -318,7 +318,7 @@ def predict(cfg: Config, shard: Shard | None = None, checkpoints: dict[int, Path
     files = RunFiles.of(cfg)
     score_oof = cfg.predict.oof and shard.index == 0
     # The predictions folder's own temporaries are cleared by keep_or_redo, which knows this shard's ids.
-    outputs = StageOutputs("predict", data_places(cfg),
+    outputs = StageOutputs("predict", DataSource.of(cfg).places(),
                            folders={"output_dir": files.root, "predict.out_dir": files.predictions},
                            claims=[partial(claim_writer, files.predictions, shard.index, shard.count),
                                    *([out_of_fold_lock(files)] if score_oof else [])],
@@ -336,7 +336,7 @@ def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, outp
     # Everything that can be refused is checked before the first file is written.
     rows = test_rows(DataSource.of(cfg))
     check_image_files([Path(row["image"]) for row in rows], cfg.data.max_image_pixels)
-    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv) if score_oof else None
+    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv) if score_oof else None
     paths = checkpoints if checkpoints is not None else checkpoint_paths(cfg)
     fingerprint = prediction_fingerprint(cfg, paths, runtime)
     models = load_fold_models(cfg, runtime, paths=paths)
@@ -368,7 +368,7 @@ def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime
     oof, metric = found.table(), cfg.postprocess.metric
     files = RunFiles.of(cfg)
     if found.search_grid is not None:  # one class: the search's histograms hold class 0
-        chosen = write_oof_analysis(cfg, oof, found.histograms(), found.threshold_scores(), searched_key(fingerprint))
+        chosen = write_oof_analysis(RunFiles.of(cfg), cfg.postprocess, oof, found.histograms(), found.threshold_scores(), searched_key(fingerprint))
         grid = found.search_grid
         how = (f"exact over {len(grid)} thresholds" if METRICS[metric].form == "counts" else
                f"on {len(grid)} thresholds {grid[0]}-{grid[-1]} only: {metric} counts objects, which the level "

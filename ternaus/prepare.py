@@ -15,7 +15,7 @@ from ternaus.data.layouts import check_train, list_train, load_masks, mask_spec
 from ternaus.errors import DataError
 from ternaus.folds import assign_folds, folds_from_file, group_column, group_ids, mask_area
 from ternaus.io import atomic_write
-from ternaus.run_files import RunFiles, data_places
+from ternaus.run_files import RunFiles
 from ternaus.stage import ConfigFile, Lock, StageOutputs
 
 __all__ = ["prepare_folds"]
@@ -33,7 +33,7 @@ def prepare_folds(cfg: Config) -> Path:
 
     The group column is ``car_id`` for folds.group_by=car (Carvana), ``group`` otherwise."""
     files = RunFiles.of(cfg)
-    outputs = StageOutputs("prepare_folds", data_places(cfg), folders={"output_dir": files.root},
+    outputs = StageOutputs("prepare_folds", DataSource.of(cfg).places(), folders={"output_dir": files.root},
                            claims=[Lock(files.folds_csv, f"{files.folds_csv}")],
                            temporaries={files.root: {files.folds_csv.name}},
                            config=ConfigFile(files.config("prepare_folds"), partial(save_config, cfg)))

@@ -23,7 +23,7 @@ from ternaus.data.layouts import list_train, load_masks, mask_spec, test_rows
 from ternaus.io import atomic_write_bytes, atomic_write_text
 from ternaus.plots import svg_line_chart
 from ternaus.registry import METRICS
-from ternaus.run_files import RunFiles, data_places, folds_to_train
+from ternaus.run_files import RunFiles, folds_to_train
 from ternaus.stage import Lock, StageOutputs
 from ternaus.submission import masks_to_encode
 
@@ -91,7 +91,7 @@ def montage_row(tiles: list[np.ndarray], height: int) -> np.ndarray:
 
 def read_logs(cfg: Config) -> dict[int, pd.DataFrame]:
     logs = {}
-    for fold in folds_to_train(cfg):
+    for fold in folds_to_train(cfg.train.folds, cfg.folds.n_folds):
         path = RunFiles.of(cfg).log(fold)
         if path.is_file():
             logs[fold] = pd.read_csv(path)
@@ -242,7 +242,7 @@ def report_files(cfg: Config) -> set[str]:
 def build_report(cfg: Config) -> Path:
     """Write ``{output_dir}/{report.out_dir}/index.html`` and its PNGs; returns the page's path."""
     out = RunFiles.of(cfg).report
-    with StageOutputs("report", data_places(cfg), folders={"report.out_dir": out},
+    with StageOutputs("report", DataSource.of(cfg).places(), folders={"report.out_dir": out},
                       claims=[Lock(out, f"the report {out}")], temporaries={out: report_files(cfg)}):
         out.mkdir(parents=True, exist_ok=True)
         return _build_report(cfg, out)
@@ -252,7 +252,7 @@ def _build_report(cfg: Config, out: Path) -> Path:
     files = RunFiles.of(cfg)
     oof_path = files.oof_csv
     oof = pd.read_csv(oof_path, dtype={"id": str}) if oof_path.is_file() else None
-    threshold, min_area, how = resolve_postprocessing(cfg)
+    threshold, min_area, how = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg))
     post = (threshold, min_area)
     metric = cfg.postprocess.metric
     sections = [("curves", "Training curves", curves_section(read_logs(cfg), metric)),

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ternaus.config import Config, resolve
+from ternaus.config import Config
 from ternaus.data.files import CSV_ERRORS, duplicates
 from ternaus.errors import ConfigError, DataError
 
-__all__ = ["RunFiles", "predictions_record", "read_folds", "folds_to_train", "check_outputs", "data_places"]
+__all__ = ["RunFiles", "predictions_record", "read_folds", "folds_to_train", "check_outputs"]
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ def predictions_record(shard_index: int = 0, shard_count: int = 1) -> str:
     return ".predict.json" if shard_count == 1 else f".predict-{shard_index}-of-{shard_count}.json"
 
 
-def read_folds(cfg: Config) -> pd.DataFrame:
-    """``folds.csv``, checked: one row per id, integer folds 0 .. folds.n_folds - 1."""
-    path = RunFiles.of(cfg).folds_csv
+def read_folds(path: Path, n_folds: int) -> pd.DataFrame:
+    """The folds file at ``path`` (``RunFiles.folds_csv``), checked: one row per id, integer folds
+    0 .. ``n_folds`` - 1 (``folds.n_folds``)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run prepare_folds.py with the same config first")
     try:
@@ -149,28 +149,18 @@ def read_folds(cfg: Config) -> pd.DataFrame:
         raise DataError(f"{path} lists {len(repeated)} id(s) more than once, e.g. {repeated[:3]}; "
                         "run prepare_folds.py again")
     found = sorted(folds["fold"].unique().tolist())
-    if found != list(range(cfg.folds.n_folds)):
-        raise DataError(f"{path} holds folds {found} but folds.n_folds={cfg.folds.n_folds}; "
+    if found != list(range(n_folds)):
+        raise DataError(f"{path} holds folds {found} but folds.n_folds={n_folds}; "
                         "run prepare_folds.py again with this config")
     return folds
 
 
-def folds_to_train(cfg: Config) -> list[int]:
-    """The folds train.py trains and predict.py averages: ``train.folds``, or all of them."""
-    return list(cfg.train.folds) if cfg.train.folds is not None else list(range(cfg.folds.n_folds))
+def folds_to_train(folds: list[int] | None, n_folds: int) -> list[int]:
+    """The folds train.py trains and predict.py averages: ``folds`` (``train.folds``), or all ``n_folds``."""
+    return list(folds) if folds is not None else list(range(n_folds))
 
 
 # ---------------------------------------------------------------- outputs kept apart from the data
-
-
-def data_places(cfg: Config) -> dict[str, Path]:
-    """The data's folders (``data.train_dir``, ``masks_dir``, ``test_dir``) and files (``data.masks_csv``,
-    ``sample_submission``) that exist, by the key that names them, resolved: what ``check_outputs`` keeps
-    outputs apart from."""
-    folders = {f"data.{key}": resolve(cfg, getattr(cfg.data, key)) for key in ("train_dir", "masks_dir", "test_dir")}
-    files = {f"data.{key}": resolve(cfg, getattr(cfg.data, key)) for key in ("masks_csv", "sample_submission")}
-    return ({k: p.resolve() for k, p in folders.items() if p.is_dir()} |
-            {k: p.resolve() for k, p in files.items() if p.is_file()})
 
 
 def _overlap(output: Path, data: Path) -> str | None:
@@ -186,7 +176,7 @@ def _overlap(output: Path, data: Path) -> str | None:
 def check_outputs(data: dict[str, Path], folders: dict[str, Path], files: dict[str, Path] | None = None) -> None:
     """Refuse, before anything runs, an output folder that is, lies inside or contains a data folder, and an
     output file that is a data file: a stage replaces and deletes files where it writes, and the data must
-    never be among them. ``data``: the data's places (``data_places``); ``folders``/``files``: the outputs, by
+    never be among them. ``data``: the data's places (``DataSource.places``); ``folders``/``files``: the outputs, by
     the key or option that sets them. Raises ConfigError listing every overlap."""
     data_folders = {key: place for key, place in data.items() if place.is_dir()}
     data_files = {key: place for key, place in data.items() if key not in data_folders}

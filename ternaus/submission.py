@@ -31,7 +31,7 @@ from ternaus.metrics import instances
 from ternaus.predictions import claim_reader
 from ternaus.predictions import made_by as predictions_made_by
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
-from ternaus.run_files import RunFiles, data_places
+from ternaus.run_files import RunFiles
 from ternaus.stage import ConfigFile, Lock, StageOutputs, out_of_fold_lock
 
 __all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "overlapping_objects",
@@ -299,7 +299,7 @@ def make_submission(cfg: Config, threshold: float | list[float] | None = None, m
     claims = [Lock(files.submission, f"the submission {files.submission}"), partial(claim_reader, files.predictions)]
     if searched:  # predict.py's out-of-fold phase writes postprocess.json
         claims.append(out_of_fold_lock(files))
-    outputs = StageOutputs("make_submission", data_places(cfg),
+    outputs = StageOutputs("make_submission", DataSource.of(cfg).places(),
                            folders={"output_dir": files.root, "submission.filename": files.submission.parent},
                            files={"submission.filename": files.submission}, claims=claims,
                            temporaries={files.submission.parent: {files.submission.name}},
@@ -315,7 +315,7 @@ def _make_submission(cfg: Config, threshold: float | list[float] | None, min_are
     made_by = predictions_made_by(RunFiles.of(cfg).predictions, [r["id"] for r in rows])
     if searched:
         _check_searched_for(cfg, made_by)
-    threshold, min_area, sources = resolve_postprocessing(cfg, threshold, min_area)
+    threshold, min_area, sources = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg), threshold, min_area)
     print(f"post-processing: {sources}")
     cuts = thresholds(threshold, len(fmt.classes))
     paths = _prediction_paths(cfg, [r["id"] for r in rows])

@@ -52,7 +52,7 @@ from ternaus.io import atomic_write
 from ternaus.losses import SegmentationLoss, probabilities
 from ternaus.models import build_model, set_encoder_frozen
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
-from ternaus.run_files import RunFiles, data_places, folds_to_train, read_folds
+from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
 from ternaus.stage import ConfigFile, Lock, StageOutputs
 
@@ -146,7 +146,7 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
     per_rank = -(-len(train_rows) // world.size)
     drop_last = per_rank % cfg.train.batch_size == 1 and per_rank > 1
     val_loader = same_size_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
-    return FoldData(train_set, val_loader, drop_last, world, true_objects(cfg, val_rows))
+    return FoldData(train_set, val_loader, drop_last, world, true_objects(cfg.postprocess.metric, DataSource.of(cfg), val_rows))
 
 
 # ---------------------------------------------------------------- one epoch
@@ -468,7 +468,7 @@ def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
     (``postprocess.metric``) per fold.
 
     Under ``torchrun`` every process trains the same fold with DistributedDataParallel, one GPU each."""
-    folds = [fold] if fold is not None else folds_to_train(cfg)
+    folds = [fold] if fold is not None else folds_to_train(cfg.train.folds, cfg.folds.n_folds)
     if not set(folds) <= set(range(cfg.folds.n_folds)):
         raise ConfigError(f"--fold {fold}: folds.n_folds={cfg.folds.n_folds} gives folds 0..{cfg.folds.n_folds - 1}")
     files = RunFiles.of(cfg)
@@ -476,7 +476,7 @@ def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
     main = world.is_main  # rank 0 alone writes: it claims, clears and saves
     # One config file per fold when folds run side by side (one per GPU) into the same output_dir.
     name = f"train_fold_{folds[0]}" if fold is not None else "train"
-    outputs = StageOutputs("train", data_places(cfg), folders={"output_dir": files.root},
+    outputs = StageOutputs("train", DataSource.of(cfg).places(), folders={"output_dir": files.root},
                            claims=[partial(_claim_folds, files, folds, world)],
                            temporaries={files.fold_dir(k): _fold_files(files, k) for k in folds} if main else None,
                            config=ConfigFile(files.config(name), partial(save_config, cfg)) if main else None)
@@ -529,7 +529,7 @@ def _say_removed(outputs: StageOutputs, folds: list[int], files: RunFiles) -> No
 
 def _train_folds(cfg: Config, folds: list[int], world: World, outputs: StageOutputs) -> dict[int, float]:
     runtime = Runtime.of(cfg.runtime, world.local_rank)
-    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
+    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
     check_image_files([Path(p) for p in items["image"]], cfg.data.max_image_pixels)
     if world.is_main:

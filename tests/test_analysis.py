@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ternaus.run_files import RunFiles
 from ternaus.analysis import (
     DEFAULT_THRESHOLDS,
     best_min_area,
@@ -118,7 +119,7 @@ def test_search_breaks_ties_towards_the_training_threshold():
 def test_oof_analysis_files_and_the_submission_picks_them_up(tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}"])
     oof = pd.DataFrame({"id": ["a", "b", "c", "d"], "fold": [0, 0, 1, 1]})
-    chosen = write_oof_analysis(cfg, oof, four_images())
+    chosen = write_oof_analysis(RunFiles.of(cfg), cfg.postprocess, oof, four_images())
     written = pd.read_csv(tmp_path / "oof.csv")
     assert written["dice"].tolist() == pytest.approx([1, 0, 1, 1])  # at postprocess.threshold, no min_area
     assert written["dice_pp"].tolist() == [1, 1, 1, 1] and written["pred_area"].tolist() == [8, 2, 0, 4]
@@ -126,18 +127,18 @@ def test_oof_analysis_files_and_the_submission_picks_them_up(tmp_path):
     assert len(pd.read_csv(tmp_path / "postprocess_search.csv")) == len(DEFAULT_THRESHOLDS)
     assert np.load(tmp_path / "oof_levels.npz")["histograms"].shape == (4, 2, 256)
 
-    threshold, min_area, how = resolve_postprocessing(cfg)
+    threshold, min_area, how = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg))
     assert (threshold, min_area) == (0.5, 3) and "postprocess.json" in how
     cfg = load_config(None, [f"output_dir={tmp_path}", "postprocess.threshold=0.6", "postprocess.min_area=2",
                              "postprocess.use_searched=false"])
-    threshold, min_area, how = resolve_postprocessing(cfg)
+    threshold, min_area, how = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg))
     assert (threshold, min_area) == (0.6, 2) and "threshold 0.6 from postprocess.threshold in the config" in how
     # The renamed key still works for a release: a fixed value for the submission, as it was.
     cfg = load_config(None, [f"output_dir={tmp_path}", "submission.threshold=0.6"])
-    assert resolve_postprocessing(cfg)[:2] == (0.6, 0)
-    assert resolve_postprocessing(cfg, 0.3, 0)[:2] == (0.3, 0)
+    assert resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg))[:2] == (0.6, 0)
+    assert resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg), 0.3, 0)[:2] == (0.3, 0)
     (tmp_path / "postprocess.json").unlink()
-    assert resolve_postprocessing(load_config(None, [f"output_dir={tmp_path}"]))[:2] == (0.5, 0)
+    assert resolve_postprocessing(load_config(None, []).postprocess, RunFiles(tmp_path))[:2] == (0.5, 0)
 
 
 def test_submission_empties_masks_below_the_minimum_area(tmp_path):

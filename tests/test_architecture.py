@@ -208,3 +208,63 @@ def test_the_architecture_page_names_every_module_and_every_room_it_names_is_one
     modules = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
     assert modules <= named, f"not in docs/architecture.md: {sorted(modules - named)}"
     assert all((ROOT / path).is_file() for path in named), sorted(p for p in named if not (ROOT / p).is_file())
+
+
+# ---------------------------------------------------------------- the config stops at each stage's door
+
+# The only functions outside config.py, cli.py and the commands that take the whole Config: each stage's entry
+# point, which turns it into the objects the code below it takes, and the constructors that build one such object
+# from it (detectron2's from_config). Anything else takes those objects.
+CONFIG_ENTRY_POINTS = {
+    "ternaus.prepare.prepare_folds", "ternaus.training.train", "ternaus.inference.predict",
+    "ternaus.ensemble.ensemble", "ternaus.submission.make_submission", "ternaus.submission.check_submission",
+    "ternaus.report.build_report", "ternaus.export.export", "ternaus.evaluate.score_submission",
+    "ternaus.bundle.make_bundle",
+}
+CONFIG_CONSTRUCTORS = {
+    "ternaus.run_files.RunFiles.of", "ternaus.data.source.DataSource.of", "ternaus.data.geometry.geometry_of",
+    "ternaus.submission.submission_format",
+}
+CONFIG_HOMES = {"ternaus.config", "ternaus.cli"}  # the configuration itself, and what the stage scripts share
+
+
+def functions_taking_config(source: str, module: str) -> list[str]:
+    """The qualified names of the functions in ``source`` with a parameter annotated ``Config`` (or ``cfg`` with
+    no annotation)."""
+    found = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = [*child.args.posonlyargs, *child.args.args, *child.args.kwonlyargs]
+                if any(_is_config(arg) for arg in args):
+                    found.append(f"{module}.{prefix}{child.name}")
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(ast.parse(source), "")
+    return found
+
+
+def _is_config(arg: ast.arg) -> bool:
+    if arg.annotation is None:
+        return arg.arg == "cfg"
+    return re.fullmatch(r"['\"]?(ternaus\.config\.)?Config['\"]?", ast.unparse(arg.annotation)) is not None
+
+
+def test_the_finder_of_functions_taking_the_config_finds_them():
+    source = ("class A:\n    def of(cls, cfg: Config): ...\n"
+              "def f(x, cfg): ...\ndef g(settings: 'Config'): ...\ndef h(train: TrainConfig): ...\n")
+    assert functions_taking_config(source, "m") == ["m.A.of", "m.f", "m.g"]
+
+
+def test_no_function_below_the_stage_entry_points_takes_the_whole_config():
+    taking = []
+    for name, path in package_modules().items():
+        if name in CONFIG_HOMES or name.startswith("ternaus.commands"):
+            continue
+        taking += functions_taking_config(path.read_text(), name)
+    allowed = CONFIG_ENTRY_POINTS | CONFIG_CONSTRUCTORS
+    assert sorted(set(taking) - allowed) == [], "take the objects the stage's entry point builds, not the Config"
+    assert set(taking) == allowed, f"entry points that no longer exist: {sorted(allowed - set(taking))}"

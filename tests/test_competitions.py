@@ -17,6 +17,7 @@ import make_submission
 import predict
 import prepare_folds
 import train
+from ternaus.run_files import RunFiles
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.config import load_config
 from ternaus.evaluate import score_submission
@@ -42,7 +43,7 @@ class Run:
     def submitted(self, probs: np.ndarray) -> np.ndarray:
         """The uint8 0/1 mask make_submission.py encodes from one class's probabilities: at the threshold and
         minimum area it resolved (for TGS and Airbus, those predict.py searched on the out-of-fold images)."""
-        threshold, min_area, _ = resolve_postprocessing(self.cfg)
+        threshold, min_area, _ = resolve_postprocessing(self.cfg.postprocess, RunFiles.of(self.cfg))
         return masks_to_encode(probs[None], [threshold], None, min_area)[0].astype(np.uint8)
 
     def prediction(self, stem: str) -> np.ndarray:

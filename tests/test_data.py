@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ternaus.run_files import RunFiles
 from ternaus.data.source import DataSource
 from ternaus.config import load_config
 from ternaus.data.dataset import SegmentationDataset
@@ -146,4 +147,4 @@ def test_a_folds_file_from_another_fold_count_is_refused(tiny_dataset, tmp_path)
 
     prepare_folds(config_for(tiny_dataset, tmp_path))
     with pytest.raises(DataError, match=r"holds folds \[0, 1, 2\] but folds.n_folds=2; run prepare_folds.py"):
-        read_folds(config_for(tiny_dataset, tmp_path, "folds.n_folds=2"))
+        read_folds(RunFiles.of(config_for(tiny_dataset, tmp_path, "folds.n_folds=2")).folds_csv, 2)

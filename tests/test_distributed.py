@@ -119,7 +119,7 @@ def test_torchrun_trains_one_fold_with_rank_0_alone_writing(ddp_run):
 def test_the_ddp_validation_score_counts_every_image_once(ddp_run, odd_dataset):
     out, fold, _, _ = ddp_run
     cfg = load_config(CONFIG, overrides(odd_dataset, out, f"train.folds=[{fold}]"))
-    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
+    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv)
     assert (items["fold"] == fold).sum() % 2 == 1
     runtime = Runtime(torch.device("cpu"), None, False)
     model = load_weights(tiny_net(), out / f"fold_{fold}" / "last.pt")

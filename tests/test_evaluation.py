@@ -128,7 +128,7 @@ def scored_four_ways(tmp_path: Path, metric: str, *extra: str) -> dict[str, dict
     found = {}
 
     # 1. validation, of each fold in turn; the two means weighted by the folds' image counts
-    items = train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv)
+    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv)
     means = []
     for fold in (0, 1):
         loader = fold_data(cfg, items, fold, runtime, World()).val_loader

@@ -172,7 +172,7 @@ def test_tensorboard_leaves_the_random_generators_as_it_found_them(tiny_dataset,
     out = trained(tiny_dataset, tmp_path, "train.epochs=1", "train.tensorboard=false")
     cfg = config(tiny_dataset, out)
     runtime, world = Runtime.detect(), World()
-    data = fold_data(cfg, train_items(DataSource.of(cfg), read_folds(cfg), RunFiles.of(cfg).folds_csv), 0, runtime, world)
+    data = fold_data(cfg, train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv), 0, runtime, world)
     (hook,) = build_hooks(HookContext(cfg, 0, runtime, world, data.val_loader.dataset))
     state = _start_fold(cfg, 0, runtime, world, [hook])  # resumed from last.pt, at the end of epoch 1
     seed_everything(5)

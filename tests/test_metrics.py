@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_analysis import histograms_of  # per-image level histograms of hand-made maps
 
+from ternaus.run_files import RunFiles
 from ternaus.data.source import DataSource
 from ternaus.analysis import (
     ThresholdScores,
@@ -252,7 +253,7 @@ def test_oof_analysis_with_an_object_metric(tmp_path):
     objects = ThresholdScores(grid, *map(np.stack, list(zip(*rows))[:2]), np.asarray([r[2] for r in rows]))
     histograms = histograms_of([(levels, np.any(ships, axis=0)), (stray, np.zeros((3, 9), bool))])
     oof = pd.DataFrame({"id": ["ships", "stray"], "fold": [0, 1]})
-    chosen = write_oof_analysis(cfg, oof, histograms, objects)
+    chosen = write_oof_analysis(RunFiles.of(cfg), cfg.postprocess, oof, histograms, objects)
     # At 0.5: ships 1, stray 0 (0.5 keeps 150 >= 127.5); min_area 3 empties the stray image only: 1 and 1.
     # 0.6 (level 153) already drops the stray pixels: 1 and 1 without a minimum area, but 0.5 is nearer the
     # training threshold and wins the tie.

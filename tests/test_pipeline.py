@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import TINY_NET
 
+from ternaus.run_files import RunFiles
 from ternaus.config import load_config
 from ternaus.inference import to_uint8, tta_probabilities
 from ternaus.runtime import Runtime
@@ -99,7 +100,7 @@ def test_submission_matches_the_prediction_pngs(pipeline_run):
     from ternaus.analysis import resolve_postprocessing
     from ternaus.rle import rle_decode
 
-    threshold, min_area, _ = resolve_postprocessing(load_config(None, overrides))  # searched by predict.py
+    threshold, min_area, _ = resolve_postprocessing(load_config(None, overrides).postprocess, RunFiles.of(load_config(None, overrides)))  # searched by predict.py
     submission = pd.read_csv(out / "submission.csv.gz", dtype=str, keep_default_na=False)
     for name, rle in zip(submission["img"][:4], submission["rle_mask"][:4]):
         probs = cv2.imread(str(out / "predictions" / name.replace(".jpg", ".png")), cv2.IMREAD_UNCHANGED)

@@ -73,14 +73,13 @@ class DataSource:
     def rle(self) -> RleFormat:
         return self.settings.rle
 
-    def places(self) -> tuple[dict[str, Path], dict[str, Path]]:
-        """The data's folders and files that exist, by the key that names them, resolved: what a stage's outputs
-        must keep apart from."""
-        folders = {f"data.{key}": self.path(getattr(self.settings, key)) for key in ("train_dir", "masks_dir",
-                                                                                     "test_dir")}
-        files = {f"data.{key}": self.path(getattr(self.settings, key)) for key in ("masks_csv", "sample_submission")}
-        return ({k: p.resolve() for k, p in folders.items() if p.is_dir()},
-                {k: p.resolve() for k, p in files.items() if p.is_file()})
+    def places(self) -> dict[str, Path]:
+        """The data's folders (``data.train_dir``, ``masks_dir``, ``test_dir``) and files (``data.masks_csv``,
+        ``sample_submission``) that exist, by the key that names them, resolved: what a stage's outputs must keep
+        apart from (``run_files.check_outputs``)."""
+        keys = ("train_dir", "masks_dir", "test_dir", "masks_csv", "sample_submission")
+        paths = {f"data.{key}": self.path(getattr(self.settings, key)) for key in keys}
+        return {k: p.resolve() for k, p in paths.items() if p.exists()}
 
     def describe(self) -> dict[str, Any]:
         return {"root": str(self.root), "layout": self.layout}
