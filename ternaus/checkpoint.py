@@ -25,7 +25,7 @@ from ternaus.io import atomic_write
 from ternaus.runtime import Runtime, rng_states, set_rng_states
 from ternaus.weights import fit_state_dict, unreadable_weights
 
-__all__ = ["save_checkpoint", "read_checkpoint", "unwrap", "FoldState", "save_fold_state", "resume_fold_state"]
+__all__ = ["save_checkpoint", "read_checkpoint", "write_torch", "unwrap", "FoldState", "save_fold_state", "resume_fold_state"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -53,7 +53,14 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any = None
                  "transposed": getattr(plain, "transposed", None)},
         **extra,
     }
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: write_torch(state, tmp))
+
+
+def write_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through an open file: the archive's inner folder is then always ``archive/``, where a path
+    would name it after the (random) temporary file, so the same state always gives the same bytes."""
+    with open(path, "wb") as file:
+        torch.save(obj, file)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
