@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from ternaus.data.source import DataSource
 from ternaus.analysis import TrueObjects, search_thresholds, true_objects, write_oof_analysis
-from ternaus.config import Config, EnsembleConfig, EnsembleMember, member_name, read_yaml, save_config, thresholds
+from ternaus.config import (Config, EnsembleConfig, EnsembleMember, PostprocessConfig, PredictConfig, member_name,
+                            read_yaml, save_config, thresholds)
 from ternaus.data.files import listing, png_shape, prediction_image, read_prediction
 from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec, test_rows
 from ternaus.errors import ConfigError, DataError
@@ -44,10 +45,35 @@ from ternaus.registry import RULES
 from ternaus.run_files import RunFiles, predictions_record
 from ternaus.stage import ConfigFile, StageOutputs, out_of_fold_lock
 
-__all__ = ["ensemble", "Member", "load_member", "check_members", "merge_maps", "merge_test", "score_oof",
+__all__ = ["ensemble", "EnsembleRun", "Member", "load_member", "check_members", "merge_maps", "merge_test", "score_oof",
            "ensemble_fingerprint"]
 
 ENSEMBLE = "ensemble"  # the CV table's name for the merged maps
+
+
+@dataclass(frozen=True)
+class EnsembleRun:
+    """What the ensemble stage's internals take, built once at its entry (``EnsembleRun.from_config``): this run's
+    files, its data (the test set the members must cover, the training set the out-of-fold maps are scored on),
+    the class count (``model.num_classes``), and the ``ensemble``, ``predict`` (resume, writer_threads) and
+    ``postprocess`` (metric, threshold) sections."""
+
+    files: RunFiles
+    source: DataSource
+    num_classes: int
+    settings: EnsembleConfig
+    predict: PredictConfig
+    post: PostprocessConfig
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "EnsembleRun":
+        return cls(RunFiles.of(cfg), DataSource.of(cfg), cfg.model.num_classes, cfg.ensemble, cfg.predict,
+                   cfg.postprocess)
+
+    @property
+    def scores_oof(self) -> bool:
+        """Whether the out-of-fold maps are scored: ``ensemble.oof``, and one class (all the search covers)."""
+        return self.settings.oof and self.num_classes == 1
 
 
 @dataclass(frozen=True)
@@ -151,34 +177,37 @@ def _read_maps(members: list[Member], paths: dict[str, Path], num_classes: int) 
     return maps
 
 
-def _merged_test_png(image_id: str, members: list[Member], cfg: Config) -> np.ndarray:
-    maps = _read_maps(members, {m.name: m.prediction(image_id) for m in members}, cfg.model.num_classes)
-    return prediction_image(merge_maps(maps, members, cfg.ensemble))
+def _merged_test_png(image_id: str, members: list[Member], num_classes: int, settings: EnsembleConfig) -> np.ndarray:
+    maps = _read_maps(members, {m.name: m.prediction(image_id) for m in members}, num_classes)
+    return prediction_image(merge_maps(maps, members, settings))
 
 
-def ensemble_fingerprint(members: list[Member], cfg: Config, ids: list[str]) -> dict:
+def ensemble_fingerprint(members: list[Member], settings: EnsembleConfig, num_classes: int, ids: list[str]) -> dict:
     """Everything the merged PNGs' bytes depend on: what made each member's PNGs of ``ids`` (the fingerprints of
-    its records), its name and weight, the class count, the rules and their settings."""
-    rules = {rule: asdict(getattr(cfg.ensemble, rule)) for rule in cfg.ensemble.rules}
+    its records), its name and weight, the class count ``num_classes`` (``model.num_classes``), the rules of the
+    ``ensemble`` section ``settings`` and their settings."""
+    rules = {rule: asdict(getattr(settings, rule)) for rule in settings.rules}
     made_by = {m.name: fingerprints_of(m.files.predictions, ids) for m in members}
     fingerprint = {"members": [{"name": m.name, "weight": m.weight, "made_by": made_by[m.name]} for m in members],
-                   "num_classes": cfg.model.num_classes, "rules": list(cfg.ensemble.rules), "rule_settings": rules}
+                   "num_classes": num_classes, "rules": list(settings.rules), "rule_settings": rules}
     return json.loads(json.dumps(fingerprint))
 
 
-def merge_test(cfg: Config, members: list[Member], ids: list[str], fingerprint: dict) -> Path:
-    """Write the merged PNG of every test id not already written by the same members and settings. Call it
+def merge_test(run: EnsembleRun, members: list[Member], ids: list[str], fingerprint: dict) -> Path:
+    """Write, into ``run.files.predictions``, the merged PNG of every test id of ``ids`` not already written by
+    the same members and settings (``fingerprint``: ``ensemble_fingerprint``); returns that folder. Call it
     holding the predictions folder's claim (``predictions.claim_writer``)."""
-    out_dir = RunFiles.of(cfg).predictions
-    done = keep_or_redo(out_dir, ids, fingerprint, cfg.predict.resume, predictions_record())
+    out_dir = run.files.predictions
+    done = keep_or_redo(out_dir, ids, fingerprint, run.predict.resume, predictions_record())
     todo = [i for i in ids if i not in done]
     if done:
         print(f"resuming: {len(done)} of {len(ids)} merged predictions were already written by the same members "
               f"and settings; merging the remaining {len(todo)}")
-    writer = PngWriter(cfg.predict.writer_threads)
+    writer = PngWriter(run.predict.writer_threads)
     try:
         for image_id in tqdm(todo, desc="merge test", dynamic_ncols=True):
-            writer.submit(out_dir / f"{image_id}.png", partial(_merged_test_png, image_id, members, cfg))
+            writer.submit(out_dir / f"{image_id}.png",
+                          partial(_merged_test_png, image_id, members, run.num_classes, run.settings))
     finally:
         writer.close()
     return out_dir
@@ -187,36 +216,39 @@ def merge_test(cfg: Config, members: list[Member], ids: list[str], fingerprint: 
 # ---------------------------------------------------------------- out of fold
 
 
-def _oof_image(row: dict, members: list[Member], cfg: Config, spec: MaskSpec, evaluators: dict[str, Evaluator],
-               truth: TrueObjects | None) -> dict[str, ImageScores]:
+def _oof_image(row: dict, members: list[Member], settings: EnsembleConfig, out_dir: Path, spec: MaskSpec,
+               evaluators: dict[str, Evaluator], truth: TrueObjects | None) -> dict[str, ImageScores]:
     """One training image scored (class 0) by each member and by the ensemble (and, with rules, by the plain
     mean as "<ensemble> (mean)"), each by its own evaluator; pure but for the ensemble's map, which is written
-    to ``oof_predictions/`` so that this ensemble can be a member of another."""
+    to ``out_dir`` (this run's ``oof_predictions/``) so that this ensemble can be a member of another.
+    ``settings``: the ``ensemble`` section (its rules); ``spec``: how the masks are read."""
     maps = _read_maps(members, {m.name: m.oof(row["id"]) for m in members}, 1)
     target = load_masks(row, maps[members[0].name].shape[1:], spec)[:1] > 0
-    merged = {f"{ENSEMBLE} (mean)" if cfg.ensemble.rules else ENSEMBLE:
+    merged = {f"{ENSEMBLE} (mean)" if settings.rules else ENSEMBLE:
               weighted_mean([maps[m.name] for m in members], [m.weight for m in members])}
-    if cfg.ensemble.rules:
-        merged[ENSEMBLE] = merge_maps(maps, members, cfg.ensemble)
-    write_png(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", prediction_image(merged[ENSEMBLE]))
+    if settings.rules:
+        merged[ENSEMBLE] = merge_maps(maps, members, settings)
+    write_png(out_dir / f"{row['id']}.png", prediction_image(merged[ENSEMBLE]))
     objects = truth(row["id"], target.shape[1:]) if truth is not None else None
     return {name: evaluators[name].score(row["id"], levels[:1], target, objects, fold=-1)
             for name, levels in {**maps, **merged}.items()}
 
 
-def score_oof(cfg: Config, members: list[Member], fingerprint: dict, outputs: StageOutputs) -> pd.DataFrame:
-    """Each member's and the ensemble's out-of-fold CV under ``postprocess.metric``; writes ``ensemble_cv.csv``,
-    the ensemble's maps to ``oof_predictions/`` and from them ``oof.csv``, ``oof_levels.npz``,
-    ``postprocess_search.csv`` and ``postprocess.json`` (the search, tied to ``fingerprint``: what made the
-    merged test predictions). ``outputs``: the stage's, holding the out-of-fold files' claim."""
-    files, rows = RunFiles.of(cfg), list_train(DataSource.of(cfg)).to_dict("records")
+def score_oof(run: EnsembleRun, members: list[Member], fingerprint: dict, outputs: StageOutputs) -> pd.DataFrame:
+    """Each member's and the ensemble's out-of-fold CV under ``postprocess.metric`` (``run.post``) on the training
+    set of ``run.source``; writes ``ensemble_cv.csv``, the ensemble's maps to ``oof_predictions/`` and from them
+    ``oof.csv``, ``oof_levels.npz``, ``postprocess_search.csv`` and ``postprocess.json`` (the search, tied to
+    ``fingerprint``: what made the merged test predictions), all in ``run.files``. ``outputs``: the stage's,
+    holding the out-of-fold files' claim."""
+    files, rows = run.files, list_train(run.source).to_dict("records")
     remove_oof_temporaries(outputs, files, [row["id"] for row in rows])  # a killed run's
-    metric, at = cfg.postprocess.metric, thresholds(cfg.postprocess.threshold, 1)[0]
-    names = [m.name for m in members] + ([f"{ENSEMBLE} (mean)"] if cfg.ensemble.rules else []) + [ENSEMBLE]
+    metric, at = run.post.metric, thresholds(run.post.threshold, 1)[0]
+    names = [m.name for m in members] + ([f"{ENSEMBLE} (mean)"] if run.settings.rules else []) + [ENSEMBLE]
     evaluators = {name: Evaluator(metric, ["1"], at, search_thresholds(metric, at)) for name in names}
-    truth = true_objects(cfg.postprocess.metric, DataSource.of(cfg), rows)
-    job = partial(_oof_image, members=members, cfg=cfg, spec=mask_spec(DataSource.of(cfg)), evaluators=evaluators, truth=truth)
-    with ThreadPoolExecutor(cfg.predict.writer_threads) as pool:
+    truth = true_objects(run.post.metric, run.source, rows)
+    job = partial(_oof_image, members=members, settings=run.settings, out_dir=files.oof_predictions,
+                  spec=mask_spec(run.source), evaluators=evaluators, truth=truth)
+    with ThreadPoolExecutor(run.predict.writer_threads) as pool:
         for found in tqdm(pool.map(job, rows), total=len(rows), desc="out-of-fold", dynamic_ncols=True):
             for name, scores in found.items():  # in the rows' order, whichever thread scored them
                 evaluators[name].keep(scores)
@@ -224,8 +256,8 @@ def score_oof(cfg: Config, members: list[Member], fingerprint: dict, outputs: St
     table = []
     for name, evaluator in evaluators.items():
         if name == ENSEMBLE:  # the search's result is what make_submission.py uses
-            chosen = write_oof_analysis(RunFiles.of(cfg), cfg.postprocess, evaluator.table(), evaluator.histograms(), evaluator.threshold_scores(),
-                                        searched_key(fingerprint))
+            chosen = write_oof_analysis(files, run.post, evaluator.table(), evaluator.histograms(),
+                                        evaluator.threshold_scores(), searched_key(fingerprint))
         else:
             chosen = evaluator.search()[0]
         table.append({"run": name, "weight": weights.get(name), "cv": chosen.default_score, "at": at,
@@ -263,8 +295,8 @@ def ensemble(cfg: Config) -> dict:
                           "(configs/carvana_ensemble.yaml is an example)")
     if sum(m.weight for m in members) <= 0:
         raise ConfigError("ensemble.members: the weights add up to 0; give at least one member a positive weight")
-    files = RunFiles.of(cfg)
-    score = cfg.ensemble.oof and cfg.model.num_classes == 1
+    run = EnsembleRun.from_config(cfg)
+    files, score = run.files, run.scores_oof
     claims = [partial(claim_writer, files.predictions), *([out_of_fold_lock(files)] if score else [])]
     for member in members:  # read whole: held against their writers
         claims.append(partial(claim_reader, member.files.predictions))
@@ -272,15 +304,15 @@ def ensemble(cfg: Config) -> dict:
             claims.append(out_of_fold_lock(member.files))
     # The predictions folder's own temporaries are cleared by keep_or_redo, the PNGs of oof_predictions/ by
     # score_oof: both know the ids.
-    outputs = StageOutputs("ensemble", DataSource.of(cfg).places(),
+    outputs = StageOutputs("ensemble", run.source.places(),
                            folders={"output_dir": files.root, "predict.out_dir": files.predictions}, claims=claims,
                            temporaries={files.root: oof_outputs(files, files.ensemble_cv)} if score else None,
                            config=ConfigFile(files.config("ensemble"), partial(save_config, cfg)))
     _refuse_own_members(files, members)
-    ids = [row["id"] for row in test_rows(DataSource.of(cfg))]
-    _check_inputs(cfg, members, ids, score)  # before any lock file or folder is made; again once they are held
+    ids = [row["id"] for row in test_rows(run.source)]
+    _check_inputs(run, members, ids, score)  # before any lock file or folder is made; again once they are held
     with outputs:
-        return _ensemble(cfg, members, ids, score, outputs)
+        return _ensemble(run, members, ids, score, outputs)
 
 
 def _refuse_own_members(files: RunFiles, members: list[Member]) -> None:
@@ -292,22 +324,24 @@ def _refuse_own_members(files: RunFiles, members: list[Member]) -> None:
                           "the ensemble an output_dir of its own")
 
 
-def _check_inputs(cfg: Config, members: list[Member], ids: list[str], score: bool) -> None:
-    check_members(members, ids, cfg.model.num_classes)
+def _check_inputs(run: EnsembleRun, members: list[Member], ids: list[str], score: bool) -> None:
+    """Refuse members that do not match each other or ``run`` (class count, test ``ids``, PNG sizes) and, when
+    ``score``, members missing an out-of-fold map of a training image of ``run.source``."""
+    check_members(members, ids, run.num_classes)
     if score:
-        _check_oof_files(members, [row["id"] for row in list_train(DataSource.of(cfg)).to_dict("records")])
+        _check_oof_files(members, [row["id"] for row in list_train(run.source).to_dict("records")])
 
 
-def _ensemble(cfg: Config, members: list[Member], ids: list[str], score: bool, outputs: StageOutputs) -> dict:
-    _check_inputs(cfg, members, ids, score)
+def _ensemble(run: EnsembleRun, members: list[Member], ids: list[str], score: bool, outputs: StageOutputs) -> dict:
+    _check_inputs(run, members, ids, score)
     outputs.save_config()
     total = sum(m.weight for m in members)
     listed = ", ".join(f"{m.name} ({m.weight / total:.3f})" for m in members)
-    print(f"merging {len(ids)} test predictions of {listed}; rules: {', '.join(cfg.ensemble.rules) or 'none'}")
-    fingerprint = ensemble_fingerprint(members, cfg, ids)
-    result = {"predictions": merge_test(cfg, members, ids, fingerprint), "cv": None}
+    print(f"merging {len(ids)} test predictions of {listed}; rules: {', '.join(run.settings.rules) or 'none'}")
+    fingerprint = ensemble_fingerprint(members, run.settings, run.num_classes, ids)
+    result = {"predictions": merge_test(run, members, ids, fingerprint), "cv": None}
     if score:
-        result["cv"] = score_oof(cfg, members, fingerprint, outputs)
-    elif cfg.ensemble.oof:
-        print(f"out-of-fold CV skipped: the search covers one class, model.num_classes={cfg.model.num_classes}")
+        result["cv"] = score_oof(run, members, fingerprint, outputs)
+    elif run.settings.oof:
+        print(f"out-of-fold CV skipped: the search covers one class, model.num_classes={run.num_classes}")
     return result

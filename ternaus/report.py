@@ -8,6 +8,7 @@ and a few test predictions. A part whose inputs are missing says which stage wri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pandas as pd
 
 from ternaus.data.source import DataSource
 from ternaus.analysis import resolve_postprocessing
-from ternaus.config import Config, thresholds
+from ternaus.config import Config, PostprocessConfig, ReportConfig, thresholds
 from ternaus.data.files import read_image, read_prediction
 from ternaus.data.layouts import list_train, load_masks, mask_spec, test_rows
 from ternaus.io import atomic_write_bytes, atomic_write_text
@@ -27,10 +28,32 @@ from ternaus.run_files import RunFiles, folds_to_train
 from ternaus.stage import Lock, StageOutputs
 from ternaus.submission import masks_to_encode
 
-__all__ = ["build_report", "report_files", "cv_table", "pick_examples", "disagreement", "montage_row", "TP", "FP", "FN"]
+__all__ = ["build_report", "ReportRun", "report_files", "cv_table", "pick_examples", "disagreement", "montage_row",
+           "TP", "FP", "FN"]
 
 GAP = 4  # pixels between the tiles of a montage row
 TP, FP, FN = (40, 200, 40), (230, 30, 30), (40, 90, 255)  # RGB
+
+
+@dataclass(frozen=True)
+class ReportRun:
+    """What the report's sections read, built once at the stage's entry (``ReportRun.from_config``): the run's
+    files, its data, the class count (``model.num_classes``), the ``report`` and ``postprocess`` sections, the
+    folds trained (``train.folds``, or all ``folds.n_folds``) and ``output_dir`` as configured (the page's
+    title)."""
+
+    files: RunFiles
+    source: DataSource
+    num_classes: int
+    settings: ReportConfig
+    post: PostprocessConfig
+    folds: tuple[int, ...]
+    output_dir: str
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ReportRun":
+        return cls(RunFiles.of(cfg), DataSource.of(cfg), cfg.model.num_classes, cfg.report, cfg.postprocess,
+                   tuple(folds_to_train(cfg.train.folds, cfg.folds.n_folds)), cfg.output_dir)
 
 
 def cv_columns(metric: str = "dice") -> dict[str, str]:
@@ -89,10 +112,11 @@ def montage_row(tiles: list[np.ndarray], height: int) -> np.ndarray:
 # ---------------------------------------------------------------- reading a run
 
 
-def read_logs(cfg: Config) -> dict[int, pd.DataFrame]:
+def read_logs(files: RunFiles, folds: tuple[int, ...] | list[int]) -> dict[int, pd.DataFrame]:
+    """The training log (``fold_K/log.csv`` of the run ``files``) of each of ``folds`` that has one."""
     logs = {}
-    for fold in folds_to_train(cfg.train.folds, cfg.folds.n_folds):
-        path = RunFiles.of(cfg).log(fold)
+    for fold in folds:
+        path = files.log(fold)
         if path.is_file():
             logs[fold] = pd.read_csv(path)
     return logs
@@ -171,21 +195,24 @@ def cv_section(oof: pd.DataFrame | None, post: str, chart: str = "", metric: str
             f"{escape(METRICS[metric].title)}. Post-processing: {escape(post)}.</p>{chart}")
 
 
-def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bool, post: tuple[float, int]) -> str:
+def examples_section(run: ReportRun, out: Path, oof: pd.DataFrame | None, worst: bool,
+                     post: tuple[float, int]) -> str:
+    """The worst (or best) out-of-fold images of ``run`` (``oof``: oof.csv, or None) as montages written into
+    ``out``, thresholded with ``post`` (threshold, min_area)."""
     if oof is None:
         return "<p>No oof.csv: run predict.py.</p>"
-    column = next(c for c in (f"{cfg.postprocess.metric}_pp", cfg.postprocess.metric, "dice") if c in oof.columns)
-    count = cfg.report.worst if worst else cfg.report.best
-    rows = list_train(DataSource.of(cfg)).set_index("id")
+    column = next(c for c in (f"{run.post.metric}_pp", run.post.metric, "dice") if c in oof.columns)
+    count = run.settings.worst if worst else run.settings.best
+    rows = list_train(run.source).set_index("id")
     kind = "worst" if worst else "best"
     items = []
     for rank, example in enumerate(pick_examples(oof, column, count, worst).itertuples(index=False), 1):
-        tiles = oof_tiles(cfg, rows.loc[example.id].to_dict() | {"id": example.id}, post)
+        tiles = oof_tiles(run, rows.loc[example.id].to_dict() | {"id": example.id}, post)
         if tiles is None:
-            missing = RunFiles.of(cfg).oof_predictions / f"{example.id}.png"
+            missing = run.files.oof_predictions / f"{example.id}.png"
             items.append(f"<p>{escape(example.id)}: no {escape(str(missing))}; run predict.py again</p>")
             continue
-        name = write_png(out / f"{kind}_{rank:02d}.png", montage_row(tiles, cfg.report.tile_height))
+        name = write_png(out / f"{kind}_{rank:02d}.png", montage_row(tiles, run.settings.tile_height))
         score = getattr(example, column)
         items.append(f'<figure><img src="{name}" alt="{escape(example.id)}"><figcaption>{escape(example.id)} '
                      f"(fold {example.fold}): {column} {score:.4f}</figcaption></figure>")
@@ -195,27 +222,31 @@ def examples_section(cfg: Config, out: Path, oof: pd.DataFrame | None, worst: bo
     return legend + "\n".join(items)
 
 
-def oof_tiles(cfg: Config, row: dict, post: tuple[float, int]) -> list[np.ndarray] | None:
-    probs = read_probability(RunFiles.of(cfg).oof_predictions / f"{row['id']}.png", cfg.model.num_classes)
+def oof_tiles(run: ReportRun, row: dict, post: tuple[float, int]) -> list[np.ndarray] | None:
+    """One training image (``row`` of ``list_train``) of ``run``: image, truth, out-of-fold probability and
+    disagreement at ``post`` (threshold, min_area); None when its out-of-fold PNG cannot be read."""
+    probs = read_probability(run.files.oof_predictions / f"{row['id']}.png", run.num_classes)
     if probs is None:
         return None
-    image = read_image(row["image"], cfg.data.image_max)
-    truth = load_masks(row, image.shape[:2], mask_spec(DataSource.of(cfg)))[0] > 0  # class 0, from whichever layout
+    image = read_image(row["image"], run.source.settings.image_max)
+    truth = load_masks(row, image.shape[:2], mask_spec(run.source))[0] > 0  # class 0, from whichever layout
     return [image, truth.astype(np.uint8) * 255, probs, disagreement(image, truth, thresholded(probs, *post))]
 
 
-def test_section(cfg: Config, out: Path, post: tuple[float, int]) -> str:
-    pred_dir = RunFiles.of(cfg).predictions
+def test_section(run: ReportRun, out: Path, post: tuple[float, int]) -> str:
+    """The first ``report.test_images`` test predictions of ``run`` as montages written into ``out``, with the
+    mask submitted at ``post`` (threshold, min_area)."""
+    pred_dir = run.files.predictions
     items = []
-    for rank, row in enumerate(test_rows(DataSource.of(cfg))[: cfg.report.test_images], 1):
+    for rank, row in enumerate(test_rows(run.source)[: run.settings.test_images], 1):
         image_id = row["id"]
-        probs = read_probability(pred_dir / f"{image_id}.png", cfg.model.num_classes)
+        probs = read_probability(pred_dir / f"{image_id}.png", run.num_classes)
         if probs is None:
             return f"<p>No test predictions in {escape(str(pred_dir))}: run predict.py.</p>"
-        image = read_image(row["image"], cfg.data.image_max)
+        image = read_image(row["image"], run.source.settings.image_max)
         mask = thresholded(probs, *post)
         overlay = disagreement(image, mask, mask)
-        name = write_png(out / f"test_{rank:02d}.png", montage_row([image, probs, overlay], cfg.report.tile_height))
+        name = write_png(out / f"test_{rank:02d}.png", montage_row([image, probs, overlay], run.settings.tile_height))
         items.append(f'<figure><img src="{name}" alt="{escape(image_id)}"><figcaption>{escape(image_id)}: '
                      f"{int(mask.sum())} foreground pixels submitted</figcaption></figure>")
     return "<p>image | predicted probability | submitted mask</p>" + "\n".join(items)
@@ -233,32 +264,34 @@ def page(title: str, sections: list[tuple[str, str, str]]) -> str:
             f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
-def report_files(cfg: Config) -> set[str]:
-    """The names of the files report.py writes in its folder."""
-    shown = {"worst": cfg.report.worst, "best": cfg.report.best, "test": cfg.report.test_images}
+def report_files(settings: ReportConfig) -> set[str]:
+    """The names of the files report.py writes in its folder, by the ``report`` section ``settings``."""
+    shown = {"worst": settings.worst, "best": settings.best, "test": settings.test_images}
     return {"index.html"} | {f"{kind}_{rank:02d}.png" for kind, count in shown.items() for rank in range(1, count + 1)}
 
 
 def build_report(cfg: Config) -> Path:
     """Write ``{output_dir}/{report.out_dir}/index.html`` and its PNGs; returns the page's path."""
-    out = RunFiles.of(cfg).report
-    with StageOutputs("report", DataSource.of(cfg).places(), folders={"report.out_dir": out},
-                      claims=[Lock(out, f"the report {out}")], temporaries={out: report_files(cfg)}):
+    run = ReportRun.from_config(cfg)
+    out = run.files.report
+    with StageOutputs("report", run.source.places(), folders={"report.out_dir": out},
+                      claims=[Lock(out, f"the report {out}")], temporaries={out: report_files(run.settings)}):
         out.mkdir(parents=True, exist_ok=True)
-        return _build_report(cfg, out)
+        return _build_report(run, out)
 
 
-def _build_report(cfg: Config, out: Path) -> Path:
-    files = RunFiles.of(cfg)
+def _build_report(run: ReportRun, out: Path) -> Path:
+    """The page of ``run``, written with its PNGs into ``out``."""
+    files = run.files
     oof_path = files.oof_csv
     oof = pd.read_csv(oof_path, dtype={"id": str}) if oof_path.is_file() else None
-    threshold, min_area, how = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg))
+    threshold, min_area, how = resolve_postprocessing(run.post, files)
     post = (threshold, min_area)
-    metric = cfg.postprocess.metric
-    sections = [("curves", "Training curves", curves_section(read_logs(cfg), metric)),
+    metric = run.post.metric
+    sections = [("curves", "Training curves", curves_section(read_logs(files, run.folds), metric)),
                 ("cv", "Cross-validation", cv_section(oof, how, search_chart(files.postprocess_search, metric),
                                                       metric)),
-                ("worst", "Worst out-of-fold images", examples_section(cfg, out, oof, True, post)),
-                ("best", "Best out-of-fold images", examples_section(cfg, out, oof, False, post)),
-                ("test", "Test predictions", test_section(cfg, out, post))]
-    return atomic_write_text(out / "index.html", page(f"ternaus report: {cfg.output_dir}", sections))
+                ("worst", "Worst out-of-fold images", examples_section(run, out, oof, True, post)),
+                ("best", "Best out-of-fold images", examples_section(run, out, oof, False, post)),
+                ("test", "Test predictions", test_section(run, out, post))]
+    return atomic_write_text(out / "index.html", page(f"ternaus report: {run.output_dir}", sections))

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from ternaus.data.source import DataSource
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
-from ternaus.config import Config, class_names, save_config, submission_rows_problem, thresholds
+from ternaus.config import (Config, PostprocessConfig, class_names, save_config, submission_rows_problem,
+                            thresholds)
 from ternaus.data.files import duplicates, image_size, read_prediction, read_text_csv
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
@@ -34,8 +35,8 @@ from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
 from ternaus.run_files import RunFiles
 from ternaus.stage import ConfigFile, Lock, StageOutputs, out_of_fold_lock
 
-__all__ = ["make_submission", "check_submission", "encode_prediction", "check_rle", "overlapping_objects",
-           "SubmissionFormat", "submission_format", "masks_to_encode", "image_rows", "order_like_sample"]
+__all__ = ["make_submission", "check_submission", "submission_problems", "encode_prediction", "check_rle",
+           "overlapping_objects", "SubmissionFormat", "submission_format", "masks_to_encode", "image_rows", "order_like_sample"]
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,8 @@ def _encode_image(job: tuple[str, str, list[float], int, SubmissionFormat]) -> l
     return image_rows(image, masks_to_encode(probs, cuts, fmt.encode_size, min_area), fmt)
 
 
-def _prediction_paths(cfg: Config, ids: list[str]) -> list[str]:
-    pred_dir = RunFiles.of(cfg).predictions
+def _prediction_paths(pred_dir: Path, ids: list[str]) -> list[str]:
+    """The PNG of each id in ``pred_dir`` (``RunFiles.predictions``); raises DataError when any is missing."""
     paths = [str(pred_dir / f"{i}.png") for i in ids]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -190,10 +191,10 @@ def _overlap_problems(path: Path, rows: list[tuple[int, tuple[str, ...], str]], 
     return problems
 
 
-def _expected_keys(cfg: Config, fmt: SubmissionFormat) -> dict[tuple[str, ...], int]:
-    """Every row key the test set calls for, with the pixel count its RLE is checked against."""
+def _expected_keys(source: DataSource, fmt: SubmissionFormat) -> dict[tuple[str, ...], int]:
+    """Every row key the test set of ``source`` calls for, with the pixel count its RLE is checked against."""
     expected = {}
-    for row in test_rows(DataSource.of(cfg)):
+    for row in test_rows(source):
         image = Path(row["image"])
         height, width = fmt.encode_size or image_size(image)
         expected.update({key: height * width for key in fmt.keys_of(image.name)})
@@ -206,8 +207,13 @@ def _name(key: tuple[str, ...]) -> str:
 
 def check_submission(path: str | Path, cfg: Config) -> list[str]:
     """Every problem with a written submission, one line each: header, rows, each RLE string."""
-    fmt = submission_format(cfg)
-    expected = _expected_keys(cfg, fmt)
+    return submission_problems(path, submission_format(cfg), DataSource.of(cfg))
+
+
+def submission_problems(path: str | Path, fmt: SubmissionFormat, source: DataSource) -> list[str]:
+    """Every problem with the submission written at ``path`` in the format ``fmt`` (``submission_format``) for
+    the test set of ``source`` (``DataSource.of``), one line each: header, rows, each RLE string."""
+    expected = _expected_keys(source, fmt)
     table, problem = _read_submission(Path(path), list(fmt.columns))
     if problem:
         return [problem]
@@ -262,9 +268,9 @@ def _encode_all(jobs: list, processes: int) -> list[list[tuple[str, ...]]]:
                          dynamic_ncols=True))
 
 
-def _sample(cfg: Config, fmt: SubmissionFormat) -> pd.DataFrame | None:
-    """The sample submission when there is one (Carvana's layout requires it: it lists the test images)."""
-    path = DataSource.of(cfg).sample_submission
+def _sample(path: Path, fmt: SubmissionFormat) -> pd.DataFrame | None:
+    """The sample submission at ``path`` (``DataSource.sample_submission``) when there is one (Carvana's layout
+    requires it: it lists the test images)."""
     if not path.is_file():
         return None
     sample = read_text_csv(path, list(fmt.key_columns), "set submission.columns to the sample's header")
@@ -275,12 +281,12 @@ def _sample(cfg: Config, fmt: SubmissionFormat) -> pd.DataFrame | None:
     return sample
 
 
-def _check_searched_for(cfg: Config, made_by: dict | None) -> None:
-    """postprocess.json is applied only to the predictions it was searched for."""
-    searched = read_postprocessing(cfg.output_dir)
+def _check_searched_for(files: RunFiles, made_by: dict | None) -> None:
+    """postprocess.json (in the run ``files``) is applied only to the predictions it was searched for
+    (``made_by``: the predictions' record)."""
+    searched = read_postprocessing(files.root)
     if searched is None or searched.get("predictions") == made_by:
         return
-    files = RunFiles.of(cfg)
     raise DataError(f"{files.postprocess} was searched on the out-of-fold predictions of other models or settings "
                     f"than those that made {files.predictions} (or predict.py stopped before it searched again). "
                     "Run predict.py again (it keeps the test PNGs it already wrote), or set the threshold and the "
@@ -295,39 +301,45 @@ def make_submission(cfg: Config, threshold: float | list[float] | None = None, m
     and only when it was searched for the models and settings that made the predictions), which wins over
     ``postprocess.threshold`` / ``min_area``."""
     files = RunFiles.of(cfg)
+    source = DataSource.of(cfg)
     searched = cfg.postprocess.use_searched and (threshold is None or min_area is None)
     claims = [Lock(files.submission, f"the submission {files.submission}"), partial(claim_reader, files.predictions)]
     if searched:  # predict.py's out-of-fold phase writes postprocess.json
         claims.append(out_of_fold_lock(files))
-    outputs = StageOutputs("make_submission", DataSource.of(cfg).places(),
+    outputs = StageOutputs("make_submission", source.places(),
                            folders={"output_dir": files.root, "submission.filename": files.submission.parent},
                            files={"submission.filename": files.submission}, claims=claims,
                            temporaries={files.submission.parent: {files.submission.name}},
                            config=ConfigFile(files.config("make_submission"), partial(save_config, cfg)))
     with outputs:
-        return _make_submission(cfg, threshold, min_area, searched, outputs)
+        return _make_submission(files, source, submission_format(cfg), cfg.postprocess, cfg.submission.processes,
+                                threshold, min_area, searched, outputs)
 
 
-def _make_submission(cfg: Config, threshold: float | list[float] | None, min_area: int | None,
-                     searched: bool, outputs: StageOutputs) -> Path:
-    fmt = submission_format(cfg)
-    rows = test_rows(DataSource.of(cfg))
-    made_by = predictions_made_by(RunFiles.of(cfg).predictions, [r["id"] for r in rows])
+def _make_submission(files: RunFiles, source: DataSource, fmt: SubmissionFormat, post: PostprocessConfig,
+                     processes: int, threshold: float | list[float] | None, min_area: int | None, searched: bool,
+                     outputs: StageOutputs) -> Path:
+    """Encode the test predictions of ``files`` for the test set of ``source`` in the format ``fmt``, with the
+    ``postprocess`` section ``post`` (``threshold``/``min_area``: the command line's, or None; ``searched``: read
+    postprocess.json), on ``processes`` processes (``submission.processes``, 0: one per core); check and return
+    the file written."""
+    rows = test_rows(source)
+    made_by = predictions_made_by(files.predictions, [r["id"] for r in rows])
     if searched:
-        _check_searched_for(cfg, made_by)
-    threshold, min_area, sources = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg), threshold, min_area)
+        _check_searched_for(files, made_by)
+    threshold, min_area, sources = resolve_postprocessing(post, files, threshold, min_area)
     print(f"post-processing: {sources}")
     cuts = thresholds(threshold, len(fmt.classes))
-    paths = _prediction_paths(cfg, [r["id"] for r in rows])
+    paths = _prediction_paths(files.predictions, [r["id"] for r in rows])
     jobs = [(p, Path(row["image"]).name, cuts, min_area, fmt) for p, row in zip(paths, rows)]
-    sample = _sample(cfg, fmt)
+    sample = _sample(source.sample_submission, fmt)
     outputs.save_config()
-    encoded = _encode_all(jobs, cfg.submission.processes or os.cpu_count() or 1)
+    encoded = _encode_all(jobs, processes or os.cpu_count() or 1)
     table = pd.DataFrame([row for image in encoded for row in image], columns=list(fmt.columns))
     if sample is not None:
-        table = order_like_sample(table, sample, fmt.key_columns, str(DataSource.of(cfg).sample_submission))
-    path = _write_csv(RunFiles.of(cfg).submission, table)
-    problems = check_submission(path, cfg)
+        table = order_like_sample(table, sample, fmt.key_columns, str(source.sample_submission))
+    path = _write_csv(files.submission, table)
+    problems = submission_problems(path, fmt, source)
     if problems:
         raise DataError("the written submission has problems:\n  " + "\n  ".join(problems[:50]))
     return path
