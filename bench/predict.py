@@ -22,7 +22,7 @@ from bench.common import fmt, median_seconds, parser, table, write_section
 from bench.fixtures import config, rendered_views, write_checkpoints, write_test_set
 from ternaus.data.dataset import normalise_on_device
 from ternaus.data.geometry import geometry_of
-from ternaus.inference import load_fold_models, predict, tta_probabilities
+from ternaus.inference import PredictionRun, checkpoint_paths, load_fold_models, predict, tta_probabilities
 from ternaus.runtime import Runtime
 
 
@@ -40,7 +40,8 @@ def arguments():
 def model_seconds(cfg, images: int, size: tuple[int, int]) -> float:
     """The forward passes alone: the same batches as the stage, already normalised on the device."""
     runtime = Runtime.of(cfg.runtime)
-    models = list(load_fold_models(cfg, runtime).values())
+    run = PredictionRun.from_config(cfg)
+    models = list(load_fold_models(run.model, runtime, checkpoint_paths(run.files, run.folds)).values())
     # The network's input size for these images, from the stage's own geometry (padding or resize).
     height, width = geometry_of(cfg).image_to_input(np.zeros((size[1], size[0], 3), np.uint8)).shape[:2]
     batch = runtime.to_device(torch.randint(0, 256, (cfg.predict.batch_size, 3, height, width), dtype=torch.uint8))

@@ -40,10 +40,9 @@ from ternaus.checkpoint import read_checkpoint
 from ternaus.config import Config, config_yaml, load_config
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
-from ternaus.inference import checkpoint_paths, predict, prediction_fingerprint
+from ternaus.inference import PredictionRun, checkpoint_paths, predict, prediction_fingerprint
 from ternaus.io import atomic_write, atomic_write_text
 from ternaus.predictions import searched_key
-from ternaus.run_files import RunFiles
 from ternaus.stage import Lock, StageOutputs
 from ternaus.runtime import Runtime
 from ternaus.submission import make_submission
@@ -84,29 +83,31 @@ def _image_kind(path: str | Path) -> tuple[str, int]:
         return Path(path).suffix.lower(), len(image.getbands())
 
 
-def _expected_images(cfg: Config) -> dict[str, Any]:
-    """The kind of test image the run was made for, from its first ``SAMPLED_IMAGES`` test images."""
-    rows = test_rows(cfg)
+def _expected_images(source: DataSource) -> dict[str, Any]:
+    """The kind of test image the run was made for, from the first ``SAMPLED_IMAGES`` test images of ``source``
+    (the run's data)."""
+    rows = test_rows(source)
     if not rows:
-        raise DataError(f"the run's test set (data.root={cfg.data.root}) lists no image: the bundle records what its "
-                        "test images look like; point data.root at the run's data")
+        raise DataError(f"the run's test set (data.root={source.settings.root}) lists no image: the bundle records "
+                        "what its test images look like; point data.root at the run's data")
     kinds = {_image_kind(row["image"]) for row in rows[:SAMPLED_IMAGES]}
-    return {"layout": cfg.data.layout, "suffixes": sorted({s for s, _ in kinds}),
+    return {"layout": source.layout, "suffixes": sorted({s for s, _ in kinds}),
             "channels": sorted({c for _, c in kinds})}
 
 
-def _postprocessing(cfg: Config, paths: dict[int, Path]) -> dict[str, Any]:
-    """The threshold and minimum area ``make_submission.py`` would use for this run, and where they came from.
-    A postprocess.json searched for other checkpoints or settings is refused, as make_submission.py refuses it."""
-    searched = read_postprocessing(cfg.output_dir)
-    if searched is not None and cfg.postprocess.use_searched:
+def _postprocessing(run: PredictionRun, paths: dict[int, Path]) -> dict[str, Any]:
+    """The threshold and minimum area ``make_submission.py`` would use for the run ``run`` predicted with the
+    checkpoints ``paths`` (fold -> file), and where they came from. A postprocess.json searched for other
+    checkpoints or settings is refused, as make_submission.py refuses it."""
+    searched = read_postprocessing(run.files.root)
+    if searched is not None and run.post.use_searched:
         # searched_key leaves out the runtime, so any device gives the same key.
-        key = searched_key(prediction_fingerprint(cfg, paths, Runtime.detect(False, channels_last=False)))
+        key = searched_key(prediction_fingerprint(run, paths, Runtime.detect(False, channels_last=False)))
         if searched.get("predictions") != key:
-            raise DataError(f"{RunFiles.of(cfg).postprocess} was searched for other checkpoints or settings than "
+            raise DataError(f"{run.files.postprocess} was searched for other checkpoints or settings than "
                             "the run's; run predict.py again, or set postprocess.threshold and postprocess.min_area with "
                             "postprocess.use_searched=false")
-    threshold, min_area, sources = resolve_postprocessing(cfg.postprocess, RunFiles.of(cfg))
+    threshold, min_area, sources = resolve_postprocessing(run.post, run.files)
     return {"threshold": threshold, "min_area": min_area, "from": sources}
 
 
@@ -178,17 +179,18 @@ def make_bundle(cfg: Config, out: str | Path, wheel: str | Path | None = None) -
         raise ConfigError("ensemble.members is set: a bundle holds one run's folds; bundle each member's run "
                           "instead (an ensemble's merge is not bundled)")
     out = Path(out)
-    paths = checkpoint_paths(cfg)
+    run = PredictionRun.from_config(cfg)
+    paths = checkpoint_paths(run.files, run.folds)
     # The bundle holds its own copy of the resolved config (config.yaml), so the protocol saves none in the run.
-    outputs = StageOutputs("bundle", DataSource.of(cfg).places(), folders={"--out": out}, claims=[Lock(out, f"the bundle {out}")],
+    outputs = StageOutputs("bundle", run.source.places(), folders={"--out": out}, claims=[Lock(out, f"the bundle {out}")],
                            temporaries={out: {CONFIG, POSTPROCESS, MANIFEST, *(f"fold_{k}.pt" for k in paths)}})
-    postprocess = _postprocessing(cfg, paths)
-    expects = _expected_images(cfg)
+    postprocess = _postprocessing(run, paths)
+    expects = _expected_images(run.source)
     with outputs:
         _prepare_folder(out)
         checkpoints = _bundle_checkpoints(paths, out)
         atomic_write_text(out / CONFIG, config_yaml(cfg))
-        searched = RunFiles.of(cfg).postprocess
+        searched = run.files.postprocess
         if searched.is_file():
             atomic_write(out / POSTPROCESS, lambda tmp: shutil.copyfile(searched, tmp))
         shipped = Path(shutil.copy2(wheel, out / Path(wheel).name)) if wheel else build_wheel(out)
@@ -250,12 +252,13 @@ def bundle_config(bundle: Path, manifest: dict[str, Any], test_dir: Path, out: P
     return load_config(bundle / CONFIG, [*settings, *(overrides or [])])
 
 
-def check_test_images(cfg: Config, expects: dict[str, Any]) -> list[dict]:
-    """The test rows, after refusing images unlike those the bundle was made for (file suffix, channels as
-    stored): a greyscale or RGBA image would otherwise be turned into RGB without a word."""
-    rows = test_rows(cfg)
+def check_test_images(source: DataSource, expects: dict[str, Any]) -> list[dict]:
+    """The test rows of ``source``, after refusing images unlike those the bundle was made for (``expects``, the
+    manifest's: file suffix, channels as stored): a greyscale or RGBA image would otherwise be turned into RGB
+    without a word."""
+    rows = test_rows(source)
     if not rows:
-        raise DataError(f"no test image in {cfg.data.test_dir} (layout {cfg.data.layout})")
+        raise DataError(f"no test image in {source.settings.test_dir} (layout {source.layout})")
     problems = []
     for row in rows:
         if not Path(row["image"]).is_file():
@@ -279,7 +282,7 @@ def predict_bundle(bundle: str | Path, test_dir: str | Path, out: str | Path, ov
     bundle, test_dir, out = Path(bundle).resolve(), Path(test_dir).resolve(), Path(out).resolve()
     manifest = verify_bundle(bundle)
     cfg = bundle_config(bundle, manifest, test_dir, out, overrides, sample_submission)
-    rows = check_test_images(cfg, manifest["expects"])
+    rows = check_test_images(DataSource.of(cfg), manifest["expects"])
     checkpoints = {int(fold): bundle / entry["file"] for fold, entry in manifest["checkpoints"].items()}
     print(f"bundle {bundle.name}: ternaus {manifest['ternaus_version']}, {manifest['model']}, folds "
           f"{sorted(checkpoints)}; {len(rows)} test images")

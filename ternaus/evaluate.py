@@ -67,22 +67,23 @@ def read_rows(path: Path, fmt: SubmissionFormat, what: str) -> pd.DataFrame:
     return table[list(fmt.columns)]
 
 
-def truth_rows(cfg: Config, fmt: SubmissionFormat, masks: Path, images: Path) -> pd.DataFrame:
-    """The true masks of a folder, read as the layout reads training masks, as the submission's rows."""
-    if cfg.data.layout == "rle_csv":
+def truth_rows(source: DataSource, fmt: SubmissionFormat, masks: Path, images: Path) -> pd.DataFrame:
+    """The true masks of the folder ``masks`` (of the images in ``images``), read as ``source``'s layout reads
+    training masks, as rows of the submission format ``fmt``."""
+    if source.layout == "rle_csv":
         raise ConfigError(f"{masks} is a folder, but data.layout=rle_csv reads masks from a CSV: give the truth as "
                           "a CSV in the submission's format")
     # The folder is the whole truth: no masks CSV (Carvana's layout would fall back on train_masks.csv).
-    data = dataclasses.replace(cfg.data, train_dir=str(images.resolve()), masks_dir=str(masks.resolve()),
+    data = dataclasses.replace(source.settings, train_dir=str(images.resolve()), masks_dir=str(masks.resolve()),
                                masks_csv=str(masks.resolve()))
-    truth_cfg = dataclasses.replace(cfg, data=data)
-    table = list_train(DataSource.of(truth_cfg))
+    truth = dataclasses.replace(source, settings=data)
+    table = list_train(truth)
     lacking = table[(table["mask"] == "") & (table["rle"] == "")]["id"].tolist()
     if lacking:
         raise DataError(f"{len(lacking)} image(s) of {images} have no mask in {masks}, e.g. {lacking[:3]}")
-    rows, classes = [], cfg.model.num_classes
+    rows, classes, spec = [], source.num_classes, mask_spec(truth)
     for row in table.to_dict("records"):
-        planes = load_masks(row, image_size(row["image"]), mask_spec(DataSource.of(truth_cfg))) * 255
+        planes = load_masks(row, image_size(row["image"]), spec) * 255
         rows += image_rows(Path(row["image"]).name, masks_to_encode(planes, [0.5] * classes, fmt.encode_size), fmt)
     return pd.DataFrame(rows, columns=list(fmt.columns))
 
@@ -135,11 +136,11 @@ def score_submission(cfg: Config, submission: str | Path, truth: str | Path, ima
     """Mean per key of ``metrics`` (default ``postprocess.metric``) of ``submission`` against ``truth`` (a CSV in
     the submission's format, or a folder of masks; see the module's docstring) over the images of ``images``
     (default ``data.test_dir``). Returns ``{metric: score}``."""
-    fmt = submission_format(cfg)
-    images = Path(images) if images is not None else DataSource.of(cfg).test_dir
+    fmt, source = submission_format(cfg), DataSource.of(cfg)
+    images = Path(images) if images is not None else source.test_dir
     shapes = expected_keys(fmt, images)
     truth = Path(truth)
-    true_table = truth_rows(cfg, fmt, truth, images) if truth.is_dir() else read_rows(truth, fmt, "the truth")
+    true_table = truth_rows(source, fmt, truth, images) if truth.is_dir() else read_rows(truth, fmt, "the truth")
     submitted = read_rows(Path(submission), fmt, "the submission")
     problem = _submitted_keys_problem(submitted, fmt, shapes)
     if problem:

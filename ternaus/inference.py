@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ternaus.data.source import DataSource
 from ternaus.analysis import search_thresholds, true_objects, write_oof_analysis
-from ternaus.config import Config, class_names, save_config, thresholds
+from ternaus.config import Config, ModelConfig, PostprocessConfig, PredictConfig, save_config, thresholds
 from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, same_size_batches
 from ternaus.data.files import check_image_files, prediction_image
 from ternaus.data.geometry import Geometry, geometry_of
@@ -48,7 +48,7 @@ from ternaus.training import build_loader, same_size_loader
 from ternaus.tta import merge_tta, tta_inputs
 from ternaus.weights import load_weights
 
-__all__ = ["predict", "checkpoint_paths", "prediction_fingerprint", "predict_test", "tta_probabilities",
+__all__ = ["predict", "PredictionRun", "checkpoint_paths", "prediction_fingerprint", "predict_test", "tta_probabilities",
            "image_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter", "fixed_batches",
            "write_png", "remove_oof_temporaries", "oof_outputs"]
 
@@ -99,13 +99,40 @@ def to_uint8(probs: torch.Tensor) -> torch.Tensor:
     return (probs * 255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
+# ---------------------------------------------------------------- what the stage's internals read
+
+
+@dataclass(frozen=True)
+class PredictionRun:
+    """What the predict stage's internals read, built once at its entry (``PredictionRun.from_config``): the run's
+    files, the data, the geometry, the ``predict``, ``model`` and ``postprocess`` sections, and the folds
+    predicted with (``train.folds``, or all ``folds.n_folds``) out of ``n_folds``. The device is not in it: that
+    is each process's ``Runtime``."""
+
+    files: RunFiles
+    source: DataSource
+    geometry: Geometry
+    predict: PredictConfig
+    model: ModelConfig
+    post: PostprocessConfig
+    folds: tuple[int, ...]
+    n_folds: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "PredictionRun":
+        return cls(RunFiles.of(cfg), DataSource.of(cfg), geometry_of(cfg), cfg.predict, cfg.model, cfg.postprocess,
+                   tuple(folds_to_train(cfg.train.folds, cfg.folds.n_folds)), cfg.folds.n_folds)
+
+
 # ---------------------------------------------------------------- models
 
 
-def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, Path]:
+def checkpoint_paths(files: RunFiles, folds: list[int] | tuple[int, ...]) -> dict[int, Path]:
+    """Each fold's checkpoint in the run ``files`` (``predict.checkpoint`` in ``fold_K/``), for ``folds``.
+    Raises FileNotFoundError naming the first fold not trained."""
     paths = {}
-    for fold in folds if folds is not None else folds_to_train(cfg.train.folds, cfg.folds.n_folds):
-        path = RunFiles.of(cfg).checkpoint(fold)
+    for fold in folds:
+        path = files.checkpoint(fold)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: train fold {fold} first (python train.py --config ... "
                                     f"--fold {fold}) or list the trained folds in train.folds")
@@ -113,12 +140,13 @@ def checkpoint_paths(cfg: Config, folds: list[int] | None = None) -> dict[int, P
     return paths
 
 
-def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = None,
-                     paths: dict[int, Path] | None = None) -> dict[int, torch.nn.Module]:
-    """Each fold's model from the run's checkpoints (``predict.checkpoint``), or from ``paths`` (fold -> file)."""
+def load_fold_models(model_settings: ModelConfig, runtime: Runtime,
+                     paths: dict[int, Path]) -> dict[int, torch.nn.Module]:
+    """Each fold's model (the ``model`` section's network) with the weights of ``paths`` (fold -> checkpoint,
+    e.g. ``checkpoint_paths``), prepared for ``runtime`` and in eval mode."""
     models = {}
-    for fold, path in (paths if paths is not None else checkpoint_paths(cfg, folds)).items():
-        model = load_weights(new_model(cfg.model), path)
+    for fold, path in paths.items():
+        model = load_weights(new_model(model_settings), path)
         models[fold] = runtime.prepare_model(model).eval()
     return models
 
@@ -126,16 +154,18 @@ def load_fold_models(cfg: Config, runtime: Runtime, folds: list[int] | None = No
 # ---------------------------------------------------------------- resuming an interrupted prediction
 
 
-def prediction_fingerprint(cfg: Config, paths: dict[int, Path], runtime: Runtime) -> dict:
-    """Everything the PNGs' bytes depend on: the weights' hashes, TTA, geometry, batching and precision."""
+def prediction_fingerprint(run: PredictionRun, paths: dict[int, Path], runtime: Runtime) -> dict:
+    """Everything the PNGs' bytes depend on: the weights' hashes (``paths``: fold -> checkpoint), TTA, geometry,
+    batching (``run``'s settings) and precision (``runtime``)."""
     digests = {}
     for fold, path in paths.items():
         with open(path, "rb") as f:
             digests[str(fold)] = hashlib.file_digest(f, "sha256").hexdigest()
-    fingerprint = {"checkpoints": digests, "model": cfg.model.name, "num_classes": cfg.model.num_classes,
-                   "tta": cfg.predict.tta, "input_size": cfg.data.input_size, "image_max": cfg.data.image_max,
-                   "batch_size": cfg.predict.batch_size, "batches": "one input size each",
-                   "resize_back": cfg.data.resize_back, "runtime": runtime.describe()}
+    data = run.source.settings
+    fingerprint = {"checkpoints": digests, "model": run.model.name, "num_classes": run.model.num_classes,
+                   "tta": run.predict.tta, "input_size": data.input_size, "image_max": data.image_max,
+                   "batch_size": run.predict.batch_size, "batches": "one input size each",
+                   "resize_back": data.resize_back, "runtime": runtime.describe()}
     return json.loads(json.dumps(fingerprint))
 
 
@@ -218,26 +248,28 @@ class PngWriter:
 # ---------------------------------------------------------------- stages
 
 
-def _loader(rows: list[dict], geometry: Geometry, with_masks: bool, cfg: Config, runtime: Runtime,
+def _loader(run: PredictionRun, rows: list[dict], with_masks: bool, runtime: Runtime,
             mask_at_input_size: bool = True) -> DataLoader:
-    dataset = SegmentationDataset(rows, geometry, with_masks, mask_at_input_size=mask_at_input_size,
-                                  masks=mask_spec(DataSource.of(cfg)), image_max=cfg.data.image_max)
-    return same_size_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers)
+    dataset = SegmentationDataset(rows, run.geometry, with_masks, mask_at_input_size=mask_at_input_size,
+                                  masks=mask_spec(run.source), image_max=run.source.settings.image_max)
+    return same_size_loader(dataset, run.predict.batch_size, runtime, run.source.settings.num_workers)
 
 
-def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, rows: list[dict],
+def predict_test(run: PredictionRun, models: list[torch.nn.Module], runtime: Runtime, rows: list[dict],
                  fingerprint: dict, shard: Shard | None = None, setup: ExitStack | None = None) -> Path:
-    """``rows``: the test images (id, image path), as data.test_rows lists them. Call it holding the
-    predictions folder's claim (``predictions.claim_writer``); ``setup``, the folder lock it yields, is closed
-    once this shard's record is written when other shards may run beside it."""
+    """The test PNGs of ``rows`` (the test images: id, image path, as data.test_rows lists them) predicted by
+    ``models`` (averaged) on ``runtime`` into ``run``'s predictions folder, which it returns; ``fingerprint``
+    (``prediction_fingerprint``) decides which PNGs already there are kept; ``shard``: this process's part.
+    Call it holding the predictions folder's claim (``predictions.claim_writer``); ``setup``, the folder lock it
+    yields, is closed once this shard's record is written when other shards may run beside it."""
     shard = shard or Shard()
     image_paths = {row["id"]: row["image"] for row in rows}
     ids = list(image_paths)
-    out_dir = RunFiles.of(cfg).predictions
-    shapes = input_shapes(rows, geometry_of(cfg))
-    mine = shard.take(fixed_batches(ids, cfg.predict.batch_size, shapes))
+    out_dir = run.files.predictions
+    shapes = input_shapes(rows, run.geometry)
+    mine = shard.take(fixed_batches(ids, run.predict.batch_size, shapes))
     ids = [i for batch in mine for i in batch]
-    done = keep_or_redo(out_dir, ids, fingerprint, cfg.predict.resume, shard.state_file)
+    done = keep_or_redo(out_dir, ids, fingerprint, run.predict.resume, shard.state_file)
     if setup is not None and shard.count > 1:
         setup.close()
     batches = batches_to_do(mine, done)
@@ -246,25 +278,25 @@ def predict_test(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, r
         print(f"resuming: {len(done)} of {len(ids)} predictions were already written by the same models and "
               f"settings; {rest}")
     if batches:
-        _predict_batches(cfg, models, runtime, batches, out_dir, done, image_paths)
+        _predict_batches(run, models, runtime, batches, out_dir, done, image_paths)
     return out_dir
 
 
-def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtime, batches: list[list[str]],
+def _predict_batches(run: PredictionRun, models: list[torch.nn.Module], runtime: Runtime, batches: list[list[str]],
                      out_dir: Path, done: set[str], image_paths: dict[str, str]) -> None:
     rows = [{"id": i, "image": image_paths[i]} for batch in batches for i in batch]
     starts = np.cumsum([0] + [len(b) for b in batches])
     batch_sampler = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
-    geometry = geometry_of(cfg)
-    dataset = SegmentationDataset(rows, geometry, False, image_max=cfg.data.image_max)
-    loader = build_loader(dataset, cfg.predict.batch_size, runtime, cfg.data.num_workers, batch_sampler=batch_sampler)
-    writer = PngWriter(cfg.predict.writer_threads)
+    geometry, data = run.geometry, run.source.settings
+    dataset = SegmentationDataset(rows, geometry, False, image_max=data.image_max)
+    loader = build_loader(dataset, run.predict.batch_size, runtime, data.num_workers, batch_sampler=batch_sampler)
+    writer = PngWriter(run.predict.writer_threads)
     try:
         for batch in tqdm(loader, desc="predict test", dynamic_ncols=True):
             images = normalise_on_device(runtime.to_device(batch["image"]))
             sizes = [tuple(size) for size in batch["size"].tolist()]
-            probs = image_probabilities(models, images, sizes, runtime, geometry, cfg.predict.tta,
-                                        cfg.model.activation, cfg.data.resize_back)
+            probs = image_probabilities(models, images, sizes, runtime, geometry, run.predict.tta,
+                                        run.model.activation, data.resize_back)
             for image_id, maps in zip(batch["id"], probs):
                 if image_id not in done:
                     writer.submit(out_dir / f"{image_id}.png", prediction_image(to_uint8(maps).cpu().numpy()))
@@ -273,28 +305,30 @@ def _predict_batches(cfg: Config, models: list[torch.nn.Module], runtime: Runtim
 
 
 @torch.no_grad()
-def predict_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime) -> Evaluator:
-    """Each fold's held-out images, predicted by that fold's model and scored at ``postprocess.threshold`` under
-    ``postprocess.metric`` (an ``Evaluator`` with the search's thresholds, the search covering one class).
-    The probability PNGs go to ``{output_dir}/oof_predictions/`` for the report."""
-    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv)
-    geometry, classes, metric = geometry_of(cfg), class_names(cfg), cfg.postprocess.metric
-    at = thresholds(cfg.postprocess.threshold, len(classes))
+def predict_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime: Runtime) -> Evaluator:
+    """Each fold's held-out images (``run``'s folds.csv), predicted by that fold's model of ``models`` (fold ->
+    network) on ``runtime`` and scored at ``postprocess.threshold`` under ``postprocess.metric`` (an
+    ``Evaluator`` with the search's thresholds, the search covering one class). The probability PNGs go to
+    ``{output_dir}/oof_predictions/`` for the report."""
+    files, source, post = run.files, run.source, run.post
+    items = train_items(source, read_folds(files.folds_csv, run.n_folds), files.folds_csv)
+    geometry, classes, metric = run.geometry, list(source.classes), post.metric
+    at = thresholds(post.threshold, len(classes))
     found = Evaluator(metric, classes, at, search_thresholds(metric, at[0]) if len(classes) == 1 else None)
-    truth = true_objects(cfg.postprocess.metric, DataSource.of(cfg), items.to_dict("records"))
-    writer = PngWriter(cfg.predict.writer_threads)
+    truth = true_objects(metric, source, items.to_dict("records"))
+    writer = PngWriter(run.predict.writer_threads)
     try:
         for fold, model in models.items():
             rows = items[items["fold"] == fold].to_dict("records")
-            for batch in tqdm(_loader(rows, geometry, True, cfg, runtime, False), desc=f"out-of-fold {fold}",
+            for batch in tqdm(_loader(run, rows, True, runtime, False), desc=f"out-of-fold {fold}",
                               dynamic_ncols=True):
                 images = normalise_on_device(runtime.to_device(batch["image"]))
                 sizes = [tuple(size) for size in batch["size"].tolist()]
-                probs = image_probabilities([model], images, sizes, runtime, geometry, cfg.predict.tta,
-                                            cfg.model.activation, cfg.data.resize_back)
+                probs = image_probabilities([model], images, sizes, runtime, geometry, run.predict.tta,
+                                            run.model.activation, source.settings.resize_back)
                 for image_id, maps, mask, size in zip(batch["id"], probs, batch["mask"], sizes):
                     levels = to_uint8(maps)
-                    writer.submit(RunFiles.of(cfg).oof_predictions / f"{image_id}.png",
+                    writer.submit(files.oof_predictions / f"{image_id}.png",
                                   prediction_image(levels.cpu().numpy()))
                     target = mask[:, : size[0], : size[1]].to(runtime.device) > 0  # (batch padding cropped)
                     objects = truth(image_id, size) if truth is not None else None
@@ -315,10 +349,11 @@ def predict(cfg: Config, shard: Shard | None = None, checkpoints: dict[int, Path
     Shard 0 also scores the out-of-fold images."""
     world = world_from_environment()
     shard = shard or Shard(world.rank, world.size)
-    files = RunFiles.of(cfg)
+    run = PredictionRun.from_config(cfg)
+    files = run.files
     score_oof = cfg.predict.oof and shard.index == 0
     # The predictions folder's own temporaries are cleared by keep_or_redo, which knows this shard's ids.
-    outputs = StageOutputs("predict", DataSource.of(cfg).places(),
+    outputs = StageOutputs("predict", run.source.places(),
                            folders={"output_dir": files.root, "predict.out_dir": files.predictions},
                            claims=[partial(claim_writer, files.predictions, shard.index, shard.count),
                                    *([out_of_fold_lock(files)] if score_oof else [])],
@@ -326,28 +361,28 @@ def predict(cfg: Config, shard: Shard | None = None, checkpoints: dict[int, Path
                            config=ConfigFile(files.config("predict"), partial(save_config, cfg))
                            if shard.index == 0 else None)
     with outputs:
-        return _predict(cfg, shard, world.local_rank, score_oof, outputs, checkpoints)
+        return _predict(run, Runtime.of(cfg.runtime, world.local_rank), shard, score_oof, outputs, checkpoints)
 
 
-def _predict(cfg: Config, shard: Shard, device_index: int, score_oof: bool, outputs: StageOutputs,
+def _predict(run: PredictionRun, runtime: Runtime, shard: Shard, score_oof: bool, outputs: StageOutputs,
              checkpoints: dict[int, Path] | None = None) -> dict:
     setup = outputs.held[0]  # the predictions folder's lock (claim_writer)
-    runtime = Runtime.of(cfg.runtime, device_index)
+    files, source = run.files, run.source
     # Everything that can be refused is checked before the first file is written.
-    rows = test_rows(DataSource.of(cfg))
-    check_image_files([Path(row["image"]) for row in rows], cfg.data.max_image_pixels)
-    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv) if score_oof else None
-    paths = checkpoints if checkpoints is not None else checkpoint_paths(cfg)
-    fingerprint = prediction_fingerprint(cfg, paths, runtime)
-    models = load_fold_models(cfg, runtime, paths=paths)
+    rows = test_rows(source)
+    check_image_files([Path(row["image"]) for row in rows], source.settings.max_image_pixels)
+    items = train_items(source, read_folds(files.folds_csv, run.n_folds), files.folds_csv) if score_oof else None
+    paths = checkpoints if checkpoints is not None else checkpoint_paths(files, run.folds)
+    fingerprint = prediction_fingerprint(run, paths, runtime)
+    models = load_fold_models(run.model, runtime, paths)
     outputs.save_config()  # shard 0's
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
-    print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {cfg.predict.tta}{part}")
-    out_dir = predict_test(cfg, list(models.values()), runtime, rows, fingerprint, shard, setup)
+    print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {run.predict.tta}{part}")
+    out_dir = predict_test(run, list(models.values()), runtime, rows, fingerprint, shard, setup)
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
-        remove_oof_temporaries(outputs, RunFiles.of(cfg), list(items["id"]))
-        result.update(_score_oof(cfg, models, runtime, fingerprint))
+        remove_oof_temporaries(outputs, files, list(items["id"]))
+        result.update(_score_oof(run, models, runtime, fingerprint))
     return result
 
 
@@ -363,12 +398,13 @@ def remove_oof_temporaries(outputs: StageOutputs, files: RunFiles, ids: list[str
     outputs.remove_temporaries(files.oof_predictions, {f"{i}.png" for i in ids})
 
 
-def _score_oof(cfg: Config, models: dict[int, torch.nn.Module], runtime: Runtime, fingerprint: dict) -> dict:
-    found = predict_oof(cfg, models, runtime)
-    oof, metric = found.table(), cfg.postprocess.metric
-    files = RunFiles.of(cfg)
+def _score_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime: Runtime, fingerprint: dict) -> dict:
+    found = predict_oof(run, models, runtime)
+    oof, metric = found.table(), run.post.metric
+    files = run.files
     if found.search_grid is not None:  # one class: the search's histograms hold class 0
-        chosen = write_oof_analysis(RunFiles.of(cfg), cfg.postprocess, oof, found.histograms(), found.threshold_scores(), searched_key(fingerprint))
+        chosen = write_oof_analysis(files, run.post, oof, found.histograms(), found.threshold_scores(),
+                                    searched_key(fingerprint))
         grid = found.search_grid
         how = (f"exact over {len(grid)} thresholds" if METRICS[metric].form == "counts" else
                f"on {len(grid)} thresholds {grid[0]}-{grid[-1]} only: {metric} counts objects, which the level "

@@ -107,7 +107,7 @@ def scored_four_ways(tmp_path: Path, metric: str, *extra: str) -> dict[str, dict
     from ternaus.distributed import World
     from ternaus.ensemble import ensemble
     from ternaus.evaluate import score_submission
-    from ternaus.inference import _score_oof
+    from ternaus.inference import PredictionRun, _score_oof
     from ternaus.losses import SegmentationLoss
     from ternaus.run_files import read_folds
     from ternaus.runtime import Runtime
@@ -138,7 +138,7 @@ def scored_four_ways(tmp_path: Path, metric: str, *extra: str) -> dict[str, dict
                            for name in ("dice", metric)}
 
     # 2. predict.py's out-of-fold pass: its records, and oof.csv (from the level histograms)
-    returned = _score_oof(cfg, {0: model, 1: model}, runtime, {"checkpoints": {"0": "levels of the image"}})
+    returned = _score_oof(PredictionRun.from_config(cfg), {0: model, 1: model}, runtime, {"checkpoints": {"0": "levels of the image"}})
     found["oof records"] = {"dice": returned["oof_dice"], metric: returned[f"oof_{metric}"]}
     oof = pd.read_csv(run / "oof.csv")
     assert oof["id"].tolist() == ids and len(oof) == 8

@@ -100,7 +100,7 @@ def test_the_ema_decay_must_lie_strictly_between_0_and_1():
 
 
 def test_best_pt_holds_the_ema_weights_and_predict_loads_them(tiny_dataset, tmp_path):
-    from ternaus.inference import load_fold_models
+    from ternaus.inference import checkpoint_paths, load_fold_models
     from ternaus.runtime import Runtime
 
     out = trained(tiny_dataset, tmp_path, "train.epochs=1", "train.ema.enabled=true", "train.ema.decay=0.5")
@@ -113,7 +113,8 @@ def test_best_pt_holds_the_ema_weights_and_predict_loads_them(tiny_dataset, tmp_
     assert not all(torch.equal(tensor, last["model"][key]) for key, tensor in best["model"].items())
     assert best["best_score"] == pd.read_csv(out / "fold_0" / "log.csv")["val_dice"].max()  # the average's score
 
-    model = load_fold_models(config(tiny_dataset, out), Runtime.detect(), [0])[0]
+    cfg = config(tiny_dataset, out)
+    model = load_fold_models(cfg.model, Runtime.detect(), checkpoint_paths(RunFiles.of(cfg), [0]))[0]
     assert all(torch.equal(tensor, best["model"][key]) for key, tensor in model.state_dict().items())
 
 

@@ -25,7 +25,7 @@ from ternaus.data.geometry import Geometry
 from ternaus.data.layouts import check_train, list_train, mask_spec
 from ternaus.data.layouts import test_rows as listed_test_rows
 from ternaus.errors import ConfigError, DataError, WeightsError
-from ternaus.inference import Shard, fixed_batches, predict_test
+from ternaus.inference import PredictionRun, Shard, fixed_batches, predict_test
 from ternaus.models import UNet11
 from ternaus.rle import RleFormat, encode_rle
 from ternaus.runtime import Runtime
@@ -331,7 +331,7 @@ def test_mixed_sizes_predict_byte_identical_pngs_whatever_the_batch_size(mixed_s
                                  f"predict.batch_size={batch_size}", "data.num_workers=0"])
         rows = listed_test_rows(DataSource.of(cfg))
         assert input_shapes(rows, Geometry(None, 32)) == [(64, 96), (128, 128)] * 2
-        out = predict_test(cfg, [model], runtime, rows, {"batch_size": batch_size})
+        out = predict_test(PredictionRun.from_config(cfg), [model], runtime, rows, {"batch_size": batch_size})
         written[batch_size] = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
     assert len(written[1]) == 4 and written[4] == written[1]
 
