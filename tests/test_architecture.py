@@ -223,7 +223,7 @@ CONFIG_ENTRY_POINTS = {
 }
 CONFIG_CONSTRUCTORS = {
     "ternaus.run_files.RunFiles.of", "ternaus.data.source.DataSource.of", "ternaus.data.geometry.geometry_of",
-    "ternaus.submission.submission_format",
+    "ternaus.submission.submission_format", "ternaus.training.TrainingRun.from_config",
 }
 CONFIG_HOMES = {"ternaus.config", "ternaus.cli"}  # the configuration itself, and what the stage scripts share
 
