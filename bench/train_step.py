@@ -89,7 +89,7 @@ def synthetic_batch(case: Case, device: torch.device) -> dict:
 def fold_state(case: Case, runtime: Runtime):
     cfg = load_config(None, ["model.init=lecun", "train.lr=1e-4"])
     torch.manual_seed(0)
-    state = new_fold_state(cfg, runtime)
+    state = new_fold_state(cfg.train, cfg.model, runtime)
     if case.compile:
         state.model = torch.compile(state.model)
     return state

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ternaus.config import Config, config_to_dict
+from ternaus.config import TrainConfig
 from ternaus.distributed import World
 from ternaus.errors import TrainingError, WeightsError
 from ternaus.io import atomic_write
@@ -95,26 +95,28 @@ class FoldState:
     hooks: list = field(default_factory=list)
 
 
-def save_fold_state(state: FoldState, path: Path, cfg: Config, fold: int,
+def save_fold_state(state: FoldState, path: Path, config: dict, fold: int,
                     partial_loss: torch.Tensor | None = None, model: nn.Module | None = None) -> None:
-    """Rank 0 writes the state; ``partial_loss``: the loss summed over every rank so far in the epoch; ``model``:
-    the weights to save as the checkpoint's model in place of ``state.model`` (best.pt: the model validated)."""
+    """Rank 0 writes the state to ``path``. ``config``: the run's resolved settings as a plain dict
+    (``config_to_dict``), which the checkpoint records; ``fold``: the fold trained; ``partial_loss``: the loss
+    summed over every rank so far in the epoch; ``model``: the weights to save as the checkpoint's model in place
+    of ``state.model`` (best.pt: the model validated)."""
     if not state.world.is_main:
         return
     save_checkpoint(path, model=model if model is not None else state.model, optimizer=state.optimizer,
                     scaler=state.scaler, scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
-                    config=config_to_dict(cfg), fold=fold, step=state.step,
+                    config=config, fold=fold, step=state.step,
                     loss_sum=partial_loss.detach().cpu() if partial_loss is not None else None,
                     log=state.log, rng=rng_states(), world_size=state.world.size,
                     hooks={hook.name: hook.state_dict() for hook in state.hooks})
 
 
-def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int) -> None:
+def _check_mid_epoch_resume(ckpt: dict, train: TrainConfig, path: Path, world_size: int) -> None:
     """A checkpoint taken inside an epoch continues that epoch's batches: they must be cut the same way."""
     saved = (ckpt.get("config") or {}).get("train", {})
     for key, before_the_setting in (("batch_size", None), ("seed", None), ("accumulate", 1)):
         value = saved.get(key, before_the_setting)
-        if value != getattr(cfg.train, key):
+        if value != getattr(train, key):
             raise TrainingError(f"{path} stopped inside epoch {ckpt['epoch'] + 1} with train.{key}={value}; "
                                 f"resume with train.{key}={value}, or start over with train.resume=false")
     if ckpt.get("world_size", 1) != world_size:
@@ -123,13 +125,15 @@ def _check_mid_epoch_resume(ckpt: dict, cfg: Config, path: Path, world_size: int
                             "train.resume=false")
 
 
-def resume_fold_state(state: FoldState, path: Path, cfg: Config, runtime: Runtime) -> None:
+def resume_fold_state(state: FoldState, path: Path, train: TrainConfig, runtime: Runtime) -> None:
     """Load ``path`` into ``state``: weights, optimizer, schedule, position in the epoch, log, generators, and
-    the state of each of ``state.hooks`` the checkpoint holds."""
+    the state of each of ``state.hooks`` the checkpoint holds. ``train``: the ``train`` section now (a checkpoint
+    taken inside an epoch needs its batch_size, seed and accumulate); ``runtime``: the device the epoch's partial
+    loss goes to."""
     ckpt = read_checkpoint(path)
     fit_state_dict(unwrap(state.model), ckpt, path)
     if ckpt.get("step"):
-        _check_mid_epoch_resume(ckpt, cfg, path, state.world.size)
+        _check_mid_epoch_resume(ckpt, train, path, state.world.size)
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):

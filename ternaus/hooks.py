@@ -32,9 +32,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ternaus.checkpoint import FoldState, unwrap
-from ternaus.config import Config
+from ternaus.config import ModelConfig, TrainConfig
 from ternaus.data.dataset import SegmentationDataset, normalise_on_device
-from ternaus.data.geometry import Geometry, geometry_of
+from ternaus.data.geometry import Geometry
 from ternaus.distributed import World
 from ternaus.losses import probabilities
 from ternaus.run_files import RunFiles
@@ -45,9 +45,14 @@ __all__ = ["Hook", "HookContext", "EmaHook", "TensorBoardHook", "HOOKS", "build_
 
 @dataclass
 class HookContext:
-    """What a hook may be built from at the fold's start."""
+    """What a hook may be built from at the fold's start: the ``train`` and ``model`` sections, the run's files,
+    the geometry of the network's input, the fold, this process's device and world, and this rank's validation
+    images."""
 
-    cfg: Config
+    train: TrainConfig
+    model: ModelConfig
+    files: RunFiles
+    geometry: Geometry
     fold: int
     runtime: Runtime
     world: World
@@ -117,7 +122,7 @@ class EmaHook(Hook):
 
     @classmethod
     def build(cls, ctx: HookContext) -> EmaHook | None:
-        ema = ctx.cfg.train.ema
+        ema = ctx.train.ema
         return cls(ema.decay) if ema.enabled else None
 
     def on_fit_start(self, state: FoldState) -> None:
@@ -185,10 +190,10 @@ class TensorBoardHook(Hook):
 
     @classmethod
     def build(cls, ctx: HookContext) -> TensorBoardHook | None:
-        if not (ctx.cfg.train.tensorboard and ctx.world.is_main):
+        if not (ctx.train.tensorboard and ctx.world.is_main):
             return None
-        return cls(RunFiles.of(ctx.cfg).tensorboard(ctx.fold), ctx.cfg.train.log_every, ctx.runtime,
-                   geometry_of(ctx.cfg), ctx.cfg.model.activation, ctx.val_set)
+        return cls(ctx.files.tensorboard(ctx.fold), ctx.train.log_every, ctx.runtime, ctx.geometry,
+                   ctx.model.activation, ctx.val_set)
 
     def on_fit_start(self, state: FoldState) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: it loads TensorBoard, which other stages never use

@@ -31,7 +31,16 @@ from ternaus.data.source import DataSource
 from ternaus.analysis import TrueObjects, true_objects
 from ternaus.augment import build_train_transform
 from ternaus.checkpoint import FoldState, resume_fold_state, save_fold_state, unwrap
-from ternaus.config import Config, class_names, save_config, thresholds
+from ternaus.config import (
+    Config,
+    ModelConfig,
+    PostprocessConfig,
+    RuntimeConfig,
+    TrainConfig,
+    config_to_dict,
+    save_config,
+    thresholds,
+)
 from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, pad_collate, same_size_batches
 from ternaus.data.files import check_image_files
 from ternaus.data.geometry import Geometry, geometry_of
@@ -56,15 +65,45 @@ from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
 from ternaus.stage import ConfigFile, Lock, StageOutputs
 
-__all__ = ["train", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader", "same_size_loader", "fold_data",
-           "train_step", "accumulation_group", "validate", "new_fold_state"]
+__all__ = ["train", "TrainingRun", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader",
+           "same_size_loader", "fold_data", "train_step", "accumulation_group", "validate", "new_fold_state"]
+
+
+# ---------------------------------------------------------------- what training takes from the config
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What the training below ``train`` needs, built once at the stage's entry (``TrainingRun.from_config``):
+    the run's files, the data, the network input's geometry, the ``train``, ``model`` and ``postprocess``
+    (metric, threshold) sections, ``folds.n_folds`` and the resolved settings as a plain dict, which every
+    checkpoint records."""
+
+    files: RunFiles
+    source: DataSource
+    geometry: Geometry
+    train: TrainConfig
+    model: ModelConfig
+    post: PostprocessConfig
+    n_folds: int
+    settings: dict
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> TrainingRun:
+        return cls(RunFiles.of(cfg), DataSource.of(cfg), geometry_of(cfg), cfg.train, cfg.model, cfg.postprocess,
+                   cfg.folds.n_folds, config_to_dict(cfg))
+
+    def hook_context(self, fold: int, runtime: Runtime, world: World,
+                     val_set: SegmentationDataset | None = None) -> HookContext:
+        """What fold ``fold``'s hooks are built from; ``val_set``: this rank's validation images."""
+        return HookContext(self.train, self.model, self.files, self.geometry, fold, runtime, world, val_set)
 
 
 # ---------------------------------------------------------------- data loaders
 
 
-def _epoch_seed(cfg: Config, fold: int, epoch: int) -> int:
-    return cfg.train.seed * 1_000_003 + fold * 10_007 + epoch
+def _epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    return seed * 1_000_003 + fold * 10_007 + epoch
 
 
 class EpochSampler(Sampler):
@@ -120,22 +159,27 @@ class FoldData:
     world: World
     truth: TrueObjects | None = None  # the validation images' true objects, where the masks CSV lists them
 
-    def train_loader(self, cfg: Config, runtime: Runtime, seed: int, start_step: int) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), seed, start_step * cfg.train.batch_size, self.world.rank,
+    def train_loader(self, batch_size: int, num_workers: int, runtime: Runtime, seed: int,
+                     start_step: int) -> DataLoader:
+        """The epoch's training batches of ``batch_size`` (``train.batch_size``) from step ``start_step`` on,
+        shuffled by ``seed`` (the epoch's); ``num_workers``: ``data.num_workers``."""
+        sampler = EpochSampler(len(self.train_set), seed, start_step * batch_size, self.world.rank,
                                self.world.size)
-        return build_loader(self.train_set, cfg.train.batch_size, runtime, cfg.data.num_workers, sampler,
-                            self.drop_last)
+        return build_loader(self.train_set, batch_size, runtime, num_workers, sampler, self.drop_last)
 
 
-def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, world: World) -> FoldData:
-    geometry = geometry_of(cfg)
+def fold_data(run: TrainingRun, items: pd.DataFrame, fold: int, runtime: Runtime, world: World) -> FoldData:
+    """Fold ``fold``'s training set and this rank's validation loader. ``run``: the training's settings
+    (``TrainingRun``); ``items``: every training image with its ``fold`` (``train_items``); ``runtime``,
+    ``world``: this process's device and its DDP world."""
+    geometry, source = run.geometry, run.source
     train_rows = items[items["fold"] != fold].to_dict("records")
     val_rows = items[items["fold"] == fold].to_dict("records")
     if not train_rows or not val_rows:
         raise DataError(f"fold {fold} has {len(train_rows)} training and {len(val_rows)} validation images; "
                         "run prepare_folds.py again with this config")
-    masks, image_max = mask_spec(DataSource.of(cfg)), cfg.data.image_max
-    train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(cfg.train.augment), masks=masks,
+    masks, image_max = mask_spec(source), source.settings.image_max
+    train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(run.train.augment), masks=masks,
                                     image_max=image_max)
     # Each rank validates its own share, without padding, so that every image is counted exactly once. Resized
     # input is scored against the original masks (the loss still sees them resized, as in training): a mask
@@ -144,9 +188,9 @@ def fold_data(cfg: Config, items: pd.DataFrame, fold: int, runtime: Runtime, wor
                                   mask_at_input_size=geometry.input_size is None, image_max=image_max)
     # Drop a last batch of one: a single image gives a noisy Adam step at full resolution.
     per_rank = -(-len(train_rows) // world.size)
-    drop_last = per_rank % cfg.train.batch_size == 1 and per_rank > 1
-    val_loader = same_size_loader(val_set, cfg.train.val_batch_size, runtime, cfg.data.num_workers)
-    return FoldData(train_set, val_loader, drop_last, world, true_objects(cfg.postprocess.metric, DataSource.of(cfg), val_rows))
+    drop_last = per_rank % run.train.batch_size == 1 and per_rank > 1
+    val_loader = same_size_loader(val_set, run.train.val_batch_size, runtime, source.settings.num_workers)
+    return FoldData(train_set, val_loader, drop_last, world, true_objects(run.post.metric, source, val_rows))
 
 
 # ---------------------------------------------------------------- one epoch
@@ -216,24 +260,26 @@ def accumulation_group(step: int, steps_in_epoch: int, accumulate: int) -> tuple
     return size, step == start + size - 1
 
 
-def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, cfg: Config, desc: str,
+def train_one_epoch(state: FoldState, loader: DataLoader, runtime: Runtime, train: TrainConfig, desc: str,
                     save_progress: Callable[[], None]) -> float:
-    """Train from ``state.step`` to the end of the epoch; checkpoints every ``train.checkpoint_every`` steps."""
+    """Train from ``state.step`` to the end of the epoch; ``save_progress()`` checkpoints every
+    ``train.checkpoint_every`` steps. ``train``: the ``train`` section (accumulate, clip_grad_norm, log_every,
+    checkpoint_every); ``desc``: the progress bar's and the errors' label. Returns the epoch's mean loss."""
     state.model.train()
     watch = LossWatch(runtime.device, state.world)
-    every, steps_in_epoch = cfg.train.checkpoint_every, state.step + len(loader)
+    every, steps_in_epoch = train.checkpoint_every, state.step + len(loader)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=state.step, total=steps_in_epoch,
                disable=not state.world.is_main)
     for batch in bar:
-        size, last = accumulation_group(state.step, steps_in_epoch, cfg.train.accumulate)
-        loss = train_step(state, batch, runtime, 1.0 / size, last, cfg.train.clip_grad_norm)
+        size, last = accumulation_group(state.step, steps_in_epoch, train.accumulate)
+        loss = train_step(state, batch, runtime, 1.0 / size, last, train.clip_grad_norm)
         state.step += 1
         if last:  # an optimiser step; before its checkpoint, which holds the hooks' states
             for hook in state.hooks:
                 hook.on_step_end(state, loss)
         watch.observe(loss, state.step)
         state.loss_sum += loss
-        if state.step % cfg.train.log_every == 0:  # the only host synchronisations inside the epoch
+        if state.step % train.log_every == 0:  # the only host synchronisations inside the epoch
             watch.check(desc)
             bar.set_postfix(loss=f"{state.loss_sum.item() / state.step:.4f}")
         if every and state.step % every == 0 and state.step < steps_in_epoch:  # the epoch's end saves anyway
@@ -302,21 +348,24 @@ def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_
 # ---------------------------------------------------------------- a fold
 
 
-def new_fold_state(cfg: Config, runtime: Runtime, world: World = World()) -> FoldState:
-    model = runtime.prepare_model(build_model(cfg.model))
+def new_fold_state(train: TrainConfig, model_settings: ModelConfig, runtime: Runtime,
+                   world: World = World()) -> FoldState:
+    """A fold's fresh state: the network of ``model_settings`` (the ``model`` section) on ``runtime``'s device,
+    the optimiser, schedule, loss (the ``train`` section's) and gradient scaler."""
+    model = runtime.prepare_model(build_model(model_settings))
     # Every parameter, a frozen encoder's too: frozen ones get no gradient, which Adam and SGD skip (no update,
     # no weight decay, no state), and the optimizer's state_dict keeps one layout from the first step to the last.
-    optimizer = build_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
-    scheduler = build_scheduler(optimizer, cfg.train.schedule)
+    optimizer = build_optimizer(model.parameters(), train.optimizer, train.lr, train.weight_decay)
+    scheduler = build_scheduler(optimizer, train.schedule)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
-    loss_fn = SegmentationLoss.from_settings(cfg.train.loss, cfg.model.activation)
+    loss_fn = SegmentationLoss.from_settings(train.loss, model_settings.activation)
     return FoldState(model, optimizer, scheduler, scaler, loss_fn, world=world)
 
 
-def _save_progress(state: FoldState, cfg: Config, fold: int) -> None:
+def _save_progress(state: FoldState, run: TrainingRun, fold: int) -> None:
     """A checkpoint inside an epoch. Every rank calls it at the same step: it holds the loss so far of all."""
     partial = sum_over_world(state.loss_sum.detach().reshape(1), state.world)[0]
-    save_fold_state(state, RunFiles.of(cfg).last(fold), cfg, fold, partial)
+    save_fold_state(state, run.files.last(fold), run.settings, fold, partial)
 
 
 def _write_log(path: Path, rows: list[dict], world: World) -> None:
@@ -332,20 +381,20 @@ def _check_scores(scores: dict[str, float], desc: str) -> None:
                             "Lower train.lr, or with float16 try runtime.amp_dtype=bfloat16")
 
 
-def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World, hooks: Sequence[Hook] = ()) -> FoldState:
+def _start_fold(run: TrainingRun, fold: int, runtime: Runtime, world: World, hooks: Sequence[Hook] = ()) -> FoldState:
     """A fresh state, or the one in ``last.pt`` when resuming (the hooks' states too); under DDP the model is
     wrapped last."""
-    files = RunFiles.of(cfg)
+    files = run.files
     out = files.fold_dir(fold)
     say = print if world.is_main else _quiet
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    seed_everything(_epoch_seed(cfg, fold, 0))
-    state = new_fold_state(cfg, runtime, world)
+    seed_everything(_epoch_seed(run.train.seed, fold, 0))
+    state = new_fold_state(run.train, run.model, runtime, world)
     state.hooks = list(hooks)
     last = files.last(fold)
-    if cfg.train.resume and last.is_file():
-        resume_fold_state(state, last, cfg, runtime)
+    if run.train.resume and last.is_file():
+        resume_fold_state(state, last, run.train, runtime)
         where = f"epoch {state.epoch + 1}, step {state.step}" if state.step else f"the end of epoch {state.epoch}"
         say(f"fold {fold}: resuming from {last} at {where}")
         if state.log:
@@ -353,40 +402,41 @@ def _start_fold(cfg: Config, fold: int, runtime: Runtime, world: World, hooks: S
     elif world.is_main:
         files.log(fold).unlink(missing_ok=True)
     # Before DDP wraps the model: DDP reduces the gradients of the parameters that require one at that moment.
-    if set_encoder_frozen(state.model, encoder_frozen_in(cfg, state.epoch + 1)):
-        say(f"fold {fold}: encoder frozen to the end of epoch {cfg.model.freeze_encoder_epochs} "
+    if set_encoder_frozen(state.model, encoder_frozen_in(run.model, state.epoch + 1)):
+        say(f"fold {fold}: encoder frozen to the end of epoch {run.model.freeze_encoder_epochs} "
             "(model.freeze_encoder_epochs)")
-    state.model = _wrap(state.model, cfg, runtime, world)
+    state.model = _wrap(state.model, run.train.compile, runtime, world)
     return state
 
 
-def _wrap(model: torch.nn.Module, cfg: Config, runtime: Runtime, world: World) -> torch.nn.Module:
+def _wrap(model: torch.nn.Module, compile: bool, runtime: Runtime, world: World) -> torch.nn.Module:
     """The plain model as training runs it: under DDP, gradients averaged over the ranks (rank 0's weights
-    are broadcast here); with train.compile, compiled around DDP, as PyTorch recommends. Checkpoints and
-    validation use the plain model (unwrap)."""
+    are broadcast here); with ``compile`` (train.compile), compiled around DDP, as PyTorch recommends.
+    Checkpoints and validation use the plain model (unwrap)."""
     if world.distributed:
         device_ids = [runtime.device.index] if runtime.is_cuda else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return torch.compile(model) if cfg.train.compile else model
+    return torch.compile(model) if compile else model
 
 
-def encoder_frozen_in(cfg: Config, epoch: int) -> bool:
-    """Whether epoch ``epoch`` (counted from 1) trains the decoder alone."""
-    return epoch <= cfg.model.freeze_encoder_epochs
+def encoder_frozen_in(model: ModelConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (counted from 1) trains the decoder alone; ``model``: the ``model`` section
+    (``freeze_encoder_epochs``)."""
+    return epoch <= model.freeze_encoder_epochs
 
 
-def _apply_encoder_freeze(state: FoldState, cfg: Config, runtime: Runtime, desc: str) -> None:
+def _apply_encoder_freeze(state: FoldState, run: TrainingRun, runtime: Runtime, desc: str) -> None:
     """Freeze or release the encoder for the coming epoch. Under DDP a released encoder needs a new
     wrapper: the old one was built without the encoder's parameters and would leave their gradients
     unsynchronised between the ranks. A compiled model is compiled again for the new set of gradients."""
-    frozen = encoder_frozen_in(cfg, state.epoch + 1)
+    frozen = encoder_frozen_in(run.model, state.epoch + 1)
     if not set_encoder_frozen(unwrap(state.model), frozen):
         return
     if state.world.distributed:
         # The old wrapper's hooks would still fire in backward.
         getattr(state.model, "_orig_mod", state.model)._remove_autograd_hooks()
-    if state.world.distributed or cfg.train.compile:
-        state.model = _wrap(unwrap(state.model), cfg, runtime, state.world)
+    if state.world.distributed or run.train.compile:
+        state.model = _wrap(unwrap(state.model), run.train.compile, runtime, state.world)
     if state.world.is_main:
         print(f"{desc}: encoder {'frozen' if frozen else 'released'}")
 
@@ -395,12 +445,13 @@ def _quiet(*args, **kwargs) -> None:
     """print() for ranks other than 0."""
 
 
-def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str, validated: torch.nn.Module) -> None:
+def _end_epoch(state: FoldState, run: TrainingRun, fold: int, row: dict, desc: str,
+               validated: torch.nn.Module) -> None:
     """Step the schedule, log the row, and checkpoint: ``best.pt`` holds ``validated``, the model scored."""
-    metric = cfg.postprocess.metric
+    metric = run.post.metric
     key = f"val_{metric}"
     _check_scores({"val_loss": row["val_loss"], "val_dice": row["val_dice"], key: row[key]}, desc)
-    files = RunFiles.of(cfg)
+    files = run.files
     state.scheduler.step()
     state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, None
     improved = row[key] > state.best_score
@@ -409,8 +460,8 @@ def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str, v
     for hook in state.hooks:
         hook.on_epoch_end(state, row)
     if improved:
-        save_fold_state(state, files.best(fold), cfg, fold, model=validated)
-    save_fold_state(state, files.last(fold), cfg, fold)
+        save_fold_state(state, files.best(fold), run.settings, fold, model=validated)
+    save_fold_state(state, files.last(fold), run.settings, fold)
     _write_log(files.log(fold), state.log, state.world)
     if state.world.is_main:
         other = f"  {metric} {row[key]:.4f}" if metric not in ("dice", "jaccard") else ""
@@ -418,35 +469,36 @@ def _end_epoch(state: FoldState, cfg: Config, fold: int, row: dict, desc: str, v
               f"jaccard {row['val_jaccard']:.4f}{other}{'  *best' if improved else ''}")
 
 
-def train_fold(cfg: Config, fold: int, items: pd.DataFrame, runtime: Runtime, world: World = World()) -> float:
+def train_fold(run: TrainingRun, fold: int, items: pd.DataFrame, runtime: Runtime, world: World = World()) -> float:
     """Train fold ``fold`` to ``train.epochs``, resuming from ``last.pt`` when present; returns the best
-    validation score of ``postprocess.metric``."""
-    data = fold_data(cfg, items, fold, runtime, world)
-    hooks = build_hooks(HookContext(cfg, fold, runtime, world, data.val_loader.dataset))
-    state = _start_fold(cfg, fold, runtime, world, hooks)
+    validation score of ``postprocess.metric``. ``run``: the training's settings (``TrainingRun``); ``items``:
+    every training image with its ``fold``; ``runtime``, ``world``: this process's device and its DDP world."""
+    data = fold_data(run, items, fold, runtime, world)
+    hooks = build_hooks(run.hook_context(fold, runtime, world, data.val_loader.dataset))
+    state = _start_fold(run, fold, runtime, world, hooks)
     try:
         for hook in state.hooks:
             hook.on_fit_start(state)
-        _train_epochs(state, cfg, fold, data, runtime)
+        _train_epochs(state, run, fold, data, runtime)
     finally:
         for hook in state.hooks:
             hook.on_fit_end(state)
     return state.best_score
 
 
-def _train_epochs(state: FoldState, cfg: Config, fold: int, data: FoldData, runtime: Runtime) -> None:
-    world, geometry = state.world, geometry_of(cfg)
-    while state.epoch < cfg.train.epochs:
-        seed = _epoch_seed(cfg, fold, state.epoch + 1)
+def _train_epochs(state: FoldState, run: TrainingRun, fold: int, data: FoldData, runtime: Runtime) -> None:
+    world, geometry, train = state.world, run.geometry, run.train
+    while state.epoch < train.epochs:
+        seed = _epoch_seed(train.seed, fold, state.epoch + 1)
         if state.step == 0:  # a mid-epoch resume has its generators' states from the checkpoint
             seed_everything(seed)
             state.loss_sum = torch.zeros((), device=runtime.device)
         started = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
-        desc = f"fold {fold} epoch {state.epoch + 1}/{cfg.train.epochs}"
-        _apply_encoder_freeze(state, cfg, runtime, desc)
-        train_loss = train_one_epoch(state, data.train_loader(cfg, runtime, seed, state.step), runtime, cfg, desc,
-                                     lambda: _save_progress(state, cfg, fold))
+        desc = f"fold {fold} epoch {state.epoch + 1}/{train.epochs}"
+        _apply_encoder_freeze(state, run, runtime, desc)
+        loader = data.train_loader(train.batch_size, run.source.settings.num_workers, runtime, seed, state.step)
+        train_loss = train_one_epoch(state, loader, runtime, train, desc, lambda: _save_progress(state, run, fold))
         # The plain model (or the hooks' choice, the EMA's average): each rank validates a different number of
         # batches, with no collective inside; every rank first takes rank 0's BatchNorm statistics, those of the
         # model the checkpoint holds.
@@ -455,12 +507,12 @@ def _train_epochs(state: FoldState, cfg: Config, fold: int, data: FoldData, runt
         if validated is not unwrap(state.model):
             broadcast_buffers(validated, world)
         scores = validate(validated, data.val_loader, runtime, state.loss_fn, geometry,
-                          cfg.postprocess.threshold, world, class_names(cfg), cfg.postprocess.metric, data.truth)
+                          run.post.threshold, world, list(run.source.classes), run.post.metric, data.truth)
         for hook in state.hooks:
             hook.on_validation_end(state, scores)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,
                "time_s": round(time.perf_counter() - started, 2)}
-        _end_epoch(state, cfg, fold, row, desc, validated)
+        _end_epoch(state, run, fold, row, desc, validated)
 
 
 def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
@@ -471,19 +523,20 @@ def train(cfg: Config, fold: int | None = None) -> dict[int, float]:
     folds = [fold] if fold is not None else folds_to_train(cfg.train.folds, cfg.folds.n_folds)
     if not set(folds) <= set(range(cfg.folds.n_folds)):
         raise ConfigError(f"--fold {fold}: folds.n_folds={cfg.folds.n_folds} gives folds 0..{cfg.folds.n_folds - 1}")
-    files = RunFiles.of(cfg)
+    run = TrainingRun.from_config(cfg)
+    files = run.files
     world = world_from_environment()  # the process group itself starts once the outputs are checked
     main = world.is_main  # rank 0 alone writes: it claims, clears and saves
     # One config file per fold when folds run side by side (one per GPU) into the same output_dir.
     name = f"train_fold_{folds[0]}" if fold is not None else "train"
-    outputs = StageOutputs("train", DataSource.of(cfg).places(), folders={"output_dir": files.root},
+    outputs = StageOutputs("train", run.source.places(), folders={"output_dir": files.root},
                            claims=[partial(_claim_folds, files, folds, world)],
                            temporaries={files.fold_dir(k): _fold_files(files, k) for k in folds} if main else None,
                            config=ConfigFile(files.config(name), partial(save_config, cfg)) if main else None)
     world = init_world()
     try:
         with outputs:
-            scores = _train_folds(cfg, folds, world, outputs)
+            scores = _train_folds(run, cfg.runtime, folds, world, outputs)
     except BaseException:
         close_world(world, wait=False)  # the other ranks stop at their next collective
         raise
@@ -527,14 +580,16 @@ def _say_removed(outputs: StageOutputs, folds: list[int], files: RunFiles) -> No
             print(f"fold {k}: removed {len(stale)} partly written file(s) left by an interrupted run")
 
 
-def _train_folds(cfg: Config, folds: list[int], world: World, outputs: StageOutputs) -> dict[int, float]:
-    runtime = Runtime.of(cfg.runtime, world.local_rank)
-    items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv)
+def _train_folds(run: TrainingRun, runtime_settings: RuntimeConfig, folds: list[int], world: World,
+                 outputs: StageOutputs) -> dict[int, float]:
+    runtime = Runtime.of(runtime_settings, world.local_rank)
+    folds_csv = run.files.folds_csv
+    items = train_items(run.source, read_folds(folds_csv, run.n_folds), folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
-    check_image_files([Path(p) for p in items["image"]], cfg.data.max_image_pixels)
+    check_image_files([Path(p) for p in items["image"]], run.source.settings.max_image_pixels)
     if world.is_main:
         outputs.save_config()
         ranks = f", {world.size} processes" if world.distributed else ""
         print(f"training folds {folds} on {runtime.describe()}{ranks}")
-        _say_removed(outputs, folds, RunFiles.of(cfg))
-    return {k: train_fold(cfg, k, items, runtime, world) for k in folds}
+        _say_removed(outputs, folds, run.files)
+    return {k: train_fold(run, k, items, runtime, world) for k in folds}

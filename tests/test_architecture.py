@@ -225,6 +225,7 @@ CONFIG_CONSTRUCTORS = {
     "ternaus.run_files.RunFiles.of", "ternaus.data.source.DataSource.of", "ternaus.data.geometry.geometry_of",
     "ternaus.submission.submission_format", "ternaus.ensemble.EnsembleRun.from_config",
     "ternaus.report.ReportRun.from_config", "ternaus.inference.PredictionRun.from_config",
+    "ternaus.training.TrainingRun.from_config",
 }
 CONFIG_HOMES = {"ternaus.config", "ternaus.cli"}  # the configuration itself, and what the stage scripts share
 

@@ -22,7 +22,7 @@ from ternaus.losses import SegmentationLoss
 from ternaus.prepare import prepare_folds
 from ternaus.run_files import RunFiles, read_folds
 from ternaus.runtime import Runtime
-from ternaus.training import EpochSampler, fold_data, validate
+from ternaus.training import EpochSampler, TrainingRun, fold_data, validate
 from ternaus.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_the_ddp_validation_score_counts_every_image_once(ddp_run, odd_dataset):
     assert (items["fold"] == fold).sum() % 2 == 1
     runtime = Runtime(torch.device("cpu"), None, False)
     model = load_weights(tiny_net(), out / f"fold_{fold}" / "last.pt")
-    data = fold_data(cfg, items, fold, runtime, World())
+    data = fold_data(TrainingRun.from_config(cfg), items, fold, runtime, World())
     scores = validate(model, data.val_loader, runtime, SegmentationLoss(), geometry_of(cfg), 0.5)
     logged = pd.read_csv(out / f"fold_{fold}" / "log.csv").iloc[-1]
     assert scores["val_dice"] == pytest.approx(logged["val_dice"], rel=1e-12)

@@ -112,7 +112,7 @@ def scored_four_ways(tmp_path: Path, metric: str, *extra: str) -> dict[str, dict
     from ternaus.run_files import read_folds
     from ternaus.runtime import Runtime
     from ternaus.submission import make_submission
-    from ternaus.training import fold_data, validate
+    from ternaus.training import TrainingRun, fold_data, validate
 
     data = tmp_path / "data"
     ids = write_images_and_masks(data)
@@ -131,7 +131,7 @@ def scored_four_ways(tmp_path: Path, metric: str, *extra: str) -> dict[str, dict
     items = train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv)
     means = []
     for fold in (0, 1):
-        loader = fold_data(cfg, items, fold, runtime, World()).val_loader
+        loader = fold_data(TrainingRun.from_config(cfg), items, fold, runtime, World()).val_loader
         means.append(validate(model, loader, runtime, SegmentationLoss(), geometry_of(cfg),
                               0.5, metric=metric))
     found["validation"] = {name: (5 * means[0][f"val_{name}"] + 3 * means[1][f"val_{name}"]) / 8

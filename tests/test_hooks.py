@@ -10,8 +10,6 @@ import torch
 from conftest import TINY_NET
 from torch import nn
 
-from ternaus.run_files import RunFiles
-from ternaus.data.source import DataSource
 from ternaus.checkpoint import read_checkpoint
 from ternaus.config import load_config
 from ternaus.errors import ConfigError
@@ -164,18 +162,20 @@ def test_tensorboard_false_writes_no_event_file(tiny_dataset, tmp_path):
 
 def test_tensorboard_leaves_the_random_generators_as_it_found_them(tiny_dataset, tmp_path):
     from ternaus.distributed import World
-    from ternaus.hooks import HookContext, build_hooks
+    from ternaus.hooks import build_hooks
     from ternaus.run_files import read_folds
     from ternaus.runtime import Runtime, rng_states, seed_everything
     from ternaus.data.layouts import train_items
-    from ternaus.training import _start_fold, fold_data
+    from ternaus.training import TrainingRun, _start_fold, fold_data
 
     out = trained(tiny_dataset, tmp_path, "train.epochs=1", "train.tensorboard=false")
     cfg = config(tiny_dataset, out)
     runtime, world = Runtime.detect(), World()
-    data = fold_data(cfg, train_items(DataSource.of(cfg), read_folds(RunFiles.of(cfg).folds_csv, cfg.folds.n_folds), RunFiles.of(cfg).folds_csv), 0, runtime, world)
-    (hook,) = build_hooks(HookContext(cfg, 0, runtime, world, data.val_loader.dataset))
-    state = _start_fold(cfg, 0, runtime, world, [hook])  # resumed from last.pt, at the end of epoch 1
+    run = TrainingRun.from_config(cfg)
+    items = train_items(run.source, read_folds(run.files.folds_csv, run.n_folds), run.files.folds_csv)
+    data = fold_data(run, items, 0, runtime, world)
+    (hook,) = build_hooks(run.hook_context(0, runtime, world, data.val_loader.dataset))
+    state = _start_fold(run, 0, runtime, world, [hook])  # resumed from last.pt, at the end of epoch 1
     seed_everything(5)
     before, weights = rng_states(), {k: v.clone() for k, v in state.model.state_dict().items()}
     assert state.model.training  # the preview must not move BatchNorm's statistics all the same

@@ -279,7 +279,7 @@ def test_resized_validation_scores_the_original_masks(tmp_path):
     from ternaus.data.layouts import list_train
     from ternaus.distributed import World
     from ternaus.runtime import Runtime
-    from ternaus.training import fold_data, validate
+    from ternaus.training import TrainingRun, fold_data, validate
 
     mask = np.zeros((40, 40), np.uint8)
     mask[:, ::3] = 255
@@ -293,7 +293,7 @@ def test_resized_validation_scores_the_original_masks(tmp_path):
     items = list_train(DataSource.of(cfg)).assign(fold=[0, 1])
     runtime = Runtime(torch.device("cpu"), None, False)
     geometry = geometry_of(cfg)
-    data = fold_data(cfg, items, 0, runtime, World())
+    data = fold_data(TrainingRun.from_config(cfg), items, 0, runtime, World())
     loss = SegmentationLoss()
     scores = validate(Constant(), data.val_loader, runtime, loss, geometry, 0.5, metric="iou_ap")
     assert scores["val_dice"] == pytest.approx(2 * 560 / (1600 + 560))

@@ -29,10 +29,10 @@ def test_train_compile_wraps_the_model_and_checkpoints_stay_plain(tmp_path):
     from ternaus.distributed import World
     from ternaus.models.scratch import ScratchUNet
     from ternaus.runtime import Runtime
-    from ternaus.training import _start_fold
+    from ternaus.training import TrainingRun, _start_fold
 
     cfg = config(tmp_path / "data", tmp_path, "train.compile=true")
-    state = _start_fold(cfg, 0, Runtime.detect(), World())
+    state = _start_fold(TrainingRun.from_config(cfg), 0, Runtime.detect(), World())
     # torch.compile is lazy: nothing is compiled until the first call, so this costs nothing.
     assert isinstance(state.model, torch._dynamo.eval_frame.OptimizedModule)
     assert isinstance(unwrap(state.model), ScratchUNet)
