@@ -36,7 +36,7 @@ from PIL import Image
 from ternaus.data.source import DataSource
 from ternaus import __version__
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
-from ternaus.checkpoint import read_checkpoint
+from ternaus.checkpoint import read_checkpoint, write_torch
 from ternaus.config import Config, config_yaml, load_config
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
@@ -161,7 +161,7 @@ def _bundle_checkpoints(paths: dict[int, Path], out: Path) -> dict[str, dict[str
     entries = {}
     for fold, source in paths.items():
         checkpoint = read_checkpoint(source)
-        target = atomic_write(out / f"fold_{fold}.pt", lambda tmp: torch.save(weights_only(checkpoint), tmp))
+        target = atomic_write(out / f"fold_{fold}.pt", lambda tmp: write_torch(weights_only(checkpoint), tmp))
         before, after = source.stat().st_size, target.stat().st_size
         print(f"fold {fold}: {source} {_megabytes(before)} -> {target.name} {_megabytes(after)} (model weights only)")
         entries[str(fold)] = {"file": target.name, "source": str(source), "source_sha256": file_sha256(source),

@@ -11,6 +11,8 @@ weights and log as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,10 +59,27 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any = None
 
 
 def write_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` through an open file: the archive's inner folder is then always ``archive/``, where a path
-    would name it after the (random) temporary file, so the same state always gives the same bytes."""
-    with open(path, "wb") as file:
-        torch.save(obj, file)
+    """``torch.save`` of ``obj`` with its strings interned, through an open file, so that the same state always
+    gives the same bytes: pickle writes a string again or refers back to it depending on whether it is the very
+    same object (an optimiser state read back from a checkpoint holds copies of the keys a fresh one shares), and a
+    path would name the archive's inner folder after the (random) temporary file."""
+    try:
+        with open(path, "wb") as file:
+            torch.save(_interned(obj), file)
+    except OSError as err:  # a write through a file object names no file: name it (a full disk, say)
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
+
+
+def _interned(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if type(obj) in (dict, OrderedDict):
+        return type(obj)((_interned(k), _interned(v)) for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(item) for item in obj)
+    return obj
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -95,20 +114,31 @@ class FoldState:
     hooks: list = field(default_factory=list)
 
 
+# A log row's wall-clock seconds: kept in last.pt (a resume rewrites log.csv from it), left out of best.pt.
+WALL_CLOCK_COLUMNS = ("time_s",)
+
+
 def save_fold_state(state: FoldState, path: Path, config: dict, fold: int,
-                    partial_loss: torch.Tensor | None = None, model: nn.Module | None = None) -> None:
+                    partial_loss: torch.Tensor | None = None, model: nn.Module | None = None,
+                    wall_clock: bool = True) -> None:
     """Rank 0 writes the state to ``path``. ``config``: the run's resolved settings as a plain dict
     (``config_to_dict``), which the checkpoint records; ``fold``: the fold trained; ``partial_loss``: the loss
     summed over every rank so far in the epoch; ``model``: the weights to save as the checkpoint's model in place
-    of ``state.model`` (best.pt: the model validated)."""
+    of ``state.model`` (best.pt: the model validated); ``wall_clock``: keep the log's seconds (false for best.pt,
+    which then holds only what training computed: the same run, killed and resumed or not, gives the same bytes)."""
     if not state.world.is_main:
         return
     save_checkpoint(path, model=model if model is not None else state.model, optimizer=state.optimizer,
                     scaler=state.scaler, scheduler=state.scheduler, epoch=state.epoch, best_score=state.best_score,
                     config=config, fold=fold, step=state.step,
                     loss_sum=partial_loss.detach().cpu() if partial_loss is not None else None,
-                    log=state.log, rng=rng_states(), world_size=state.world.size,
+                    log=state.log if wall_clock else [_without_wall_clock(row) for row in state.log],
+                    rng=rng_states(), world_size=state.world.size,
                     hooks={hook.name: hook.state_dict() for hook in state.hooks})
+
+
+def _without_wall_clock(row: dict) -> dict:
+    return {key: value for key, value in row.items() if key not in WALL_CLOCK_COLUMNS}
 
 
 def _check_mid_epoch_resume(ckpt: dict, train: TrainConfig, path: Path, world_size: int) -> None:

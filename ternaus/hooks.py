@@ -185,6 +185,7 @@ class TensorBoardHook(Hook):
         self.folder, self.log_every, self.runtime = folder, log_every, runtime
         self.geometry, self.activation, self.val_set = geometry, activation, val_set
         self.step = 0  # optimiser steps done in the fold: the events' step
+        self.purge_step = 1
         self.writer = None
         self.preview: list[dict] = []
 
@@ -196,18 +197,24 @@ class TensorBoardHook(Hook):
                    ctx.model.activation, ctx.val_set)
 
     def on_fit_start(self, state: FoldState) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # here: it loads TensorBoard, which other stages never use
-
         with _random_state_kept():
-            # Events at the checkpoint's step were written before it; those after it are replayed.
-            self.writer = SummaryWriter(str(self.folder), purge_step=self.step + 1)
             count = min(self.PREVIEW_IMAGES, len(self.val_set)) if self.val_set is not None else 0
             self.preview = [self.val_set[k] for k in range(count)]
+        self.purge_step = self.step + 1  # events at the checkpoint's step were written before it; later ones replay
+
+    def _events(self) -> Any:
+        """The event writer, made at the first event: a run that stops before writing one leaves no file."""
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # here: it loads TensorBoard, no other stage does
+
+            with _random_state_kept():
+                self.writer = SummaryWriter(str(self.folder), purge_step=self.purge_step)
+        return self.writer
 
     def on_step_end(self, state: FoldState, loss: torch.Tensor) -> None:
         self.step += 1
         if self.step % self.log_every == 0:  # a host synchronisation, as the progress bar's
-            self.writer.add_scalar("train/batch_loss", loss.item(), self.step)
+            self._events().add_scalar("train/batch_loss", loss.item(), self.step)
 
     @torch.no_grad()
     def on_validation_end(self, state: FoldState, scores: dict[str, float]) -> None:
@@ -216,7 +223,7 @@ class TensorBoardHook(Hook):
         model.eval()  # a forward in training mode would move BatchNorm's statistics, which the checkpoint holds
         with _random_state_kept():
             for item in self.preview:
-                self.writer.add_image(f"validation/{item['id']}", self._panel(model, item), self.step)
+                self._events().add_image(f"validation/{item['id']}", self._panel(model, item), self.step)
         model.train(training)
 
     def _panel(self, model: nn.Module, item: dict) -> torch.Tensor:
@@ -237,8 +244,8 @@ class TensorBoardHook(Hook):
             for key, value in row.items():
                 tag = "val/" + key.removeprefix("val_") if key.startswith("val_") else EPOCH_TAGS.get(key)
                 if tag is not None:
-                    self.writer.add_scalar(tag, value, self.step)
-            self.writer.flush()  # before the epoch's checkpoint: a kill after it must not lose the epoch
+                    self._events().add_scalar(tag, value, self.step)
+            self._events().flush()  # before the epoch's checkpoint: a kill after it must not lose the epoch
 
     def on_fit_end(self, state: FoldState) -> None:
         if self.writer is not None:

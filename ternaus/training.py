@@ -459,8 +459,12 @@ def _end_epoch(state: FoldState, run: TrainingRun, fold: int, row: dict, desc: s
     state.log.append(row)
     for hook in state.hooks:
         hook.on_epoch_end(state, row)
+    # The generators as the next epoch starts them: an epoch's end then records one state whatever consumed random
+    # numbers before it (a loader resumed mid-epoch draws its workers' seed again), and the same run, killed and
+    # resumed or not, writes the same checkpoint bytes. The next epoch seeds them so anyway.
+    seed_everything(_epoch_seed(run.train.seed, fold, state.epoch + 1))
     if improved:
-        save_fold_state(state, files.best(fold), run.settings, fold, model=validated)
+        save_fold_state(state, files.best(fold), run.settings, fold, model=validated, wall_clock=False)
     save_fold_state(state, files.last(fold), run.settings, fold)
     _write_log(files.log(fold), state.log, state.world)
     if state.world.is_main:

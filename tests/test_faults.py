@@ -40,7 +40,10 @@ def nth():
     with lock:
         calls[0] += 1
         return calls[0] == N
-def die(path):
+def die(target):
+    if hasattr(target, "flush"):  # checkpoints are saved through an open file
+        target.flush()
+    path = target if isinstance(target, (str, os.PathLike)) else target.name
     os.truncate(path, os.path.getsize(path) // 2)
     os.kill(os.getpid(), signal.SIGKILL)
 real_save, real_write = torch.save, pathlib.Path.write_bytes
@@ -308,8 +311,9 @@ def test_a_full_disk_while_checkpointing_is_a_message_and_keeps_last_pt(tiny_dat
 
     def save(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        os.truncate(f, 1000)
-        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        f.flush()  # checkpoints are saved through an open file
+        os.truncate(f.name, 1000)
+        raise OSError(errno.ENOSPC, "No space left on device", str(f.name))
 
     monkeypatch.setattr(torch, "save", save)
     assert train_script.main([*cfg_args, "train.epochs=2"]) == 2

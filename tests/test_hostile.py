@@ -443,17 +443,21 @@ def test_a_read_only_output_folder_is_a_message(tiny_dataset, tmp_path):
 
 
 def full_disk_at(monkeypatch, stem: str) -> None:
-    """A real ENOSPC from the kernel while torch.save writes ``<stem>``'s temporary: the file is replaced by a link
-    to /dev/full, so that every write torch makes fails as on a full disk and torch's own error path runs (it
-    raises RuntimeError, not OSError)."""
+    """A real ENOSPC from the kernel while torch.save writes ``<stem>``'s temporary: the file (and the open file
+    torch writes through) is replaced by /dev/full, so that every write fails as on a full disk."""
     import torch
 
     real_save = torch.save
 
     def save(obj, f, *args, **kwargs):
-        if Path(f).name.startswith(f".{stem}."):
-            os.unlink(f)
-            os.symlink("/dev/full", f)
+        path = Path(getattr(f, "name", f))  # checkpoints are saved through an open file
+        if path.name.startswith(f".{stem}."):
+            os.unlink(path)
+            os.symlink("/dev/full", path)
+            if hasattr(f, "fileno"):  # the open file writes to /dev/full too
+                full = os.open("/dev/full", os.O_WRONLY)
+                os.dup2(full, f.fileno())
+                os.close(full)
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
