@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from ternaus.data.source import DataSource
