@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 from ternaus.encoders import encoder_multiple
 from ternaus.schema import AtLeast, Between, Odd, Positive
 
-__all__ = ["Ref", "Choice", "ImageNetWeights", "TimmImageNetWeights", "TIMM_IMAGENET", "ModelSpec", "MetricSpec", "MODELS", "LOSSES", "OPTIMIZERS",
+__all__ = ["Ref", "Choice", "ImageNetWeights", "TimmImageNetWeights", "TIMM_IMAGENET", "ModelSpec",
+           "MetricSpec", "MODELS", "LOSSES", "OPTIMIZERS",
            "SCHEDULES", "RULES", "METRICS", "TTAS", "LAYOUTS", "REGISTRIES", "OverlapLoss", "LovaszLoss", "EdgeLoss",
            "AdamSettings", "MomentumSettings", "CarvanaSchedule", "ConstantSchedule", "StepSchedule", "CycleSchedule",
            "StepThenCycleSchedule", "settings_of"]

@@ -42,7 +42,8 @@ def timm_unet(encoder: str = LITE0, **settings) -> ModelConfig:
 def test_an_unknown_encoder_is_refused_at_load_with_close_names_and_without_importing_torch():
     script = (
         "import sys\nfrom ternaus.config import load_config\nfrom ternaus.errors import ConfigError\n"
-        "cfg = load_config(None, ['model.name=unet', 'model.encoder=tf_efficientnet_lite0', 'data.input_size=[128,128]'])\n"
+        "cfg = load_config(None, ['model.name=unet', 'model.encoder=tf_efficientnet_lite0',\n"
+        "                         'data.input_size=[128,128]'])\n"
         "print(cfg.model.encoder)\n"
         "try:\n    load_config(None, ['model.name=unet', 'model.encoder=tf_efficentnet_lite0'])\n"
         "except ConfigError as err:\n    print(err)\n"

@@ -11,9 +11,9 @@ of the encoder's total reduction (``feature_info.reduction()``'s largest; 32 for
   BatchNorm + ReLU to that block's width (``model.decoder_widths``, default 256, 128, 64, 32, 16); a 3x3
   convolution gives the logits.
 - ``TimmLinkNet``: from the deepest map, one LinkNet block per halving (1x1 convolution to a quarter of the
-  channels, 4x4 stride-2 transposed convolution (padding 1), 1x1 convolution to the next map's channels, each with BatchNorm
-  and ReLU), the encoder's map added; the last block goes to 32 channels at the full size; a 1x1 convolution
-  gives the logits.
+  channels, 4x4 stride-2 transposed convolution (padding 1), 1x1 convolution to the next map's channels, each
+  with BatchNorm and ReLU), the encoder's map added; the last block goes to 32 channels at the full size; a 1x1
+  convolution gives the logits.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ class LinkNetBlock(nn.Module):
         mid = max(in_channels // 4, 1)
         self.block = nn.Sequential(
             nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(mid, mid, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(mid, mid, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
             nn.Conv2d(mid, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
