@@ -2,7 +2,7 @@
 ``features_only`` feature maps, so that a config's ``model.encoder`` and input size are checked when it loads,
 before torch is imported.
 
-    python -m bench.timm_encoders [--partial FILE]  # rewrites the file (about 1.6 s of CPU per name: 40 minutes)
+    python -m bench.timm_encoders [--partial FILE]  # rewrites the file (20 minutes on 2 busy CPU cores)
     python -m bench.timm_encoders --check    # exit 1 if the file's names differ from timm.list_models()
 
 Each encoder is built with ``timm.create_model(name, pretrained=False, features_only=True)`` on the meta device:
