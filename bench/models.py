@@ -1,6 +1,6 @@
 """Each model of the family: parameters, GFLOPs of one forward pass and CPU forward time, as a markdown table.
 
-    python -m bench.models [--size 1024] [--repeats 5] [--threads N] [--quick]
+    python -m bench.models [--size 1024] [--repeats 5] [--threads N] [--quick] [--names unet linknet]
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device: nothing is computed,
 and a multiply-add counts as 2 FLOPs (convolutions and transposed convolutions; the bilinear upsampling,
@@ -24,7 +24,8 @@ from ternaus.registry import MODELS
 # U-Net and LinkNet34 at their Carvana settings, the classes' defaults).
 VARIANTS = (("unet11", False, {}), ("unet11", False, {"num_filters": 64}), ("unet16", False, {}),
             ("unet16", True, {}), ("albunet34", False, {}), ("albunet34", True, {}), ("linknet34", False, {}),
-            ("scratch", False, {}))
+            ("scratch", False, {}), ("unet", False, {"encoder": "tf_efficientnet_lite0"}),
+            ("linknet", False, {"encoder": "tf_efficientnet_lite0"}))
 
 
 def build(name: str, transposed: bool = False, device: str = "cpu", **options) -> torch.nn.Module:
@@ -61,10 +62,12 @@ def variant_label(name: str, transposed: bool, options: dict | None = None) -> s
     return f"{name} ({settings})" if settings else name
 
 
-def table(size: int, repeats: int) -> str:
+def table(size: int, repeats: int, names: list[str] | None = None) -> str:
     lines = [f"| model | encoder | parameters | GFLOPs at {size}×{size} | CPU forward at {size}×{size} (s) |",
              "|---|---|---|---|---|"]
     for name, transposed, options in VARIANTS:
+        if names and name not in names:
+            continue
         params = parameter_count(name, transposed, **options)
         gflops = forward_flops(name, size, size, transposed, **options) / 1e9
         seconds = f"{cpu_forward_seconds(name, size, repeats, transposed, **options):.2f}" if repeats else "not timed"
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--size", type=int, default=1024, help="image height and width (a multiple of 64)")
     cli.add_argument("--repeats", type=int, default=5, help="timed passes per model (0: no timing)")
     cli.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    cli.add_argument("--names", nargs="+", choices=sorted(MODELS), help="only these model.name rows (printed, "
+                                                                         "docs/benchmarks.md left as it is)")
     args = cli.parse_args(argv)
     if args.quick:
         args.size, args.repeats = 128, 1
@@ -87,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     body = ("One float32 image, batch 1, `torch.no_grad`; FLOPs of one forward pass (a multiply-add counts 2; "
-            "convolutions only), counted on the meta device.\n\n" + table(args.size, args.repeats))
-    write_section("models", "The model family: parameters, FLOPs, CPU forward time", body, write=not args.quick)
+            "convolutions only), counted on the meta device.\n\n" + table(args.size, args.repeats, args.names))
+    write_section("models", "The model family: parameters, FLOPs, CPU forward time", body,
+                  write=not (args.quick or args.names))
     return 0
 
 

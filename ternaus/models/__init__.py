@@ -2,7 +2,7 @@
 
 ``model.name`` picks an entry of ``ternaus.registry.MODELS``; each family's classes live in a module of this
 package (``ternausnet``: UNet11, UNet16, AlbuNet; ``linknet``: LinkNet34; ``scratch``: the plain U-Net trained
-from scratch). ``build_model`` initialises the network as ``model.init`` says: LeCun uniform, PyTorch's own
+from scratch; ``timm_unet``: a U-Net or LinkNet decoder on any timm encoder). ``build_model`` initialises the network as ``model.init`` says: LeCun uniform, PyTorch's own
 default, the ImageNet encoder (with a LeCun decoder), or a whole-network checkpoint.
 """
 
@@ -17,10 +17,11 @@ from torch import nn
 from ternaus.models.linknet import LinkNet34
 from ternaus.models.scratch import ScratchUNet
 from ternaus.models.ternausnet import AlbuNet, ConvRelu, DecoderBlock, TernausNet, UNet11, UNet16, UpsampleDecoderBlock
+from ternaus.models.timm_unet import TimmLinkNet, TimmUNet
 from ternaus.registry import MODELS
 from ternaus.weights import load_imagenet_encoder, load_weights
 
-__all__ = ["UNet11", "UNet16", "AlbuNet", "LinkNet34", "ScratchUNet", "TernausNet", "ConvRelu", "DecoderBlock",
+__all__ = ["UNet11", "UNet16", "AlbuNet", "LinkNet34", "ScratchUNet", "TimmUNet", "TimmLinkNet", "TernausNet", "ConvRelu", "DecoderBlock",
            "UpsampleDecoderBlock", "lecun_uniform_", "new_model", "build_model", "set_encoder_frozen"]
 
 
