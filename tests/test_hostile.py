@@ -43,6 +43,7 @@ import train
 from ternaus.config import config_to_dict, load_config
 from ternaus.data.files import declared_size_problem, image_file_problem, jpeg_problem
 from ternaus.data.ids import normalise_ids
+from ternaus.data.source import DataSource
 from ternaus.errors import BusyError, ConfigError, DataError
 from ternaus.io import atomic_write, atomic_write_bytes, claim, lock_path, remove_stale_temporaries
 from ternaus.predictions import claim_reader, claim_writer, keep_or_redo
@@ -694,7 +695,7 @@ def test_a_sample_listing_a_row_twice_is_refused_for_any_format(tmp_path):
         (tmp_path / "sample.csv").write_text("\n".join([header, *rows]) + "\n")
         cfg = load_config(ROOT / "configs" / config, [f"data.root={tmp_path}", "data.sample_submission=sample.csv"])
         with pytest.raises(DataError, match=r"sample.csv lists 1 row key\(s\) more than once, e\.g\. \['a"):
-            _sample(cfg, submission_format(cfg))
+            _sample(DataSource.of(cfg).sample_submission, submission_format(cfg))
 
 
 # ================================================================ 5. temporaries left behind; SIGTERM
