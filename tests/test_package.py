@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_folds", "train", "predict", "make_submission", "ensemble", "report", "export"]
 # What Kaggle's image offers; the bundle's prediction path may import nothing else beyond the standard library.
 KAGGLE_IMAGE = {"torch", "torchvision", "numpy", "pandas", "cv2", "PIL", "yaml", "tqdm", "sklearn"}
+# Needed only by a run on a timm encoder (model.name unet or linknet): imported inside the functions that build or
+# load one, never at a module's top, so any other run's bundle predicts without it.
+ONLY_FOR_TIMM_NETWORKS = {"timm"}
 
 
 # ---------------------------------------------------------------- the command, the version, the shims
@@ -107,7 +110,23 @@ def test_the_bundles_prediction_path_imports_only_what_kaggles_image_has():
     found = _third_party_imports({"ternaus.bundle", "ternaus.commands.bundle", "ternaus.commands"})
     # The scan follows the imports through the package: yaml from config, tqdm from inference, PIL from the layouts.
     assert {"torch", "numpy", "cv2", "yaml", "tqdm", "PIL"} <= set(found)
-    assert set(found) <= KAGGLE_IMAGE, {k: v for k, v in found.items() if k not in KAGGLE_IMAGE}
+    allowed = KAGGLE_IMAGE | ONLY_FOR_TIMM_NETWORKS
+    assert set(found) <= allowed, {k: v for k, v in found.items() if k not in allowed}
+    paths = {name: path for name, path in _package_modules().items()}
+    for package in ONLY_FOR_TIMM_NETWORKS:
+        for module in found.get(package, ()):
+            top_level = [node for node in ast.parse(paths[module].read_text()).body
+                         if isinstance(node, (ast.Import, ast.ImportFrom))]
+            names = {alias.name.split(".")[0] for node in top_level for alias in node.names if isinstance(node, ast.Import)}
+            names |= {node.module.split(".")[0] for node in top_level if isinstance(node, ast.ImportFrom) and node.module}
+            assert package not in names, f"{module} imports {package} at its top: only timm networks may need it"
+
+
+def _package_modules():
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_architecture import package_modules
+
+    return package_modules()
 
 
 # ---------------------------------------------------------------- the bundle
