@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -66,6 +67,7 @@ def test_the_pins_of_pyproject_are_those_of_requirements_txt():
     required = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(pyproject["dependencies"]) <= set(required)
     assert set(pyproject["optional-dependencies"]["test"]) <= set(required)
+    assert set(pyproject["optional-dependencies"]["timm"]) <= set(required)
 
 
 def test_the_stage_scripts_are_shims_of_the_package_commands():
@@ -227,6 +229,7 @@ def test_the_installed_wheel_writes_from_the_bundle_the_runs_own_submission(tiny
     assert main(["bundle", *args, "--out", str(tmp_path / "bundle")]) == 0
     bundle = tmp_path / "bundle"
     wheel = bundle / json.loads((bundle / MANIFEST).read_text())["wheel"]
+    assert "ternaus/models/timm_encoders.txt" in zipfile.ZipFile(wheel).namelist()  # read by the config check
     python = fresh_environment(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", str(wheel)],
