@@ -175,3 +175,33 @@ def test_check_outputs_takes_the_datas_places(places):
     assert lines == [f"  - output_dir: {train.parent} contains the data folder {train} (data.train_dir)",
                      f"  - predict.out_dir: {train} is the data folder {train} (data.train_dir)",
                      f"  - submission.filename: {masks} is the data file data.masks_csv"]
+
+
+PROTOCOL_STEPS = {"claim", "check_outputs", "remove_stale_temporaries"}
+# The protocol itself and the writers it is built on (save_config claims and cleans its own file).
+PROTOCOL_BUILDERS = {"stage.py", "io.py", "predictions.py", "run_files.py", "config.py"}
+
+
+def steps_taken_by_hand(source: str) -> list[tuple[int, str]]:
+    """(line, step) of each call of a protocol step in ``source``."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+            if name in PROTOCOL_STEPS:
+                found.append((node.lineno, name))
+    return found
+
+
+def test_no_stage_takes_the_protocols_steps_by_hand():
+    """Claims, the data check and the clean-up of temporaries are called only by the protocol and the writers it
+    is built on: a stage states its outputs in a StageOutputs, so that it cannot forget a step."""
+    assert steps_taken_by_hand("def stage():\n    with io.claim(x, 'y'):\n        check_outputs(d, f)\n") == [
+        (2, "claim"), (3, "check_outputs")]
+    root = Path(__file__).resolve().parents[1] / "ternaus"
+    by_hand = [f"{path.relative_to(root.parent)}:{line} {name}" for path in sorted(root.rglob("*.py"))
+               if not (path.parent == root and path.name in PROTOCOL_BUILDERS)
+               for line, name in steps_taken_by_hand(path.read_text())]
+    assert by_hand == [], "use ternaus.stage.StageOutputs"
