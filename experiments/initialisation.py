@@ -7,7 +7,7 @@
 
 Every run uses the experiment's config unchanged except ``model.init`` and ``output_dir``: the same folds
 file, seed, data order, augmentation, schedule and epochs. The table reports the validation IoU (mean
-per-image Jaccard at ``train.threshold``) that ``train.py`` logs each epoch.
+per-image Jaccard at ``postprocess.threshold``) that ``train.py`` logs each epoch.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Every stage that writes states its outputs once and the protocol takes the docum
    once everything that can refuse has been checked (a refused run leaves the previous file); a stage that
    ends cleanly without calling it still has it saved on leaving the block.
 
-The protocol takes no ``Config``: the data's places (``run_files.data_places``), the outputs' paths and the
+The protocol takes no ``Config``: the data's places (``DataSource.places()``), the outputs' paths and the
 configuration's ``ConfigFile`` (its path and a ``save(path)`` callable) are all it needs.
 """
 
@@ -65,7 +65,7 @@ class StageOutputs:
     """A stage's outputs, stated once; the protocol's four steps, in order (see the module's docstring).
 
     ``name``: the stage, for messages. ``data``: the data's places by the key that sets them
-    (``run_files.data_places``). ``folders``/``files``: the output folders and files, by the key or option that
+    (``DataSource.places()``). ``folders``/``files``: the output folders and files, by the key or option that
     sets them (what an overlap with the data is reported as). ``claims``: callables returning context managers,
     entered in order; what each yields is in ``held``. ``temporaries``: folder -> the names of the files the
     stage writes there. ``config``: the ``ConfigFile`` to save, or None (a stage that saves none, or a process
