@@ -13,7 +13,6 @@ Only the stage entry points read a ``Config``: each turns it into the objects th
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -33,10 +32,10 @@ from ternaus.schema import (AtLeast, Between, OneOf, Positive, flatten, from_dic
                             read_yaml_text, set_path, type_hints)
 
 __all__ = ["Config", "DataConfig", "MasksCsvConfig", "FoldsConfig", "ModelConfig", "AugmentConfig", "TrainConfig",
-           "RuntimeConfig", "EmaConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig", "EnsembleMember",
-           "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS", "load_config",
-           "save_config", "config_yaml", "config_to_dict", "parse_overrides", "class_names", "thresholds", "choices",
-           "resolve", "submission_rows_problem", "DEPRECATED"]
+           "RuntimeConfig", "EmaConfig", "PredictConfig", "SubmissionConfig", "PostprocessConfig", "ReportConfig",
+           "EnsembleMember", "TopRuleConfig", "EnsembleConfig", "member_name", "read_yaml", "RANDOM_INITS",
+           "load_config", "save_config", "config_yaml", "config_to_dict", "parse_overrides", "class_names",
+           "thresholds", "choices", "submission_rows_problem", "DEPRECATED"]
 
 RANDOM_INITS = ("lecun", "pytorch")  # model.init values that start every weight at random
 Count = Annotated[int, AtLeast(1)]
@@ -757,8 +756,3 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     with claim(path, str(path)):
         remove_stale_temporaries(path.parent, {path.name})
         return atomic_write_text(path, text)
-
-
-def resolve(cfg: Config, relative: str) -> Path:
-    """A data path: absolute paths stay, relative ones are under ``data.root``."""
-    return Path(relative) if os.path.isabs(relative) else Path(cfg.data.root) / relative

@@ -55,20 +55,23 @@ ENSEMBLE = "ensemble"  # the CV table's name for the merged maps
 class EnsembleRun:
     """What the ensemble stage's internals take, built once at its entry (``EnsembleRun.from_config``): this run's
     files, its data (the test set the members must cover, the training set the out-of-fold maps are scored on),
-    the class count (``model.num_classes``), and the ``ensemble``, ``predict`` (resume, writer_threads) and
+    with the classes, and the ``ensemble``, ``predict`` (resume, writer_threads) and
     ``postprocess`` (metric, threshold) sections."""
 
     files: RunFiles
     source: DataSource
-    num_classes: int
     settings: EnsembleConfig
     predict: PredictConfig
     post: PostprocessConfig
 
     @classmethod
     def from_config(cls, cfg: Config) -> "EnsembleRun":
-        return cls(RunFiles.of(cfg), DataSource.of(cfg), cfg.model.num_classes, cfg.ensemble, cfg.predict,
-                   cfg.postprocess)
+        return cls(RunFiles.of(cfg), DataSource.of(cfg), cfg.ensemble, cfg.predict, cfg.postprocess)
+
+    @property
+    def num_classes(self) -> int:
+        """``model.num_classes``: the data's classes (``data.class_names`` has one name per class)."""
+        return self.source.num_classes
 
     @property
     def scores_oof(self) -> bool:

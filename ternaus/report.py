@@ -38,13 +38,12 @@ TP, FP, FN = (40, 200, 40), (230, 30, 30), (40, 90, 255)  # RGB
 @dataclass(frozen=True)
 class ReportRun:
     """What the report's sections read, built once at the stage's entry (``ReportRun.from_config``): the run's
-    files, its data, the class count (``model.num_classes``), the ``report`` and ``postprocess`` sections, the
+    files, its data (with the classes), the ``report`` and ``postprocess`` sections, the
     folds trained (``train.folds``, or all ``folds.n_folds``) and ``output_dir`` as configured (the page's
     title)."""
 
     files: RunFiles
     source: DataSource
-    num_classes: int
     settings: ReportConfig
     post: PostprocessConfig
     folds: tuple[int, ...]
@@ -52,7 +51,7 @@ class ReportRun:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "ReportRun":
-        return cls(RunFiles.of(cfg), DataSource.of(cfg), cfg.model.num_classes, cfg.report, cfg.postprocess,
+        return cls(RunFiles.of(cfg), DataSource.of(cfg), cfg.report, cfg.postprocess,
                    tuple(folds_to_train(cfg.train.folds, cfg.folds.n_folds)), cfg.output_dir)
 
 
@@ -225,7 +224,7 @@ def examples_section(run: ReportRun, out: Path, oof: pd.DataFrame | None, worst:
 def oof_tiles(run: ReportRun, row: dict, post: tuple[float, int]) -> list[np.ndarray] | None:
     """One training image (``row`` of ``list_train``) of ``run``: image, truth, out-of-fold probability and
     disagreement at ``post`` (threshold, min_area); None when its out-of-fold PNG cannot be read."""
-    probs = read_probability(run.files.oof_predictions / f"{row['id']}.png", run.num_classes)
+    probs = read_probability(run.files.oof_predictions / f"{row['id']}.png", run.source.num_classes)
     if probs is None:
         return None
     image = read_image(row["image"], run.source.settings.image_max)
@@ -240,7 +239,7 @@ def test_section(run: ReportRun, out: Path, post: tuple[float, int]) -> str:
     items = []
     for rank, row in enumerate(test_rows(run.source)[: run.settings.test_images], 1):
         image_id = row["id"]
-        probs = read_probability(pred_dir / f"{image_id}.png", run.num_classes)
+        probs = read_probability(pred_dir / f"{image_id}.png", run.source.num_classes)
         if probs is None:
             return f"<p>No test predictions in {escape(str(pred_dir))}: run predict.py.</p>"
         image = read_image(row["image"], run.source.settings.image_max)

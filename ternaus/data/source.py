@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ternaus.config import Config, DataConfig, MasksCsvConfig, class_names
 from ternaus.rle import RleFormat
@@ -80,6 +79,3 @@ class DataSource:
         keys = ("train_dir", "masks_dir", "test_dir", "masks_csv", "sample_submission")
         paths = {f"data.{key}": self.path(getattr(self.settings, key)) for key in keys}
         return {k: p.resolve() for k, p in paths.items() if p.exists()}
-
-    def describe(self) -> dict[str, Any]:
-        return {"root": str(self.root), "layout": self.layout}
