@@ -19,6 +19,7 @@ import cv2
 import pytest
 import torch
 from conftest import TINY
+from test_architecture import import_graph, imported_names, package_modules
 
 from ternaus import __version__
 from ternaus.bundle import MANIFEST, WEIGHT_KEYS, make_bundle, predict_bundle, verify_bundle, weights_only
@@ -86,9 +87,6 @@ def test_python_dash_m_ternaus_is_the_command():
 
 
 def _third_party_imports(modules: set[str]) -> dict[str, set[str]]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_architecture import import_graph, imported_names, package_modules
-
     graph, paths = import_graph(), package_modules()
     # The registries load their entries by name ("ternaus.losses:..."): every module they name counts too.
     text = (ROOT / "ternaus" / "registry.py").read_text()
@@ -114,7 +112,7 @@ def test_the_bundles_prediction_path_imports_only_what_kaggles_image_has():
     assert {"torch", "numpy", "cv2", "yaml", "tqdm", "PIL"} <= set(found)
     allowed = KAGGLE_IMAGE | ONLY_FOR_TIMM_NETWORKS
     assert set(found) <= allowed, {k: v for k, v in found.items() if k not in allowed}
-    paths = {name: path for name, path in _package_modules().items()}
+    paths = package_modules()
     for package in ONLY_FOR_TIMM_NETWORKS:
         for module in found.get(package, ()):
             top_level = [node for node in ast.parse(paths[module].read_text()).body
@@ -122,13 +120,6 @@ def test_the_bundles_prediction_path_imports_only_what_kaggles_image_has():
             names = {alias.name.split(".")[0] for node in top_level for alias in node.names if isinstance(node, ast.Import)}
             names |= {node.module.split(".")[0] for node in top_level if isinstance(node, ast.ImportFrom) and node.module}
             assert package not in names, f"{module} imports {package} at its top: only timm networks may need it"
-
-
-def _package_modules():
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_architecture import package_modules
-
-    return package_modules()
 
 
 # ---------------------------------------------------------------- the bundle
