@@ -40,7 +40,7 @@ from ternaus.io import atomic_write, atomic_write_bytes
 from ternaus.losses import probabilities
 from ternaus.models import new_model
 from ternaus.predictions import claim_writer, keep_or_redo, searched_key
-from ternaus.registry import METRICS
+from ternaus.registry import METRICS, MODELS
 from ternaus.run_files import RunFiles, folds_to_train, predictions_record, read_folds
 from ternaus.runtime import Runtime
 from ternaus.stage import ConfigFile, StageOutputs, out_of_fold_lock
@@ -361,7 +361,8 @@ def predict(cfg: Config, shard: Shard | None = None, checkpoints: dict[int, Path
                            config=ConfigFile(files.config("predict"), partial(save_config, cfg))
                            if shard.index == 0 else None)
     with outputs:
-        return _predict(run, Runtime.of(cfg.runtime, world.local_rank), shard, score_oof, outputs, checkpoints)
+        runtime = Runtime.of(cfg.runtime, world.local_rank, MODELS[run.model.name].cpu_channels_last)
+        return _predict(run, runtime, shard, score_oof, outputs, checkpoints)
 
 
 def _predict(run: PredictionRun, runtime: Runtime, shard: Shard, score_oof: bool, outputs: StageOutputs,

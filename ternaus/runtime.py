@@ -23,21 +23,24 @@ class Runtime:
     channels_last: bool
 
     @classmethod
-    def of(cls, settings: object, device_index: int = 0) -> "Runtime":
+    def of(cls, settings: object, device_index: int = 0, cpu_channels_last: bool = False) -> "Runtime":
         """The runtime the ``runtime`` section asks for (amp, amp_dtype, channels_last, deterministic), shared by
-        training and prediction."""
+        training and prediction; ``cpu_channels_last``: whether the network runs faster channels_last on a CPU
+        (the model registry's ``cpu_channels_last``)."""
         return cls.detect(settings.amp, settings.amp_dtype, settings.channels_last, settings.deterministic,
-                          device_index)
+                          device_index, cpu_channels_last)
 
     @classmethod
     def detect(cls, amp: bool = True, amp_dtype: str = "bfloat16", channels_last: bool = True,
-               deterministic: bool = False, device_index: int = 0) -> "Runtime":
-        """``device_index``: the GPU of this process (torchrun's LOCAL_RANK); one GPU per process."""
+               deterministic: bool = False, device_index: int = 0, cpu_channels_last: bool = False) -> "Runtime":
+        """``device_index``: the GPU of this process (torchrun's LOCAL_RANK); one GPU per process. On a CPU:
+        float32, channels_last only where asked for and ``cpu_channels_last`` (the network gains from it)."""
         if deterministic:
             use_deterministic_algorithms()
         if not torch.cuda.is_available():
-            # On CPUs channels_last and autocast were measured slower for UNet11; keep float32 NCHW.
-            return cls(torch.device("cpu"), None, False)
+            # CPUs without bfloat16 units run autocast far slower (measured 12x for the Lite0 U-Net), and
+            # channels_last only helps depthwise convolutions (bench/cpu_memory_format.py).
+            return cls(torch.device("cpu"), None, channels_last and cpu_channels_last)
         # Autotuning picks kernels by timing, which may differ from run to run.
         torch.backends.cudnn.benchmark = not deterministic
         dtype = None

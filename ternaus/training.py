@@ -60,6 +60,7 @@ from ternaus.hooks import Hook, HookContext, build_hooks, evaluated_model
 from ternaus.io import atomic_write
 from ternaus.losses import SegmentationLoss, probabilities
 from ternaus.models import build_model, set_encoder_frozen
+from ternaus.registry import MODELS
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
 from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
@@ -586,7 +587,7 @@ def _say_removed(outputs: StageOutputs, folds: list[int], files: RunFiles) -> No
 
 def _train_folds(run: TrainingRun, runtime_settings: RuntimeConfig, folds: list[int], world: World,
                  outputs: StageOutputs) -> dict[int, float]:
-    runtime = Runtime.of(runtime_settings, world.local_rank)
+    runtime = Runtime.of(runtime_settings, world.local_rank, MODELS[run.model.name].cpu_channels_last)
     folds_csv = run.files.folds_csv
     items = train_items(run.source, read_folds(folds_csv, run.n_folds), folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
