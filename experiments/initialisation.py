@@ -1,13 +1,14 @@
-"""The TernausNet paper's experiment: the same UNet11 trained from three initialisations, nothing else changed.
+"""The TernausNet paper's experiment: the same network trained from three initialisations, nothing else changed.
 
 1. LeCun uniform everywhere (from scratch);
-2. the encoder from VGG11 pre-trained on ImageNet, the decoder LeCun uniform;
-3. the whole network pre-trained on another dataset (here: fold 0 of a second synthetic set, trained from
-   scratch with the same settings, or a checkpoint given by the user).
+2. the encoder pre-trained on ImageNet (VGG11 for UNet11, or a timm encoder's file), the decoder LeCun uniform;
+3. the whole network pre-trained on another dataset (fold 0 of a second synthetic set, trained from scratch
+   with the same settings, or a checkpoint given by the user, e.g. the same network trained on real Carvana).
 
 Every run uses the experiment's config unchanged except ``model.init`` and ``output_dir``: the same folds
 file, seed, data order, augmentation, schedule and epochs. The table reports the validation IoU (mean
-per-image Jaccard at ``postprocess.threshold``) that ``train.py`` logs each epoch.
+per-image Jaccard at ``postprocess.threshold``) that ``train.py`` logs each epoch and, where the configured
+``postprocess.metric`` is another one (TGS's ``iou_ap``), that metric too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from ternaus.prepare import prepare_folds
 from ternaus.registry import MODELS
 from ternaus.run_files import RunFiles, folds_to_train
 from ternaus.training import train
-from ternaus.weights import imagenet_weight_candidates
+from ternaus.errors import WeightsError
+from ternaus.registry import TimmImageNetWeights
+from ternaus.weights import imagenet_weight_candidates, timm_imagenet_file
 
 __all__ = ["Initialisation", "initialisations", "run_experiment", "results_table", "pretrain"]
 
@@ -39,18 +42,31 @@ class Initialisation:
     why_not: str = ""
 
 
-def imagenet_file(cfg: Config) -> Path | None:
+def imagenet_candidates(cfg: Config) -> list[Path]:
+    """Where the network's ImageNet encoder file is looked for, in order (empty: none is known)."""
     spec = MODELS[cfg.model.name]
-    return next((p for p in imagenet_weight_candidates(cfg.model.encoder_weights, spec.imagenet.files)
-                 if p.is_file()), None)
+    if isinstance(spec.imagenet, TimmImageNetWeights):
+        try:
+            return [timm_imagenet_file(cfg.model.encoder, cfg.model.encoder_weights)]
+        except WeightsError:
+            return []
+    return imagenet_weight_candidates(cfg.model.encoder_weights, spec.imagenet.files)
+
+
+def imagenet_file(cfg: Config) -> Path | None:
+    return next((p for p in imagenet_candidates(cfg) if p.is_file()), None)
+
+
+def encoder_name(cfg: Config) -> str:
+    spec = MODELS[cfg.model.name]
+    return getattr(cfg.model, spec.encoder_option) if spec.encoder_option else spec.encoder
 
 
 def initialisations(cfg: Config, checkpoint: Path) -> list[Initialisation]:
     """The paper's three rows; the ImageNet one is marked not run when its weights file is absent."""
     found = imagenet_file(cfg)
-    tried = ", ".join(str(p) for p in imagenet_weight_candidates(cfg.model.encoder_weights,
-                                                                 MODELS[cfg.model.name].imagenet.files))
-    encoder = MODELS[cfg.model.name].encoder
+    tried = ", ".join(str(p) for p in imagenet_candidates(cfg)) or "no file is known for this encoder"
+    encoder = encoder_name(cfg)
     return [
         Initialisation("lecun", "LeCun uniform (from scratch)", "lecun"),
         Initialisation("imagenet", f"encoder = {encoder} pre-trained on ImageNet, decoder LeCun uniform",
@@ -103,29 +119,44 @@ def read_curves(cfg: Config, out: Path, runs: list[Initialisation]) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
-def results_table(curves: pd.DataFrame, runs: list[Initialisation]) -> pd.DataFrame:
-    """One row per initialisation: validation IoU after the first and last epoch, and the best, fold-averaged."""
+def scored_metrics(cfg: Config) -> dict[str, str]:
+    """The logged validation columns the table reports, by the name it gives them: IoU, and the configured
+    metric where it is another one."""
+    metrics = {"IoU": "val_jaccard"}
+    if cfg.postprocess.metric not in ("jaccard", "iou"):
+        metrics[cfg.postprocess.metric] = f"val_{cfg.postprocess.metric}"
+    return metrics
+
+
+def results_table(curves: pd.DataFrame, runs: list[Initialisation],
+                  metrics: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per initialisation: each of ``metrics`` (name -> log column; default IoU) after the first and last
+    epoch, and the best, fold-averaged; the last epoch is the one the run ended on."""
+    metrics = metrics or {"IoU": "val_jaccard"}
     rows = []
     for run in runs:
         if run.init is None:
             rows.append({"initialisation": run.label, "note": run.why_not})
             continue
-        by_epoch = curves[curves["init"] == run.name].groupby("epoch")["val_jaccard"].mean()
-        rows.append({"initialisation": run.label, "IoU epoch 1": by_epoch.iloc[0],
-                     f"IoU epoch {by_epoch.index[-1]} (last)": by_epoch.iloc[-1],
-                     "best IoU": by_epoch.max(), "best epoch": int(by_epoch.idxmax()),
-                     # From the logs, so that a resumed run counts the epochs it did before it stopped.
-                     "train time (s)": round(float(curves[curves["init"] == run.name]["time_s"].sum())),
-                     "note": ""})
+        row = {"initialisation": run.label}
+        for name, column in metrics.items():
+            by_epoch = curves[curves["init"] == run.name].groupby("epoch")[column].mean()
+            row |= {f"{name} epoch 1": by_epoch.iloc[0], f"{name} epoch {by_epoch.index[-1]} (last)": by_epoch.iloc[-1],
+                    f"best {name}": by_epoch.max(),
+                    # IoU's keeps the name the synthetic experiment's table has always had
+                    ("best epoch" if name == "IoU" else f"best {name} epoch"): int(by_epoch.idxmax())}
+        # From the logs, so that a resumed run counts the epochs it did before it stopped.
+        row |= {"train time (s)": round(float(curves[curves["init"] == run.name]["time_s"].sum())), "note": ""}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _cell(column: str, value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return ""  # a row that was not run
-    if column.startswith("IoU") or column.endswith("IoU"):
-        return f"{value:.4f}"
-    return str(int(value)) if isinstance(value, float) else str(value)
+    if column.endswith(" epoch") or column.startswith("train time"):
+        return str(int(value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -136,21 +167,25 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def iou_chart(curves: pd.DataFrame, runs: list[Initialisation]) -> str:
+def iou_chart(curves: pd.DataFrame, runs: list[Initialisation], column: str = "val_jaccard",
+              name: str = "IoU") -> str:
     series = {}
     for run in (r for r in runs if r.init is not None):
-        by_epoch = curves[curves["init"] == run.name].groupby("epoch")["val_jaccard"].mean()
+        by_epoch = curves[curves["init"] == run.name].groupby("epoch")[column].mean()
         series[run.name] = (by_epoch.index.tolist(), by_epoch.tolist())
-    return svg_line_chart(series, "validation IoU by epoch", "epoch", "IoU (mean per image)", 480, 300)
+    return svg_line_chart(series, f"validation {name} by epoch", "epoch", f"{name} (mean per image)", 480, 300)
 
 
 def write_results(cfg: Config, out: Path, runs: list[Initialisation]) -> pd.DataFrame:
     curves = read_curves(cfg, out, runs)
     atomic_write(out / "curves.csv", lambda tmp: curves.to_csv(tmp, index=False))
-    table = results_table(curves, runs)
+    metrics = scored_metrics(cfg)
+    table = results_table(curves, runs, metrics)
     atomic_write(out / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
     atomic_write_text(out / "results.md", markdown_table(table) + "\n")
-    atomic_write_text(out / "iou_by_epoch.svg", iou_chart(curves, runs) + "\n")
+    for name, column in metrics.items():
+        chart = "iou_by_epoch.svg" if name == "IoU" else f"{name}_by_epoch.svg"
+        atomic_write_text(out / chart, iou_chart(curves, runs, column, name) + "\n")
     return table
 
 

@@ -22,6 +22,12 @@ def test_table_from_hand_written_curves():
     assert table.loc["whole network", ["best IoU", "best epoch"]].tolist() == [0.85, 2]
     assert pd.isna(table.loc["ImageNet", "best IoU"]) and table.loc["ImageNet", "note"] == "not run: absent"
     text = markdown_table(table.reset_index())
+    with_metric = results_table(curves.assign(val_iou_ap=curves["val_jaccard"] - 0.1), runs,
+                                {"IoU": "val_jaccard", "iou_ap": "val_iou_ap"}).set_index("initialisation")
+    assert with_metric.loc["LeCun", ["iou_ap epoch 1", "iou_ap epoch 3 (last)", "best iou_ap", "best iou_ap epoch",
+                                     "best epoch"]].round(4).tolist() == [0.4, 0.55, 0.6, 2, 2]
+    assert "| LeCun | 0.5000 | 0.6500 | 0.7000 | 2 | 0.4000 | 0.5500 | 0.6000 | 2 | 31 |  |" in \
+        markdown_table(with_metric.reset_index())
     assert "| LeCun | 0.5000 | 0.6500 | 0.7000 | 2 | 31 |  |" in text
     assert "| ImageNet |  |  |  |  |  | not run: absent |" in text
 
