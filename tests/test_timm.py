@@ -376,3 +376,17 @@ def test_onnx_export_computes_what_pytorch_computes(tmp_path, name):
         assert got.shape == want.shape == (image.shape[0], 1, *image.shape[2:])
         assert want.std() > 1e-3
         torch.testing.assert_close(got, want, **TOLERANCE)
+
+
+def test_on_a_cpu_only_the_networks_that_gain_from_it_run_channels_last():
+    from ternaus.registry import MODELS
+    from ternaus.runtime import Runtime
+
+    assert MODELS["unet"].cpu_channels_last and MODELS["linknet"].cpu_channels_last
+    assert not MODELS["unet11"].cpu_channels_last
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device takes channels_last from runtime.channels_last alone")
+    assert Runtime.detect(channels_last=True, cpu_channels_last=True).channels_last
+    assert not Runtime.detect(channels_last=True, cpu_channels_last=False).channels_last
+    assert not Runtime.detect(channels_last=False, cpu_channels_last=True).channels_last
+    assert Runtime.detect(channels_last=True, cpu_channels_last=True).describe() == "CPU, float32, channels_last"
