@@ -63,7 +63,9 @@ class DataConfig:
     # "carvana": train/*.jpg, train_masks/*_mask.gif (or train_masks.csv), test/*.jpg listed by the sample;
     # "folders": images in train_dir, masks in masks_dir paired by file stem (PNG/JPEG/TIFF images, PNG/GIF
     # masks: 0/1 or 0/255, or class indices 0..num_classes for several classes), test images in test_dir;
-    # "rle_csv": images in train_dir, masks as RLE rows of masks_csv (data.csv, data.rle), test images in test_dir.
+    # "rle_csv": images in train_dir, masks as RLE rows of masks_csv (data.csv, data.rle), test images in test_dir;
+    # "instance_folders": train_dir/<id>/images/<id>.png with one PNG per object in train_dir/<id>/masks/ (DSB
+    # 2018), test_dir/<id>/images/<id>.png; with model.num_classes 2 the second plane is the objects' contacts.
     layout: str = "carvana"
     # null: full resolution, reflect-padded to a multiple of 32 (64 for albunet34; the Carvana recipe); [H, W]: resize.
     input_size: list[int] | None = None

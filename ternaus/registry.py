@@ -319,6 +319,7 @@ LAYOUTS: dict[str, Ref] = {
     "carvana": Ref("ternaus.data.carvana"),
     "folders": Ref("ternaus.data.folders"),
     "rle_csv": Ref("ternaus.data.rle_csv"),
+    "instance_folders": Ref("ternaus.data.instance_folders"),
 }
 
 # The config key each registry serves.
