@@ -39,7 +39,7 @@ __all__ = ["level_histograms", "counts_at_levels", "threshold_level", "score_fro
            "search_table", "choose_row", "search_postprocessing", "PostProcessing", "per_image_scores",
            "DEFAULT_THRESHOLDS", "OBJECT_THRESHOLDS", "ThresholdScores", "scores_from_histograms",
            "object_scores_of_image", "search_thresholds", "threshold_table", "choose_postprocessing", "TrueObjects",
-           "true_objects", "write_oof_analysis", "read_postprocessing", "resolve_postprocessing"]
+           "FolderObjects", "true_objects", "write_oof_analysis", "read_postprocessing", "resolve_postprocessing"]
 
 LEVELS = 256
 DEFAULT_THRESHOLDS = tuple(round(t / 100, 2) for t in range(1, 100))
@@ -77,7 +77,7 @@ def score_from_counts(overlap: np.ndarray, predicted: np.ndarray, target: np.nda
     spec = METRICS[metric]
     if spec.form != "counts":
         raise ValueError(f"{metric} is a metric of objects: it cannot be computed from pixel counts")
-    return spec.score.load()(overlap, predicted, target)
+    return spec.load()(overlap, predicted, target)
 
 
 def best_min_area(kept: np.ndarray, emptied: np.ndarray, areas: np.ndarray) -> tuple[int, float]:
@@ -232,11 +232,26 @@ class TrueObjects:
         return [mask for mask in objects if mask.any()]
 
 
-def true_objects(metric: str, source: DataSource, rows: list[dict]) -> TrueObjects | None:
-    """``TrueObjects`` of ``rows`` where the metric scores objects and the masks CSV has them; else None: the
+@dataclass(frozen=True)
+class FolderObjects:
+    """The true objects of training rows of ``data.layout: instance_folders``: one mask file per object."""
+
+    rows: dict[str, dict]
+
+    def __call__(self, image_id: str, shape: tuple[int, int]) -> list[np.ndarray]:
+        from ternaus.data.instance_folders import load_objects
+
+        return load_objects(self.rows[image_id], shape)
+
+
+def true_objects(metric: str, source: DataSource, rows: list[dict]) -> TrueObjects | FolderObjects | None:
+    """The true objects of ``rows`` where the metric scores objects and the data has them one by one (a masks
+    CSV with a row per object: ``TrueObjects``; a mask file per object: ``FolderObjects``); else None: the
     objects are then the connected components of each true mask."""
     if METRICS[metric].form != "objects":
         return None
+    if source.layout == "instance_folders":
+        return FolderObjects({row["id"]: row for row in rows})
     if source.layout != "rle_csv" or source.csv.rows != "instance":
         return None
     return TrueObjects({row["id"]: row for row in rows}, source.rle)

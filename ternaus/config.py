@@ -265,7 +265,8 @@ class PostprocessConfig:
     # what validation picks best.pt by, the CV score predict.py reports, what the threshold / minimum-area
     # search maximises and what ternaus.evaluate scores. A key of ternaus.registry.METRICS: "dice" (Carvana,
     # Severstal, SIIM), "jaccard" (IoU), "iou_ap" (TGS: precision averaged over IoU thresholds 0.50-0.95, one
-    # object per image), "f2_instances" (Airbus: F2 over IoU thresholds 0.50-0.95, objects matched one to one).
+    # object per image), "f2_instances" (Airbus: F2 over IoU thresholds 0.50-0.95, objects matched one to one),
+    # "dsb_ap" (2018 Data Science Bowl: TP / (TP + FP + FN) over IoU thresholds 0.50-0.95, objects matched one to one).
     metric: str = "dice"
     # Where a probability becomes foreground (one number, or one per class): what validation and the out-of-fold
     # scores use, where the search starts, and the submission's value when use_searched is false or nothing was

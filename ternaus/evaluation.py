@@ -145,7 +145,7 @@ class Evaluator:
             target |= np.asarray(mask, bool)
         counts = (np.count_nonzero(pred & target), np.count_nonzero(pred), np.count_nonzero(target))
         spec = METRICS[self.metric]
-        score = spec.score.load()(*counts) if spec.form == "counts" else spec.score.load()(predicted, truth)
+        score = spec.load()(*counts) if spec.form == "counts" else spec.load()(predicted, truth)
         scores = {"dice": np.asarray([dice_from_counts(*counts)], np.float64),
                   "jaccard": np.asarray([jaccard_from_counts(*counts)], np.float64)}
         scores[self.metric] = np.asarray([score], np.float64).reshape(1)

@@ -6,8 +6,8 @@ A metric (``postprocess.metric``, ``ternaus.registry.METRICS``) is a per-image s
 - **from pixel counts** ``(overlap, predicted, target)`` -> score, numpy arrays of any shape: Dice, IoU and the
   TGS metric (one object per image). The out-of-fold search then scores every threshold exactly from level
   histograms (``ternaus.analysis``).
-- **from objects** ``(predicted, truth)``, two lists of boolean masks -> score: the Airbus metric, where an
-  image holds several objects matched one to one.
+- **from objects** ``(predicted, truth)``, two lists of boolean masks -> score: the Airbus and DSB 2018 metrics
+  (``instance_ap``), where an image holds several objects matched one to one.
 
 ``image_score`` scores one image in either form; an empty prediction of an empty mask scores 1 under every
 metric here.
@@ -22,7 +22,8 @@ import torch
 from ternaus.registry import METRICS
 
 __all__ = ["dice_per_image", "jaccard_per_image", "dice_score", "overlap_counts", "per_image_class",
-           "dice_from_counts", "jaccard_from_counts", "iou_ap_from_counts", "f2_instances", "object_ious",
+           "dice_from_counts", "jaccard_from_counts", "iou_ap_from_counts", "f2_instances", "instance_ap",
+           "INSTANCE_FORMULAS", "object_ious",
            "matched_pairs", "instances", "image_score", "mask_score", "class_scores", "IOU_THRESHOLDS"]
 
 # The IoU thresholds of TGS's and Airbus's metrics: 0.50, 0.55, ..., 0.95. Rounded so that each is the double
@@ -146,8 +147,44 @@ def matched_pairs(ious: np.ndarray, threshold: float) -> int:
     return hits
 
 
+INSTANCE_FORMULAS = ("dsb", "fbeta")
+
+
+def instance_ap(predicted: list[np.ndarray], truth: list[np.ndarray], formula: str = "dsb",
+                beta: float = 2.0) -> float:
+    """One image's score in the family of the instance metrics over IoU thresholds, from its predicted and true
+    objects (lists of boolean masks of one shape).
+
+    At each IoU threshold t in 0.50, 0.55, ..., 0.95 objects are matched one to one with IoU strictly above t
+    (``matched_pairs``): TP matched pairs, FP unmatched predicted objects, FN unmatched true ones. The score at t:
+
+    - ``formula="dsb"``: TP / (TP + FP + FN). Source: the 2018 Data Science Bowl's evaluation page ("the
+      average precision at each IoU threshold", its precision being this ratio), the mean over the images;
+      also TGS Salt Identification's page for the same ratio with one object per image.
+    - ``formula="fbeta"``: (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP) with b = ``beta``; beta 2 is Airbus Ship
+      Detection's F2 (5 TP / (5 TP + 4 FN + FP)).
+
+    The image scores the mean over the ten thresholds. Edge cases (the pages leave 0/0 undefined; this is the
+    rule TGS's page states): an image with no true object and no predicted one scores 1; true objects and no
+    prediction score 0 (every threshold has TP = 0, FN > 0); predictions and no true object score 0."""
+    if formula not in INSTANCE_FORMULAS:
+        raise ValueError(f"formula {formula!r}: one of {', '.join(INSTANCE_FORMULAS)}")
+    if not predicted and not truth:
+        return 1.0
+    ious = object_ious(predicted, truth)
+    weight = beta * beta if formula == "fbeta" else 1.0
+    scores = []
+    for threshold in IOU_THRESHOLDS:
+        tp = matched_pairs(ious, threshold)
+        fn, fp = len(truth) - tp, len(predicted) - tp
+        scores.append(((1 + weight) * tp / ((1 + weight) * tp + weight * fn + fp)) if formula == "fbeta"
+                      else tp / (tp + fp + fn))
+    return float(np.mean(scores))
+
+
 def f2_instances(predicted: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    """Airbus Ship Detection's metric for one image, from its predicted and true objects (boolean masks).
+    """Airbus Ship Detection's metric for one image, from its predicted and true objects (boolean masks):
+    ``instance_ap`` with ``formula="fbeta"``, beta 2.
 
     Source: the Airbus Ship Detection Challenge's evaluation page. At each IoU threshold t in 0.50, 0.55, ...,
     0.95, objects are matched one to one with IoU above t (``matched_pairs``): TP matched pairs, FN unmatched
@@ -159,15 +196,7 @@ def f2_instances(predicted: list[np.ndarray], truth: list[np.ndarray]) -> float:
     kernels differ (1, 0, or the image left out); 1 is the only rule under which a perfect submission scores 1
     with every image weighing the same, it is the rule TGS's page states for the same family of metrics, and
     it makes "predict nothing on an empty image" worth what it is worth on a set where most images are empty."""
-    if not predicted and not truth:
-        return 1.0
-    ious = object_ious(predicted, truth)
-    scores = []
-    for threshold in IOU_THRESHOLDS:
-        tp = matched_pairs(ious, threshold)
-        fn, fp = len(truth) - tp, len(predicted) - tp
-        scores.append(5 * tp / (5 * tp + 4 * fn + fp))
-    return float(np.mean(scores))
+    return instance_ap(predicted, truth, "fbeta", 2.0)
 
 
 # ---------------------------------------------------------------- one image, either form
@@ -185,10 +214,10 @@ def image_score(metric: str, predicted: list[np.ndarray], truth: list[np.ndarray
     metric scores the union of each side's objects."""
     spec = METRICS[metric]
     if spec.form == "objects":
-        return float(spec.score.load()(predicted, truth))
+        return float(spec.load()(predicted, truth))
     pred, target = _union(predicted, shape), _union(truth, shape)
     counts = (np.count_nonzero(pred & target), np.count_nonzero(pred), np.count_nonzero(target))
-    return float(spec.score.load()(*counts))
+    return float(spec.load()(*counts))
 
 
 def mask_score(metric: str, pred: np.ndarray, target: np.ndarray, truth: list[np.ndarray] | None = None) -> float:
@@ -213,7 +242,7 @@ def class_scores(metric: str, pred: torch.Tensor, target: torch.Tensor,
     if metric in scores:
         return scores
     if spec.form == "counts":
-        return scores | {metric: np.asarray(spec.score.load()(inter, p, t), np.float64)}
+        return scores | {metric: np.asarray(spec.load()(inter, p, t), np.float64)}
     pred, target = pred.cpu().numpy(), target.cpu().numpy()
     per_class = [mask_score(metric, pred[c], target[c], truth if c == 0 else None) for c in range(len(pred))]
     return scores | {metric: np.asarray(per_class, np.float64)}

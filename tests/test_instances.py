@@ -129,3 +129,54 @@ def test_layout_reads_the_real_dsb_folders():
     assert masks[0].sum() == sum(int(o.sum()) for o in objects)  # objects do not overlap
     assert masks[1].any()
     assert check_train(table.iloc[:5], spec=MaskSpec(2, layout="instance_folders")) == []
+
+
+# ---------------------------------------------------------------- the metric
+
+
+def box(shape, top, left, height, width) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[top: top + height, left: left + width] = True
+    return mask
+
+
+def test_dsb_ap_hand_computed():
+    from ternaus.metrics import instance_ap
+    from ternaus.registry import METRICS
+
+    dsb_ap = METRICS["dsb_ap"].load()
+    shape = (30, 30)
+    a, b = box(shape, 0, 0, 10, 10), box(shape, 15, 15, 10, 10)
+    assert dsb_ap([], []) == 1.0  # no object and no prediction
+    assert dsb_ap([], [a]) == 0.0  # an object, no prediction: FN 1 at every threshold
+    assert dsb_ap([a], []) == 0.0  # a prediction, no object: FP 1
+    assert dsb_ap([a, b], [a, b]) == 1.0
+    # One hit, one false object and one missed object at every threshold: 1 / (1 + 1 + 1).
+    assert dsb_ap([a, box(shape, 0, 20, 5, 5)], [a, b]) == pytest.approx(1 / 3)
+    # IoU 80 / 100 = 0.8: a hit at 0.50 ... 0.75 (6 thresholds), at 0.80 (not above) and up a miss (FP 1, FN 1).
+    assert dsb_ap([box(shape, 0, 0, 8, 10)], [a]) == pytest.approx(0.6)
+    # The family: F-beta with beta 2 is Airbus's F2 (TP 1, FN 1: 5 / 9), beta 1 is the F1 (2 / 3).
+    assert instance_ap([a], [a, b], "fbeta", 2.0) == pytest.approx(5 / 9)
+    assert instance_ap([a], [a, b], "fbeta", 1.0) == pytest.approx(2 / 3)
+    assert dsb_ap([a], [a, b]) == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="formula"):
+        instance_ap([a], [a], "recall")
+
+
+def test_dsb_ap_a_duplicate_is_a_false_positive():
+    """Two predictions of one object: one matches, the other is a false positive (1 / 2), not a second hit."""
+    from ternaus.registry import METRICS
+
+    a = box((20, 20), 0, 0, 10, 10)
+    assert METRICS["dsb_ap"].load()([a, a], [a]) == pytest.approx(0.5)
+
+
+def test_dsb_ap_is_the_mean_over_images():
+    from ternaus.evaluation import Evaluator
+
+    shape = (30, 30)
+    a, b = box(shape, 0, 0, 10, 10), box(shape, 15, 15, 10, 10)
+    evaluator = Evaluator("dsb_ap")
+    evaluator.add_objects("perfect", [a, b], [a, b], shape)
+    evaluator.add_objects("half", [a], [a, b], shape)
+    assert evaluator.means()["dsb_ap"] == pytest.approx((1 + 0.5) / 2)
