@@ -272,8 +272,14 @@ class PostprocessConfig:
     # scores use, where the search starts, and the submission's value when use_searched is false or nothing was
     # searched.
     threshold: Threshold = 0.5
-    # Empty a prediction with fewer pixels than this (0: never): the submission's value in the same cases.
+    # Empty a prediction with fewer pixels than this (0: never): the submission's value in the same cases. With
+    # objects=watershed: drop each object with fewer pixels (the rest of the image stays).
     min_area: Size = 0
+    # How a prediction becomes objects (submission.rows=instance, a metric of objects). "components": the
+    # thresholded mask's 8-connected components. "watershed": model.num_classes 2, the objects and their contact
+    # lines (data.layout=instance_folders makes them); seeds are mask minus contacts, grown back over the mask
+    # (ternaus/separation.py); threshold is then [mask, contact], and predict.py searches both and min_area.
+    objects: Literal["components", "watershed"] = "components"
     # The submission takes the threshold and minimum area predict.py searched on the out-of-fold predictions
     # ({output_dir}/postprocess.json) when there are; make_submission.py --threshold / --min-area still win.
     use_searched: bool = True
@@ -575,6 +581,10 @@ def _validate_competition(cfg: Config) -> list[str]:
     if cfg.data.layout == "rle_csv" and cfg.data.csv.rows != "image_class" and classes > 1:
         errors.append(f"data.csv.rows={cfg.data.csv.rows} gives one class, model.num_classes={classes}: "
                       "use rows=image_class")
+    if cfg.postprocess.objects == "watershed" and (classes != 2 or cfg.model.activation != "sigmoid"):
+        errors.append(f"postprocess.objects=watershed splits objects along a contact channel: it needs "
+                      f"model.num_classes=2 (objects, contacts) with model.activation=sigmoid, not "
+                      f"{classes} with {cfg.model.activation}")
     if cfg.folds.group_by == "pattern":
         errors += _validate_pattern(cfg.folds.group_pattern)
     errors += _validate_submission_format(cfg.submission, classes)

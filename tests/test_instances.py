@@ -180,3 +180,88 @@ def test_dsb_ap_is_the_mean_over_images():
     evaluator.add_objects("perfect", [a, b], [a, b], shape)
     evaluator.add_objects("half", [a], [a, b], shape)
     assert evaluator.means()["dsb_ap"] == pytest.approx((1 + 0.5) / 2)
+
+
+# ---------------------------------------------------------------- objects from the maps
+
+
+def test_the_watershed_splits_two_touching_discs():
+    from ternaus.metrics import object_ious
+    from ternaus.separation import masks_of_labels, object_labels
+
+    discs = two_touching_discs()
+    union = discs[0] | discs[1]
+    contact = contact_map(label_map(discs, union.shape)).astype(bool)
+    masks = np.stack([union, contact])
+    assert object_labels(masks, "components").max() == 1  # one blob: what rows=instance wrote before
+    found = masks_of_labels(object_labels(masks, "watershed"))
+    assert len(found) == 2
+    ious = object_ious(found, discs)
+    assert ious.max(1).min() > 0.9 and sorted(ious.argmax(1)) == [0, 1]
+    assert sum(int(o.sum()) for o in found) == union.sum()  # every mask pixel goes to one object
+
+
+def test_the_watershed_keeps_an_object_without_seed_and_drops_small_ones():
+    from ternaus.separation import object_labels
+
+    mask = np.zeros((20, 20), bool)
+    mask[2:12, 2:12] = True  # a square with a seed
+    mask[15:17, 15:17] = True  # 4 px, all contact: no seed, yet an object
+    contact = np.zeros_like(mask)
+    contact[15:17, 15:17] = True
+    labels = object_labels(np.stack([mask, contact]), "watershed")
+    assert labels.max() == 2 and (labels > 0).sum() == mask.sum()
+    assert object_labels(np.stack([mask, contact]), "watershed", min_area=5).max() == 1
+
+
+def test_label_ious_equal_the_masks_products():
+    from ternaus.metrics import object_ious
+    from ternaus.separation import label_ious, labels_of_masks
+
+    shape = (12, 12)
+    predicted = [box(shape, 0, 0, 4, 4), box(shape, 5, 5, 5, 5)]
+    truth = [box(shape, 0, 0, 4, 6), box(shape, 6, 6, 5, 5), box(shape, 11, 0, 1, 1)]
+    # |a & A| = 16, |a | A| = 24; |b & B| = 16, |b | B| = 34.
+    expected = np.array([[16 / 24, 0, 0], [0, 16 / 34, 0]])
+    assert label_ious(labels_of_masks(predicted, shape), labels_of_masks(truth, shape)) == pytest.approx(expected)
+    assert object_ious(predicted, truth) == pytest.approx(expected)
+    overlapping = [box(shape, 0, 0, 4, 4), box(shape, 0, 0, 2, 2)]
+    assert labels_of_masks(overlapping, shape) is None
+    assert object_ious(overlapping, truth[:1]) == pytest.approx(np.array([[16 / 24], [4 / 24]]))
+
+
+def test_rows_instance_writes_one_row_per_separated_object():
+    from ternaus.rle import decode_rle
+    from ternaus.submission import SubmissionFormat, image_rows
+
+    discs = two_touching_discs()
+    union = discs[0] | discs[1]
+    masks = np.stack([union, contact_map(label_map(discs, union.shape)).astype(bool)])
+    fmt = SubmissionFormat(("ImageId", "EncodedPixels"), ("{stem}", "{rle}"), "instance", ("nucleus", "contact"),
+                           objects="watershed")
+    rows = image_rows("a.png", masks, fmt)
+    assert [row[0] for row in rows] == ["a", "a"]
+    decoded = [decode_rle(row[1], union.shape, fmt.rle).astype(bool) for row in rows]
+    assert not (decoded[0] & decoded[1]).any() and (decoded[0] | decoded[1]).sum() == union.sum()
+    plain = image_rows("a.png", masks, SubmissionFormat(("ImageId", "EncodedPixels"), ("{stem}", "{rle}"),
+                                                        "instance", ("nucleus",)))
+    assert len(plain) == 1
+    assert image_rows("a.png", np.zeros_like(masks), fmt) == [("a", "")]
+
+
+def test_the_search_scores_the_watershed_beside_components():
+    from ternaus.analysis import SeparationGrid, choose_separation, separation_scores_of_image
+
+    discs = two_touching_discs()
+    union = discs[0] | discs[1]
+    levels = np.stack([union, contact_map(label_map(discs, union.shape))]).astype(np.uint8) * 255
+    grid = SeparationGrid.around((0.5, 0.5))
+    row = separation_scores_of_image(levels, union, discs, grid, "dsb_ap")
+    chosen, table = choose_separation(row[None], grid, "dsb_ap", (0.5, 0.5))
+    assert len(table) == len(grid.settings()) == len(row)
+    # The watershed's objects cover each disc but the contact band's share: IoU above 0.9 each.
+    assert chosen["score"] >= 0.8 and chosen["default_score"] >= 0.8
+    # One merged blob: its IoU with the left disc (which kept the shared column) is just above 0.5, a hit at 0.50
+    # alone, beside one missed disc: 1 / 2 at one threshold of ten.
+    assert chosen["components_score"] == pytest.approx(0.05)
+    assert chosen["threshold"][1] is not None and chosen["objects"] == "watershed"
