@@ -201,6 +201,12 @@ class TrainConfig:
     # {name: bce_dice_edge, weight, edge_window: 41, edge_weight: 3.0} (the 1st-place 1024 x 1024 families).
     loss: Annotated[OverlapLoss, OneOf(LOSSES)] = field(default_factory=OverlapLoss)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # [H, W]: train on a random window of this size of each image (after data.input_size's padding or resize),
+    # an image smaller than it reflect-padded, so that images of mixed sizes make batches of one size without
+    # zero padding (DSB 2018: 256 x 256 crops of images from 256 x 256 to 1388 x 1040); a multiple of the
+    # model's size multiple. null: whole images (mixed sizes are zero-padded to the largest in a batch).
+    # Validation and prediction always see whole images.
+    crop: list[int] | None = None
     seed: int = 0
     # Continue from fold_K/last.pt when it exists; false starts the fold over.
     resume: bool = True
@@ -463,6 +469,7 @@ def _validate_values(cfg: Config) -> list[str]:
     errors += _validate_choices(cfg)
     errors += _validate_threshold("postprocess.threshold", cfg.postprocess.threshold, cfg.model.num_classes)
     errors += _validate_input_size(cfg.data.input_size, cfg.model)
+    errors += _validate_input_size(cfg.train.crop, cfg.model, "train.crop")
     if isinstance(cfg.data.image_max, int) and not 1 <= cfg.data.image_max <= 65535:
         errors.append(f"data.image_max: a 16-bit value from 1 to 65535, got {cfg.data.image_max}")
     errors += _validate_model_options(cfg.model)
@@ -629,17 +636,17 @@ def thresholds(value: float | list[float], num_classes: int) -> list[float]:
     return list(value) if isinstance(value, list) else [value] * num_classes
 
 
-def _validate_input_size(size: Any, model: ModelConfig) -> list[str]:
+def _validate_input_size(size: Any, model: ModelConfig, key: str = "data.input_size") -> list[str]:
     if size is None or not isinstance(size, list):
         return []
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        return [f"data.input_size: expected null or [H, W] with positive integers, got {quote(size)}"]
+        return [f"{key}: expected null or [H, W] with positive integers, got {quote(size)}"]
     name = model.name if isinstance(model.name, str) and model.name in MODELS else "unet11"  # else reported alone
     spec = MODELS[name]
     multiple = spec.multiple_for(model)
     if any(v % multiple for v in size):
         padded = [-(-v // multiple) * multiple for v in size]
-        return [f"data.input_size: {size} is not a multiple of {multiple} ({spec.model.name}, model.name={name}, "
+        return [f"{key}: {size} is not a multiple of {multiple} ({spec.model.name}, model.name={name}, "
                 f"halves the size {multiple.bit_length() - 1} times); use {padded}"]
     return []
 

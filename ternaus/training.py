@@ -180,7 +180,7 @@ def fold_data(run: TrainingRun, items: pd.DataFrame, fold: int, runtime: Runtime
                         "run prepare_folds.py again with this config")
     masks, image_max = mask_spec(source), source.settings.image_max
     train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(run.train.augment), masks=masks,
-                                    image_max=image_max)
+                                    image_max=image_max, crop=run.train.crop)
     # Each rank validates its own share, without padding, so that every image is counted exactly once. Resized
     # input is scored against the original masks (the loss still sees them resized, as in training): a mask
     # resized down and back up is not the mask the competition scores.

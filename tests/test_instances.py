@@ -265,3 +265,32 @@ def test_the_search_scores_the_watershed_beside_components():
     # alone, beside one missed disc: 1 / 2 at one threshold of ten.
     assert chosen["components_score"] == pytest.approx(0.05)
     assert chosen["threshold"][1] is not None and chosen["objects"] == "watershed"
+
+
+# ---------------------------------------------------------------- mixed sizes
+
+
+def test_training_crops_make_one_size_from_mixed_sizes(tmp_path):
+    """train.crop: images of 40 x 60 and 96 x 80 both come out 64 x 64 (the small one reflect-padded), image and
+    masks cut at one place, drawn from the item's seed alone."""
+    import torch
+
+    from ternaus.data.dataset import SegmentationDataset, pad_collate
+    from ternaus.data.geometry import Geometry
+
+    big = [disc((96, 80), (40, 50), 12)]
+    write_instance_folders(tmp_path, {"small": two_touching_discs(), "big": big})
+    rows = list_train(source_of(tmp_path)).to_dict("records")
+    dataset = SegmentationDataset(rows, Geometry(None, 8), True, masks=MaskSpec(2, layout="instance_folders"),
+                                  crop=(64, 64))
+    items = [dataset[(0, 7)], dataset[(1, 7)]]
+    assert [tuple(i["image"].shape) for i in items] == [(3, 64, 64)] * 2
+    assert [tuple(i["mask"].shape) for i in items] == [(2, 64, 64)] * 2
+    assert all(i["size"].tolist() == [64, 64] for i in items)
+    again = dataset[(1, 7)]
+    assert torch.equal(again["image"], items[1]["image"]) and torch.equal(again["mask"], items[1]["mask"])
+    # The mask moved with the image: the green channel is 200 exactly on the objects (write_instance_folders).
+    for item in items:
+        assert torch.equal(item["image"][1] == 200, item["mask"][0].bool())
+    batch = pad_collate(items)
+    assert tuple(batch["image"].shape) == (2, 3, 64, 64)
