@@ -70,9 +70,11 @@ class SubmissionFormat:
 
 def submission_format(cfg: Config) -> SubmissionFormat:
     sub = cfg.submission
-    # The watershed's second class is the contacts, which split the first: one class is written.
+    # The watershed's second plane is the contacts, which split the first (instance_folders makes them whether
+    # the watershed or plain components decode them): one class is written.
     watershed = cfg.postprocess.objects == "watershed"
-    problem = submission_rows_problem(sub, 1 if watershed else cfg.model.num_classes)
+    contacts = watershed or cfg.data.layout == "instance_folders"
+    problem = submission_rows_problem(sub, 1 if contacts else cfg.model.num_classes)
     if problem:
         raise ConfigError(problem)
     if watershed and sub.rows != "instance":

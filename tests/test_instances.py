@@ -34,6 +34,7 @@ def two_touching_discs(shape=(40, 60)) -> list[np.ndarray]:
 
 
 def write_instance_folders(root: Path, images: dict[str, list[np.ndarray]], split="stage1_train") -> Path:
+    # Every split but the test's has masks.
     """``root/<split>/<id>/images/<id>.png`` (RGBA, as DSB ships them) and one 0/255 PNG per object."""
     for image_id, objects in images.items():
         folder = root / split / image_id
@@ -43,7 +44,7 @@ def write_instance_folders(root: Path, images: dict[str, list[np.ndarray]], spli
         rgba[..., 3] = 255
         rgba[..., 1] = 200 * sum(o.astype(np.uint8) for o in objects) if objects else 0
         cv2.imwrite(str(folder / "images" / f"{image_id}.png"), rgba)
-        if split == "stage1_train":
+        if split != "stage1_test":
             (folder / "masks").mkdir()
             for k, mask in enumerate(objects):
                 cv2.imwrite(str(folder / "masks" / f"object{k}.png"), mask.astype(np.uint8) * 255)
@@ -294,3 +295,93 @@ def test_training_crops_make_one_size_from_mixed_sizes(tmp_path):
         assert torch.equal(item["image"][1] == 200, item["mask"][0].bool())
     batch = pad_collate(items)
     assert tuple(batch["image"].shape) == (2, 3, 64, 64)
+
+
+# ---------------------------------------------------------------- the stages on a tiny DSB-like set
+
+
+def nuclei(shape, rng, count) -> list[np.ndarray]:
+    """``count`` discs of radius 5-8 at random places, some touching; each keeps the pixels no earlier disc
+    took (DSB's objects do not overlap)."""
+    taken, objects = np.zeros(shape, bool), []
+    for _ in range(count):
+        radius = int(rng.integers(5, 9))
+        centre = (int(rng.integers(radius, shape[1] - radius)), int(rng.integers(radius, shape[0] - radius)))
+        mask = disc(shape, centre, radius) & ~taken
+        if mask.sum() > 20:
+            objects.append(mask)
+            taken |= mask
+    return objects
+
+
+@pytest.fixture(scope="module")
+def dsb_run(tmp_path_factory):
+    """prepare_folds, train (1 epoch of the tiny network on 32 x 32 crops), predict, make_submission on six
+    training images of three sizes and two test images, from configs/dsb2018.yaml."""
+    import make_submission
+    import predict
+    import prepare_folds
+    import train
+    from conftest import TINY_NET
+
+    tmp = tmp_path_factory.mktemp("dsb")
+    rng = np.random.default_rng(0)
+    sizes = [(48, 64), (64, 64), (40, 72)]
+    write_instance_folders(tmp / "data", {f"tr{k}": nuclei(sizes[k % 3], rng, 5) for k in range(6)})
+    test = {f"te{k}": nuclei(sizes[k], rng, 4) for k in range(2)}
+    write_instance_folders(tmp / "data", test, split="stage1_test")
+    write_instance_folders(tmp, test, split="truth")  # the test set with its masks, for ternaus.evaluate
+    (tmp / "data" / "stage1_sample_submission.csv").write_text("ImageId,EncodedPixels\nte1,1 1\nte0,1 1\n")
+    args = ["--config", str(ROOT / "configs" / "dsb2018.yaml"), f"data.root={tmp / 'data'}",
+            f"output_dir={tmp / 'run'}", *TINY_NET, "model.encoder=null", "folds.n_folds=2", "train.folds=[0]", "train.epochs=1",
+            "train.batch_size=4", "train.crop=[32,32]", "data.num_workers=0", "predict.batch_size=2",
+            "submission.processes=1", "train.tensorboard=false"]
+    for stage in (prepare_folds, train, predict, make_submission):
+        assert stage.main(args) == 0, f"{stage.__name__} failed on the tiny DSB set"
+    return tmp, args
+
+
+@pytest.mark.slow
+def test_the_stages_run_on_instance_folders_from_the_config(dsb_run):
+    import json
+
+    import pandas as pd
+
+    from ternaus.evaluate import score_submission
+    from ternaus.rle import RleFormat, decode_rle
+
+    tmp, args = dsb_run
+    run = tmp / "run"
+    searched = json.loads((run / "postprocess.json").read_text())
+    assert searched["objects"] == "watershed" and len(searched["threshold"]) == 2
+    assert 0.0 <= searched["components_score"] <= 1.0
+    oof = pd.read_csv(run / "oof.csv")
+    assert {"dsb_ap", "dsb_ap_pp", "dsb_ap_components"} <= set(oof.columns) and len(oof) == 3
+    submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
+    assert list(submission.columns) == ["ImageId", "EncodedPixels"]
+    assert list(dict.fromkeys(submission["ImageId"])) == ["te1", "te0"]  # the sample's order, ids without .png
+    for image_id, rows in submission.groupby("ImageId"):
+        shape = (48, 64) if image_id == "te0" else (64, 64)
+        objects = [decode_rle(rle, shape, RleFormat(order="F")) for rle in rows["EncodedPixels"] if rle]
+        assert not objects or np.sum(objects, axis=0).max() == 1  # one object per pixel
+    cfg = load_config(args[1], args[2:])
+    # The truth as per-object mask folders (each mask file one object) and as the competition's CSV.
+    by_folders = score_submission(cfg, run / "submission.csv", tmp / "truth", None, ("dsb_ap", "dice"))
+    assert set(by_folders) == {"dsb_ap", "dice"} and 0.0 <= by_folders["dsb_ap"] <= 1.0
+    perfect = by_folders_of_truth(tmp, cfg)
+    assert perfect == pytest.approx(1.0)
+
+
+def by_folders_of_truth(tmp: Path, cfg) -> float:
+    """The truth folder's objects written as a submission and scored against the folder: 1."""
+    import pandas as pd
+
+    from ternaus.evaluate import score_submission, truth_rows
+    from ternaus.submission import submission_format
+
+    fmt = submission_format(cfg)
+    rows = truth_rows(DataSource.of(cfg), fmt, tmp / "truth", tmp / "truth")
+    assert len(rows) == 8  # four objects in each of the two images
+    path = tmp / "perfect.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return score_submission(cfg, path, tmp / "truth", None, ("dsb_ap",))["dsb_ap"]
