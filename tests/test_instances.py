@@ -385,3 +385,25 @@ def by_folders_of_truth(tmp: Path, cfg) -> float:
     path = tmp / "perfect.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return score_submission(cfg, path, tmp / "truth", None, ("dsb_ap",))["dsb_ap"]
+
+
+def test_objects_are_coloured_one_by_one():
+    from ternaus.report import objects_coloured
+
+    labels = np.zeros((4, 6), np.int32)
+    labels[:, 1:3], labels[:, 3:5] = 1, 2  # two touching objects
+    out = objects_coloured(np.full((4, 6, 3), 100, np.uint8), labels)
+    assert (out[0, 1] != out[0, 3]).any()  # touching objects differ
+    assert (out[:, 1:3] == out[0, 1]).all() and (out[:, 3:5] == out[0, 3]).all()  # one colour per object
+    assert (out[:, 0] == 35).all()  # the background dimmed
+
+
+@pytest.mark.slow
+def test_the_report_colours_the_predicted_objects(dsb_run):
+    import report
+
+    tmp, args = dsb_run
+    assert report.main(args) == 0
+    page = (tmp / "run" / "report" / "index.html").read_text()
+    assert "the predicted objects, one colour each" in page and "objects</figcaption>" in page
+    assert "by mask threshold" in page  # the watershed's search chart
