@@ -3,7 +3,7 @@
 Sections: per-fold training curves (from ``fold_K/log.csv``, drawn as inline SVG), the cross-validation table
 (from ``oof.csv``), the worst and the best out-of-fold images (image, ground truth, predicted probability,
 disagreement: green where both say car, red where only the prediction does, blue where only the truth does;
-under a metric of objects, the predicted objects coloured one by one), and a few test predictions. A part whose inputs are missing says which stage writes them.
+under a metric of objects on data of separate objects, the predicted objects coloured one by one), and a few test predictions. A part whose inputs are missing says which stage writes them.
 """
 
 from __future__ import annotations
@@ -143,8 +143,8 @@ def thresholded(probs: np.ndarray, threshold: float | list[float], min_area: int
 
 def predicted_labels(run: "ReportRun", path: Path, post: tuple[float | list[float], int]) -> np.ndarray | None:
     """(H, W) the objects make_submission.py writes (rows=instance) from the prediction PNG at ``path``: 0
-    background, 1..N; None where the metric does not score objects or the PNG cannot be read."""
-    if METRICS[run.post.metric].form != "objects":
+    background, 1..N; None where they are not shown (``shows_objects``) or the PNG cannot be read."""
+    if not shows_objects(run):
         return None
     planes = read_prediction(path, run.source.num_classes)
     if planes is None:
@@ -152,6 +152,14 @@ def predicted_labels(run: "ReportRun", path: Path, post: tuple[float | list[floa
     watershed = run.post.objects == "watershed"
     masks = masks_to_encode(planes, thresholds(post[0], len(planes)), None, 0 if watershed else post[1])
     return object_labels(masks, run.post.objects, post[1] if watershed else 0)
+
+
+def shows_objects(run: "ReportRun") -> bool:
+    """Whether the montages show the predicted objects one by one: for a metric of objects on data with its
+    objects one by one (``instance_folders``) or split by the watershed, where telling touching objects apart
+    is the point."""
+    separated = run.post.objects == "watershed" or run.source.layout == "instance_folders"
+    return METRICS[run.post.metric].form == "objects" and separated
 
 
 def objects_coloured(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -255,7 +263,7 @@ def examples_section(run: ReportRun, out: Path, oof: pd.DataFrame | None, worst:
         score = getattr(example, column)
         items.append(f'<figure><img src="{name}" alt="{escape(example.id)}"><figcaption>{escape(example.id)} '
                      f"(fold {example.fold}): {column} {score:.4f}</figcaption></figure>")
-    objects = " | the predicted objects, one colour each" if METRICS[run.post.metric].form == "objects" else ""
+    objects = " | the predicted objects, one colour each" if shows_objects(run) else ""
     legend = ("<p>image | ground truth | predicted probability | disagreement: <span style='color:#28c828'>"
               "both</span>, <span style='color:#e61e1e'>prediction only</span>, <span style='color:#285aff'>"
               f"truth only</span>{objects}. Sorted by {escape(column)}.</p>")
