@@ -30,16 +30,18 @@ import torch
 from ternaus.config import PostprocessConfig, thresholds
 from ternaus.data.source import DataSource
 from ternaus.io import atomic_write, atomic_write_text
-from ternaus.metrics import image_score, instances
+from ternaus.metrics import image_score, instances, true_labels
 from ternaus.registry import METRICS
 from ternaus.rle import decode_rle
 from ternaus.run_files import RunFiles
+from ternaus.separation import component_labels, drop_small, watershed_labels
 
 __all__ = ["level_histograms", "counts_at_levels", "threshold_level", "score_from_counts", "best_min_area",
            "search_table", "choose_row", "search_postprocessing", "PostProcessing", "per_image_scores",
            "DEFAULT_THRESHOLDS", "OBJECT_THRESHOLDS", "ThresholdScores", "scores_from_histograms",
            "object_scores_of_image", "search_thresholds", "threshold_table", "choose_postprocessing", "TrueObjects",
-           "true_objects", "write_oof_analysis", "read_postprocessing", "resolve_postprocessing"]
+           "FolderObjects", "true_objects", "SeparationGrid", "separation_scores_of_image",
+           "separation_table", "choose_separation", "write_separation_analysis", "write_oof_analysis", "read_postprocessing", "resolve_postprocessing"]
 
 LEVELS = 256
 DEFAULT_THRESHOLDS = tuple(round(t / 100, 2) for t in range(1, 100))
@@ -77,7 +79,7 @@ def score_from_counts(overlap: np.ndarray, predicted: np.ndarray, target: np.nda
     spec = METRICS[metric]
     if spec.form != "counts":
         raise ValueError(f"{metric} is a metric of objects: it cannot be computed from pixel counts")
-    return spec.score.load()(overlap, predicted, target)
+    return spec.load()(overlap, predicted, target)
 
 
 def best_min_area(kept: np.ndarray, emptied: np.ndarray, areas: np.ndarray) -> tuple[int, float]:
@@ -215,6 +217,95 @@ def per_image_scores(histograms: np.ndarray, threshold: float, min_area: int = 0
                          "pred_area": area, "target_area": target})
 
 
+# ---------------------------------------------------------------- the watershed's settings (postprocess.objects)
+
+
+@dataclass(frozen=True)
+class SeparationGrid:
+    """What the search tries for ``postprocess.objects: watershed``: the mask's threshold, the contact's (None:
+    plain connected components, the comparison the search reports beside) and the minimum area per object."""
+
+    mask: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    contact: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7)
+    min_area: tuple[int, ...] = (0, 10, 20, 40, 80)
+
+    @classmethod
+    def around(cls, trained_at: tuple[float, float]) -> "SeparationGrid":
+        """The default grid with the configured (mask, contact) thresholds added."""
+        grid = cls()
+        return cls(tuple(sorted({*grid.mask, float(trained_at[0])})),
+                   (None, *sorted({*(c for c in grid.contact if c is not None), float(trained_at[1])})),
+                   grid.min_area)
+
+    def settings(self) -> list[tuple[float, float | None, int]]:
+        """Every (mask threshold, contact threshold or None, min_area), in the order of a row of scores."""
+        return [(m, c, a) for m in self.mask for c in self.contact for a in self.min_area]
+
+
+def separation_scores_of_image(levels: np.ndarray, target: np.ndarray, truth: list[np.ndarray] | None,
+                               grid: SeparationGrid, metric: str) -> np.ndarray:
+    """(G,) one image's ``metric`` at each of ``grid.settings()``: (C >= 2, H, W) uint8 levels (plane 0 the
+    objects, plane 1 their contacts), the (H, W) true mask and its objects when known."""
+    true = true_labels(np.asarray(target, bool), truth)
+    score = METRICS[metric].load()
+    row = []
+    for mask_at in grid.mask:
+        mask = levels[0] >= threshold_level(mask_at)
+        for contact_at in grid.contact:
+            labels = (component_labels(mask) if contact_at is None
+                      else watershed_labels(mask, levels[1] >= threshold_level(contact_at)))
+            row += [float(score(drop_small(labels, area) if area > 1 else labels, true)) for area in grid.min_area]
+    return np.asarray(row)
+
+
+def separation_table(scores: np.ndarray, grid: SeparationGrid) -> pd.DataFrame:
+    """One row per setting of ``grid``: mask_threshold, contact_threshold ("components" for none), min_area,
+    score (the mean over the images of ``scores``, (N, G))."""
+    return pd.DataFrame([{"mask_threshold": m, "contact_threshold": "components" if c is None else c,
+                          "min_area": a, "score": float(mean)}
+                         for (m, c, a), mean in zip(grid.settings(), scores.mean(0))])
+
+
+def choose_separation(scores: np.ndarray, grid: SeparationGrid, metric: str,
+                      trained_at: tuple[float, float]) -> tuple[dict, pd.DataFrame]:
+    """The watershed's best (mask threshold, contact threshold, min_area) on (N, G) out-of-fold ``scores``
+    (ties: the first in grid order), what postprocess.json holds; beside it the best plain connected components
+    and the configured thresholds' score."""
+    table = separation_table(scores, grid)
+    watershed = table[table["contact_threshold"] != "components"]
+    best = watershed.loc[watershed["score"].idxmax()]
+    components = table[table["contact_threshold"] == "components"]
+    plain = components.loc[components["score"].idxmax()]
+    default = watershed[(watershed["mask_threshold"] == trained_at[0]) & (watershed["contact_threshold"] ==
+                                                                         trained_at[1]) & (watershed["min_area"] == 0)]
+    chosen = {"threshold": [float(best["mask_threshold"]), float(best["contact_threshold"])],
+              "min_area": int(best["min_area"]), "metric": metric, "objects": "watershed", "score": float(best["score"]),
+              "default_score": float(default["score"].iloc[0]), "default_threshold": [float(t) for t in trained_at],
+              "images": int(len(scores)), "components_score": float(plain["score"]),
+              "components_threshold": float(plain["mask_threshold"]), "components_min_area": int(plain["min_area"])}
+    return chosen, table
+
+
+def write_separation_analysis(files: RunFiles, post: PostprocessConfig, oof: pd.DataFrame, scores: np.ndarray,
+                              grid: SeparationGrid, predictions: dict | None = None) -> dict:
+    """``oof.csv`` (the metric at the configured thresholds, ``<metric>_pp`` with the searched watershed,
+    ``<metric>_components`` with the best plain connected components), ``postprocess_search.csv`` and
+    ``postprocess.json`` for ``postprocess.objects: watershed``; returns what postprocess.json holds."""
+    metric = post.metric
+    trained_at = tuple(thresholds(post.threshold, 2))
+    chosen, table = choose_separation(scores, grid, metric, trained_at)
+    settings = grid.settings()
+    column = {setting: k for k, setting in enumerate(settings)}
+    pick = lambda m, c, a: scores[:, column[(m, c, a)]]  # noqa: E731
+    oof = oof.assign(**{f"{metric}_pp": pick(*chosen["threshold"], chosen["min_area"]),
+                        f"{metric}_components": pick(chosen["components_threshold"], None,
+                                                     chosen["components_min_area"])})
+    atomic_write(files.oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
+    atomic_write(files.postprocess_search, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write_text(files.postprocess, json.dumps({**chosen, "predictions": predictions}, indent=1) + "\n")
+    return chosen
+
+
 # ---------------------------------------------------------------- true objects
 
 
@@ -232,11 +323,26 @@ class TrueObjects:
         return [mask for mask in objects if mask.any()]
 
 
-def true_objects(metric: str, source: DataSource, rows: list[dict]) -> TrueObjects | None:
-    """``TrueObjects`` of ``rows`` where the metric scores objects and the masks CSV has them; else None: the
+@dataclass(frozen=True)
+class FolderObjects:
+    """The true objects of training rows of ``data.layout: instance_folders``: one mask file per object."""
+
+    rows: dict[str, dict]
+
+    def __call__(self, image_id: str, shape: tuple[int, int]) -> list[np.ndarray]:
+        from ternaus.data.instance_folders import load_objects
+
+        return load_objects(self.rows[image_id], shape)
+
+
+def true_objects(metric: str, source: DataSource, rows: list[dict]) -> TrueObjects | FolderObjects | None:
+    """The true objects of ``rows`` where the metric scores objects and the data has them one by one (a masks
+    CSV with a row per object: ``TrueObjects``; a mask file per object: ``FolderObjects``); else None: the
     objects are then the connected components of each true mask."""
     if METRICS[metric].form != "objects":
         return None
+    if source.layout == "instance_folders":
+        return FolderObjects({row["id"]: row for row in rows})
     if source.layout != "rle_csv" or source.csv.rows != "instance":
         return None
     return TrueObjects({row["id"]: row for row in rows}, source.rle)

@@ -63,7 +63,9 @@ class DataConfig:
     # "carvana": train/*.jpg, train_masks/*_mask.gif (or train_masks.csv), test/*.jpg listed by the sample;
     # "folders": images in train_dir, masks in masks_dir paired by file stem (PNG/JPEG/TIFF images, PNG/GIF
     # masks: 0/1 or 0/255, or class indices 0..num_classes for several classes), test images in test_dir;
-    # "rle_csv": images in train_dir, masks as RLE rows of masks_csv (data.csv, data.rle), test images in test_dir.
+    # "rle_csv": images in train_dir, masks as RLE rows of masks_csv (data.csv, data.rle), test images in test_dir;
+    # "instance_folders": train_dir/<id>/images/<id>.png with one PNG per object in train_dir/<id>/masks/ (DSB
+    # 2018), test_dir/<id>/images/<id>.png; with model.num_classes 2 the second plane is the objects' contacts.
     layout: str = "carvana"
     # null: full resolution, reflect-padded to a multiple of 32 (64 for albunet34; the Carvana recipe); [H, W]: resize.
     input_size: list[int] | None = None
@@ -199,6 +201,12 @@ class TrainConfig:
     # {name: bce_dice_edge, weight, edge_window: 41, edge_weight: 3.0} (the 1st-place 1024 x 1024 families).
     loss: Annotated[OverlapLoss, OneOf(LOSSES)] = field(default_factory=OverlapLoss)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # [H, W]: train on a random window of this size of each image (after data.input_size's padding or resize),
+    # an image smaller than it reflect-padded, so that images of mixed sizes make batches of one size without
+    # zero padding (DSB 2018: 256 x 256 crops of images from 256 x 256 to 1388 x 1040); a multiple of the
+    # model's size multiple. null: whole images (mixed sizes are zero-padded to the largest in a batch).
+    # Validation and prediction always see whole images.
+    crop: list[int] | None = None
     seed: int = 0
     # Continue from fold_K/last.pt when it exists; false starts the fold over.
     resume: bool = True
@@ -263,14 +271,21 @@ class PostprocessConfig:
     # what validation picks best.pt by, the CV score predict.py reports, what the threshold / minimum-area
     # search maximises and what ternaus.evaluate scores. A key of ternaus.registry.METRICS: "dice" (Carvana,
     # Severstal, SIIM), "jaccard" (IoU), "iou_ap" (TGS: precision averaged over IoU thresholds 0.50-0.95, one
-    # object per image), "f2_instances" (Airbus: F2 over IoU thresholds 0.50-0.95, objects matched one to one).
+    # object per image), "f2_instances" (Airbus: F2 over IoU thresholds 0.50-0.95, objects matched one to one),
+    # "dsb_ap" (2018 Data Science Bowl: TP / (TP + FP + FN) over IoU thresholds 0.50-0.95, objects matched one to one).
     metric: str = "dice"
     # Where a probability becomes foreground (one number, or one per class): what validation and the out-of-fold
     # scores use, where the search starts, and the submission's value when use_searched is false or nothing was
     # searched.
     threshold: Threshold = 0.5
-    # Empty a prediction with fewer pixels than this (0: never): the submission's value in the same cases.
+    # Empty a prediction with fewer pixels than this (0: never): the submission's value in the same cases. With
+    # objects=watershed: drop each object with fewer pixels (the rest of the image stays).
     min_area: Size = 0
+    # How a prediction becomes objects (submission.rows=instance, a metric of objects). "components": the
+    # thresholded mask's 8-connected components. "watershed": model.num_classes 2, the objects and their contact
+    # lines (data.layout=instance_folders makes them); seeds are mask minus contacts, grown back over the mask
+    # (ternaus/separation.py); threshold is then [mask, contact], and predict.py searches both and min_area.
+    objects: Literal["components", "watershed"] = "components"
     # The submission takes the threshold and minimum area predict.py searched on the out-of-fold predictions
     # ({output_dir}/postprocess.json) when there are; make_submission.py --threshold / --min-area still win.
     use_searched: bool = True
@@ -454,6 +469,7 @@ def _validate_values(cfg: Config) -> list[str]:
     errors += _validate_choices(cfg)
     errors += _validate_threshold("postprocess.threshold", cfg.postprocess.threshold, cfg.model.num_classes)
     errors += _validate_input_size(cfg.data.input_size, cfg.model)
+    errors += _validate_input_size(cfg.train.crop, cfg.model, "train.crop")
     if isinstance(cfg.data.image_max, int) and not 1 <= cfg.data.image_max <= 65535:
         errors.append(f"data.image_max: a 16-bit value from 1 to 65535, got {cfg.data.image_max}")
     errors += _validate_model_options(cfg.model)
@@ -572,6 +588,10 @@ def _validate_competition(cfg: Config) -> list[str]:
     if cfg.data.layout == "rle_csv" and cfg.data.csv.rows != "image_class" and classes > 1:
         errors.append(f"data.csv.rows={cfg.data.csv.rows} gives one class, model.num_classes={classes}: "
                       "use rows=image_class")
+    if cfg.postprocess.objects == "watershed" and (classes != 2 or cfg.model.activation != "sigmoid"):
+        errors.append(f"postprocess.objects=watershed splits objects along a contact channel: it needs "
+                      f"model.num_classes=2 (objects, contacts) with model.activation=sigmoid, not "
+                      f"{classes} with {cfg.model.activation}")
     if cfg.folds.group_by == "pattern":
         errors += _validate_pattern(cfg.folds.group_pattern)
     errors += _validate_submission_format(cfg.submission, classes)
@@ -616,17 +636,17 @@ def thresholds(value: float | list[float], num_classes: int) -> list[float]:
     return list(value) if isinstance(value, list) else [value] * num_classes
 
 
-def _validate_input_size(size: Any, model: ModelConfig) -> list[str]:
+def _validate_input_size(size: Any, model: ModelConfig, key: str = "data.input_size") -> list[str]:
     if size is None or not isinstance(size, list):
         return []
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        return [f"data.input_size: expected null or [H, W] with positive integers, got {quote(size)}"]
+        return [f"{key}: expected null or [H, W] with positive integers, got {quote(size)}"]
     name = model.name if isinstance(model.name, str) and model.name in MODELS else "unet11"  # else reported alone
     spec = MODELS[name]
     multiple = spec.multiple_for(model)
     if any(v % multiple for v in size):
         padded = [-(-v // multiple) * multiple for v in size]
-        return [f"data.input_size: {size} is not a multiple of {multiple} ({spec.model.name}, model.name={name}, "
+        return [f"{key}: {size} is not a multiple of {multiple} ({spec.model.name}, model.name={name}, "
                 f"halves the size {multiple.bit_length() - 1} times); use {padded}"]
     return []
 

@@ -11,7 +11,10 @@
   ``train_masks.csv``); or
 - a folder of mask images named as the training masks are (``data.layout``: Carvana's ``<id>_mask.gif``,
   ``folders``' ``<id>.png``), read as training masks and written into rows as ``make_submission.py`` would
-  (with ``submission.rows=instance``, one object per connected component).
+  (with ``submission.rows=instance``, one object per connected component); or
+- with ``data.layout: instance_folders``, a folder of image folders with one mask PNG per object
+  (``<id>/images/<id>.png``, ``<id>/masks/*.png``; DSB 2018's ``stage1_train``): each mask file is one true
+  object, and the folder's images are the images scored (``--images`` is then not needed).
 
 ``--images`` (default ``data.test_dir``) holds the images the truth belongs to: each names its rows (through
 ``submission.values``) and gives its size (or ``submission.encode_size``). Every row key of those images is
@@ -36,11 +39,12 @@ from ternaus.cli import load_stage_config, run_stage
 from ternaus.config import Config
 from ternaus.data.files import IMAGE_SUFFIXES, image_size, listing, read_text_csv
 from ternaus.data.folders import files_by_stem
+from ternaus.data.instance_folders import image_folders, load_objects
 from ternaus.data.layouts import list_train, load_masks, mask_spec
 from ternaus.errors import ConfigError, DataError
 from ternaus.evaluation import Evaluator
 from ternaus.registry import METRICS
-from ternaus.rle import decode_rle
+from ternaus.rle import decode_rle, encode_rle
 from ternaus.submission import SubmissionFormat, image_rows, masks_to_encode, submission_format
 
 __all__ = ["score_submission", "expected_keys", "read_rows", "truth_rows", "objects_by_key", "score_objects", "main"]
@@ -48,9 +52,11 @@ __all__ = ["score_submission", "expected_keys", "read_rows", "truth_rows", "obje
 Key = tuple[str, ...]
 
 
-def expected_keys(fmt: SubmissionFormat, images: Path) -> dict[Key, tuple[int, int]]:
-    """Every row key of the images in ``images``, with the (H, W) its RLE is decoded at."""
-    found = files_by_stem(images, IMAGE_SUFFIXES, "images")
+def expected_keys(fmt: SubmissionFormat, images: Path, layout: str = "folders") -> dict[Key, tuple[int, int]]:
+    """Every row key of the images in ``images``, with the (H, W) its RLE is decoded at; ``layout``
+    ``instance_folders``: the images are ``images/<id>/images/<id>.png``."""
+    found = image_folders(images, "test_dir") if layout == "instance_folders" else files_by_stem(
+        images, IMAGE_SUFFIXES, "images")
     if not found:
         raise DataError(f"no images in {images}: --images must hold the images the truth belongs to")
     shapes = {}
@@ -70,6 +76,8 @@ def read_rows(path: Path, fmt: SubmissionFormat, what: str) -> pd.DataFrame:
 def truth_rows(source: DataSource, fmt: SubmissionFormat, masks: Path, images: Path) -> pd.DataFrame:
     """The true masks of the folder ``masks`` (of the images in ``images``), read as ``source``'s layout reads
     training masks, as rows of the submission format ``fmt``."""
+    if source.layout == "instance_folders":
+        return _object_rows(source, fmt, masks)
     if source.layout == "rle_csv":
         raise ConfigError(f"{masks} is a folder, but data.layout=rle_csv reads masks from a CSV: give the truth as "
                           "a CSV in the submission's format")
@@ -85,6 +93,18 @@ def truth_rows(source: DataSource, fmt: SubmissionFormat, masks: Path, images: P
     for row in table.to_dict("records"):
         planes = load_masks(row, image_size(row["image"]), spec) * 255
         rows += image_rows(Path(row["image"]).name, masks_to_encode(planes, [0.5] * classes, fmt.encode_size), fmt)
+    return pd.DataFrame(rows, columns=list(fmt.columns))
+
+
+def _object_rows(source: DataSource, fmt: SubmissionFormat, folder: Path) -> pd.DataFrame:
+    """The true objects of a folder in ``instance_folders``' layout (``<id>/images/<id>.png``, one mask PNG per
+    object in ``<id>/masks/``), one row per object as the submission writes them."""
+    truth = dataclasses.replace(source, settings=dataclasses.replace(source.settings, train_dir=str(folder.resolve())))
+    rows = []
+    for row in list_train(truth).to_dict("records"):
+        name = Path(row["image"]).name
+        objects = load_objects(row, image_size(row["image"]))
+        rows += [fmt.row(name, 0, encode_rle(mask, fmt.rle)) for mask in objects] or [fmt.row(name, 0, fmt.rle.empty)]
     return pd.DataFrame(rows, columns=list(fmt.columns))
 
 
@@ -137,9 +157,11 @@ def score_submission(cfg: Config, submission: str | Path, truth: str | Path, ima
     the submission's format, or a folder of masks; see the module's docstring) over the images of ``images``
     (default ``data.test_dir``). Returns ``{metric: score}``."""
     fmt, source = submission_format(cfg), DataSource.of(cfg)
-    images = Path(images) if images is not None else source.test_dir
-    shapes = expected_keys(fmt, images)
     truth = Path(truth)
+    # A folder of instance folders holds its own images: it is the test set it scores.
+    own_images = source.layout == "instance_folders" and truth.is_dir()
+    images = Path(images) if images is not None else truth if own_images else source.test_dir
+    shapes = expected_keys(fmt, images, source.layout)
     true_table = truth_rows(source, fmt, truth, images) if truth.is_dir() else read_rows(truth, fmt, "the truth")
     submitted = read_rows(Path(submission), fmt, "the submission")
     problem = _submitted_keys_problem(submitted, fmt, shapes)

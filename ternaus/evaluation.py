@@ -34,6 +34,8 @@ import torch
 
 from ternaus.analysis import (
     PostProcessing,
+    SeparationGrid,
+    separation_scores_of_image,
     ThresholdScores,
     choose_postprocessing,
     level_histograms,
@@ -59,6 +61,7 @@ class ImageScores:
     sums: np.ndarray
     histograms: np.ndarray | None = None
     objects: tuple[np.ndarray, np.ndarray, float] | None = None
+    separated: np.ndarray | None = None  # (G,) the metric at each setting of the watershed's search
 
 
 def _tensor(array) -> torch.Tensor:
@@ -84,7 +87,8 @@ class Evaluator:
     no search follows. The search covers one class: with several, ``search`` is refused."""
 
     def __init__(self, metric: str = "dice", classes: Sequence[str] = ("1",), threshold: float | Sequence[float] = 0.5,
-                 search: Sequence[float] | None = None):
+                 search: Sequence[float] | None = None, objects: str = "components",
+                 separation: SeparationGrid | None = None):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
         self.metric, self.classes = metric, list(classes)
@@ -95,6 +99,10 @@ class Evaluator:
         if search is not None and len(self.classes) != 1:
             raise ValueError("the post-processing search covers one class")
         self.search_grid = tuple(search) if search is not None else None
+        # postprocess.objects: "watershed" makes class 0's objects from classes 0 and 1 (objects, contacts);
+        # ``separation``: the settings of its search, scored on each image.
+        self.objects, self.separation = objects, separation
+        self._separated: list[np.ndarray] = []
         # Objects need a connected-components pass at each searched threshold; counts come from the histograms.
         self.by_objects = self.search_grid is not None and METRICS[metric].form == "objects"
         self._sums = np.zeros(4 + len(self.classes), np.float64)
@@ -122,8 +130,13 @@ class Evaluator:
         pred, target = _tensor(pred), _tensor(target).to(torch.bool)
         form = _form(pred)
         mask = pred if form == "mask" else pred >= self._cut(pred.device, 255.0 if form == "levels" else 1.0)
-        scores = class_scores(self.metric, mask, target, truth)
-        histograms = objects = None
+        scores = class_scores(self.metric, mask, target, truth, self.objects)
+        histograms = objects = separated = None
+        if self.separation is not None:
+            if form != "levels":
+                raise ValueError("the watershed's search needs uint8 levels, as the prediction PNGs hold them")
+            separated = separation_scores_of_image(pred.cpu().numpy(), target[0].cpu().numpy(), truth,
+                                                   self.separation, self.metric)
         if self.search_grid is not None:
             if form != "levels":
                 raise ValueError("the post-processing search needs uint8 levels, as the prediction PNGs hold them")
@@ -131,7 +144,7 @@ class Evaluator:
             if self.by_objects:
                 true = truth if truth is not None else instances(target[0].cpu().numpy())
                 objects = object_scores_of_image(pred[0].cpu().numpy(), true, self.search_grid, self.metric)
-        return ImageScores(self._record(image_id, fold, scores), self._row(scores), histograms, objects)
+        return ImageScores(self._record(image_id, fold, scores), self._row(scores), histograms, objects, separated)
 
     def score_objects(self, image_id: str, predicted: list[np.ndarray], truth: list[np.ndarray],
                       shape: tuple[int, int], fold: int | None = None) -> ImageScores:
@@ -145,7 +158,7 @@ class Evaluator:
             target |= np.asarray(mask, bool)
         counts = (np.count_nonzero(pred & target), np.count_nonzero(pred), np.count_nonzero(target))
         spec = METRICS[self.metric]
-        score = spec.score.load()(*counts) if spec.form == "counts" else spec.score.load()(predicted, truth)
+        score = spec.load()(*counts) if spec.form == "counts" else spec.load()(predicted, truth)
         scores = {"dice": np.asarray([dice_from_counts(*counts)], np.float64),
                   "jaccard": np.asarray([jaccard_from_counts(*counts)], np.float64)}
         scores[self.metric] = np.asarray([score], np.float64).reshape(1)
@@ -180,6 +193,8 @@ class Evaluator:
             self._histograms.append(scores.histograms)
         if scores.objects is not None:
             self._objects.append(scores.objects)
+        if scores.separated is not None:
+            self._separated.append(scores.separated)
 
     # ---------------------------------------------------------------- summaries
 
@@ -211,6 +226,10 @@ class Evaluator:
     def histograms(self) -> np.ndarray:
         """(N, 2, 256) int64: each image's level histograms of class 0 (needs ``search``)."""
         return np.stack(self._histograms)
+
+    def separation_scores(self) -> np.ndarray:
+        """(N, G) each image's metric at each setting of the watershed's search (needs ``separation``)."""
+        return np.stack(self._separated)
 
     def threshold_scores(self) -> ThresholdScores:
         """The search's ``ThresholdScores`` on ``search``: from the objects' rows for a metric of objects, else

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ternaus.data.source import DataSource
-from ternaus.analysis import search_thresholds, true_objects, write_oof_analysis
+from ternaus.analysis import (SeparationGrid, search_thresholds, true_objects, write_oof_analysis,
+                              write_separation_analysis)
 from ternaus.config import Config, ModelConfig, PostprocessConfig, PredictConfig, save_config, thresholds
 from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, same_size_batches
 from ternaus.data.files import check_image_files, prediction_image
@@ -314,7 +315,9 @@ def predict_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime:
     items = train_items(source, read_folds(files.folds_csv, run.n_folds), files.folds_csv)
     geometry, classes, metric = run.geometry, list(source.classes), post.metric
     at = thresholds(post.threshold, len(classes))
-    found = Evaluator(metric, classes, at, search_thresholds(metric, at[0]) if len(classes) == 1 else None)
+    watershed = post.objects == "watershed"  # its search: the mask's and the contact's thresholds, min_area
+    found = Evaluator(metric, classes, at, search_thresholds(metric, at[0]) if len(classes) == 1 else None,
+                      post.objects, SeparationGrid.around(tuple(at)) if watershed else None)
     truth = true_objects(metric, source, items.to_dict("records"))
     writer = PngWriter(run.predict.writer_threads)
     try:
@@ -413,6 +416,13 @@ def _score_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime: 
         print(f"post-processing searched on the out-of-fold images for {metric} ({how}): threshold "
               f"{chosen.threshold}, min_area {chosen.min_area}: CV {metric} {chosen.score:.4f} (at "
               f"{chosen.default_threshold} without min_area: {chosen.default_score:.4f}) -> {files.postprocess}")
+    elif found.separation is not None:
+        chosen = write_separation_analysis(files, run.post, oof, found.separation_scores(), found.separation,
+                                           searched_key(fingerprint))
+        print(f"watershed searched on the out-of-fold images for {metric}: thresholds (mask, contact) "
+              f"{chosen['threshold']}, min_area {chosen['min_area']}: CV {metric} {chosen['score']:.4f} (at "
+              f"{chosen['default_threshold']} without min_area: {chosen['default_score']:.4f}; plain connected "
+              f"components at best: {chosen['components_score']:.4f}) -> {files.postprocess}")
     else:
         atomic_write(files.oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
     extra = [metric] if metric not in ("dice", "jaccard") else []

@@ -6,8 +6,8 @@ A metric (``postprocess.metric``, ``ternaus.registry.METRICS``) is a per-image s
 - **from pixel counts** ``(overlap, predicted, target)`` -> score, numpy arrays of any shape: Dice, IoU and the
   TGS metric (one object per image). The out-of-fold search then scores every threshold exactly from level
   histograms (``ternaus.analysis``).
-- **from objects** ``(predicted, truth)``, two lists of boolean masks -> score: the Airbus metric, where an
-  image holds several objects matched one to one.
+- **from objects** ``(predicted, truth)``, two lists of boolean masks -> score: the Airbus and DSB 2018 metrics
+  (``instance_ap``), where an image holds several objects matched one to one.
 
 ``image_score`` scores one image in either form; an empty prediction of an empty mask scores 1 under every
 metric here.
@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from ternaus.registry import METRICS
+from ternaus.separation import component_labels, label_ious, labels_of_masks, object_labels
 
 __all__ = ["dice_per_image", "jaccard_per_image", "dice_score", "overlap_counts", "per_image_class",
-           "dice_from_counts", "jaccard_from_counts", "iou_ap_from_counts", "f2_instances", "object_ious",
-           "matched_pairs", "instances", "image_score", "mask_score", "class_scores", "IOU_THRESHOLDS"]
+           "dice_from_counts", "jaccard_from_counts", "iou_ap_from_counts", "f2_instances", "instance_ap",
+           "INSTANCE_FORMULAS", "object_ious",
+           "matched_pairs", "instances", "image_score", "mask_score", "class_scores", "IOU_THRESHOLDS", "separated_score", "true_labels"]
 
 # The IoU thresholds of TGS's and Airbus's metrics: 0.50, 0.55, ..., 0.95. Rounded so that each is the double
 # nearest its decimal value, as the fraction 11/20 is: an IoU exactly on a threshold is then not above it.
@@ -120,9 +122,15 @@ def instances(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def object_ious(predicted: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
-    """(P, T) IoU of every predicted object with every true object (boolean masks of one shape)."""
+    """(P, T) IoU of every predicted object with every true object (boolean masks of one shape). Objects that
+    do not overlap their own kind (a submission's, a layout's) are counted from two label maps in one pass; else
+    from the masks' products."""
     if not predicted or not truth:
         return np.zeros((len(predicted), len(truth)))
+    shape = np.shape(predicted[0])
+    p_labels, t_labels = labels_of_masks(predicted, shape), labels_of_masks(truth, shape)
+    if p_labels is not None and t_labels is not None:
+        return label_ious(p_labels, t_labels, (len(predicted), len(truth)))
     p = np.stack([np.asarray(m, bool).reshape(-1) for m in predicted]).astype(np.float32)
     t = np.stack([np.asarray(m, bool).reshape(-1) for m in truth]).astype(np.float32)
     inter = (p @ t.T).astype(np.float64)  # exact: counts up to 2**24 in float32, far above a Kaggle image
@@ -146,8 +154,48 @@ def matched_pairs(ious: np.ndarray, threshold: float) -> int:
     return hits
 
 
+INSTANCE_FORMULAS = ("dsb", "fbeta")
+
+
+def instance_ap(predicted: list[np.ndarray], truth: list[np.ndarray], formula: str = "dsb",
+                beta: float = 2.0) -> float:
+    """One image's score in the family of the instance metrics over IoU thresholds, from its predicted and true
+    objects (lists of boolean masks of one shape, or two (H, W) integer label maps: 0 background, 1..N).
+
+    At each IoU threshold t in 0.50, 0.55, ..., 0.95 objects are matched one to one with IoU strictly above t
+    (``matched_pairs``): TP matched pairs, FP unmatched predicted objects, FN unmatched true ones. The score at t:
+
+    - ``formula="dsb"``: TP / (TP + FP + FN). Source: the 2018 Data Science Bowl's evaluation page ("the
+      average precision at each IoU threshold", its precision being this ratio), the mean over the images;
+      also TGS Salt Identification's page for the same ratio with one object per image.
+    - ``formula="fbeta"``: (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP) with b = ``beta``; beta 2 is Airbus Ship
+      Detection's F2 (5 TP / (5 TP + 4 FN + FP)).
+
+    The image scores the mean over the ten thresholds. Edge cases (the pages leave 0/0 undefined; this is the
+    rule TGS's page states): an image with no true object and no predicted one scores 1; true objects and no
+    prediction score 0 (every threshold has TP = 0, FN > 0); predictions and no true object score 0."""
+    if formula not in INSTANCE_FORMULAS:
+        raise ValueError(f"formula {formula!r}: one of {', '.join(INSTANCE_FORMULAS)}")
+    if isinstance(predicted, np.ndarray) and isinstance(truth, np.ndarray):  # two label maps
+        ious = label_ious(predicted, truth)
+        predicted, truth = range(ious.shape[0]), range(ious.shape[1])
+    else:
+        ious = object_ious(predicted, truth)
+    if not len(predicted) and not len(truth):
+        return 1.0
+    weight = beta * beta if formula == "fbeta" else 1.0
+    scores = []
+    for threshold in IOU_THRESHOLDS:
+        tp = matched_pairs(ious, threshold)
+        fn, fp = len(truth) - tp, len(predicted) - tp
+        scores.append(((1 + weight) * tp / ((1 + weight) * tp + weight * fn + fp)) if formula == "fbeta"
+                      else tp / (tp + fp + fn))
+    return float(np.mean(scores))
+
+
 def f2_instances(predicted: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    """Airbus Ship Detection's metric for one image, from its predicted and true objects (boolean masks).
+    """Airbus Ship Detection's metric for one image, from its predicted and true objects (boolean masks):
+    ``instance_ap`` with ``formula="fbeta"``, beta 2.
 
     Source: the Airbus Ship Detection Challenge's evaluation page. At each IoU threshold t in 0.50, 0.55, ...,
     0.95, objects are matched one to one with IoU above t (``matched_pairs``): TP matched pairs, FN unmatched
@@ -159,15 +207,7 @@ def f2_instances(predicted: list[np.ndarray], truth: list[np.ndarray]) -> float:
     kernels differ (1, 0, or the image left out); 1 is the only rule under which a perfect submission scores 1
     with every image weighing the same, it is the rule TGS's page states for the same family of metrics, and
     it makes "predict nothing on an empty image" worth what it is worth on a set where most images are empty."""
-    if not predicted and not truth:
-        return 1.0
-    ious = object_ious(predicted, truth)
-    scores = []
-    for threshold in IOU_THRESHOLDS:
-        tp = matched_pairs(ious, threshold)
-        fn, fp = len(truth) - tp, len(predicted) - tp
-        scores.append(5 * tp / (5 * tp + 4 * fn + fp))
-    return float(np.mean(scores))
+    return instance_ap(predicted, truth, "fbeta", 2.0)
 
 
 # ---------------------------------------------------------------- one image, either form
@@ -185,10 +225,10 @@ def image_score(metric: str, predicted: list[np.ndarray], truth: list[np.ndarray
     metric scores the union of each side's objects."""
     spec = METRICS[metric]
     if spec.form == "objects":
-        return float(spec.score.load()(predicted, truth))
+        return float(spec.load()(predicted, truth))
     pred, target = _union(predicted, shape), _union(truth, shape)
     counts = (np.count_nonzero(pred & target), np.count_nonzero(pred), np.count_nonzero(target))
-    return float(spec.score.load()(*counts))
+    return float(spec.load()(*counts))
 
 
 def mask_score(metric: str, pred: np.ndarray, target: np.ndarray, truth: list[np.ndarray] | None = None) -> float:
@@ -202,18 +242,41 @@ def mask_score(metric: str, pred: np.ndarray, target: np.ndarray, truth: list[np
 
 
 def class_scores(metric: str, pred: torch.Tensor, target: torch.Tensor,
-                 truth: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                 truth: list[np.ndarray] | None = None, objects: str = "components") -> dict[str, np.ndarray]:
     """Dice, IoU and ``metric`` of each class of one image: (C, H, W) boolean masks (on any device) -> a dict of
     (C,) float64 arrays keyed "dice", "jaccard" and the metric's name. Counts are taken on the masks' device;
     a metric of objects is computed on the host. ``truth``: class 0's true objects when known (see
-    ``mask_score``)."""
+    ``mask_score``). ``objects`` "watershed" (``postprocess.objects``): plane 1 is the contact lines of
+    plane 0's objects, not a class; the metric is then plane 0's alone (a (1,) array), its objects split along
+    the contacts (``ternaus.separation``)."""
     inter, p, t = (c.cpu().numpy() for c in overlap_counts(pred, target))
     scores = {"dice": dice_from_counts(inter, p, t), "jaccard": jaccard_from_counts(inter, p, t)}
     spec = METRICS[metric]
+    if objects == "watershed":
+        return scores | {metric: np.asarray([separated_score(metric, pred.cpu().numpy(), target[0].cpu().numpy(),
+                                                             truth)], np.float64)}
     if metric in scores:
         return scores
     if spec.form == "counts":
-        return scores | {metric: np.asarray(spec.score.load()(inter, p, t), np.float64)}
+        return scores | {metric: np.asarray(spec.load()(inter, p, t), np.float64)}
     pred, target = pred.cpu().numpy(), target.cpu().numpy()
     per_class = [mask_score(metric, pred[c], target[c], truth if c == 0 else None) for c in range(len(pred))]
     return scores | {metric: np.asarray(per_class, np.float64)}
+
+
+def true_labels(target: np.ndarray, truth: list[np.ndarray] | None) -> np.ndarray:
+    """(H, W) int32 label map of the true objects: ``truth`` when known, else the target's components."""
+    labels = labels_of_masks(truth, target.shape) if truth is not None else None
+    return labels if labels is not None else component_labels(target)
+
+
+def separated_score(metric: str, masks: np.ndarray, target: np.ndarray, truth: list[np.ndarray] | None = None,
+                    objects: str = "watershed", min_area: int = 0) -> float:
+    """One image's ``metric`` with its objects made by ``separation.object_labels`` from its (C, H, W) boolean
+    masks (``objects``: "watershed" or "components", ``min_area`` per object); ``target``: the (H, W) true
+    mask, ``truth``: its objects when known. A metric of counts scores plane 0 as one mask."""
+    spec = METRICS[metric]
+    if spec.form == "counts":
+        return mask_score(metric, masks[0], target)
+    labels = object_labels(masks, objects, min_area)
+    return float(spec.load()(labels, true_labels(target, truth)))

@@ -10,6 +10,7 @@ its own module and one line here; ``tests/test_architecture.py`` loads every ent
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -138,6 +139,16 @@ class MetricSpec:
     score: Ref
     form: Literal["counts", "objects"]
     title: str  # how the logs and the report name it
+    # Keyword arguments the function takes besides its inputs: one function serves a family of metrics
+    # (``instance_ap``: the DSB ratio, or F-beta with its beta).
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def load(self) -> Any:
+        """The per-image function with this entry's settings bound."""
+        function = self.score.load()
+        if not self.settings:
+            return function
+        return functools.partial(function, **dict(self.settings))
 
 
 @dataclass(frozen=True)
@@ -309,6 +320,8 @@ METRICS: dict[str, MetricSpec] = {
     "jaccard": MetricSpec(Ref(_METRICS, "jaccard_from_counts"), "counts", "IoU"),
     "iou_ap": MetricSpec(Ref(_METRICS, "iou_ap_from_counts"), "counts", "mean precision over IoU 0.50-0.95"),
     "f2_instances": MetricSpec(Ref(_METRICS, "f2_instances"), "objects", "F2 over IoU 0.50-0.95, per object"),
+    "dsb_ap": MetricSpec(Ref(_METRICS, "instance_ap"), "objects", "TP/(TP+FP+FN) over IoU 0.50-0.95, per object",
+                         (("formula", "dsb"),)),
 }
 
 # predict.tta: ternaus.tta.TTA objects
@@ -322,6 +335,7 @@ LAYOUTS: dict[str, Ref] = {
     "carvana": Ref("ternaus.data.carvana"),
     "folders": Ref("ternaus.data.folders"),
     "rle_csv": Ref("ternaus.data.rle_csv"),
+    "instance_folders": Ref("ternaus.data.instance_folders"),
 }
 
 # The config key each registry serves.

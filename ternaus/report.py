@@ -2,8 +2,8 @@
 
 Sections: per-fold training curves (from ``fold_K/log.csv``, drawn as inline SVG), the cross-validation table
 (from ``oof.csv``), the worst and the best out-of-fold images (image, ground truth, predicted probability,
-disagreement: green where both say car, red where only the prediction does, blue where only the truth does),
-and a few test predictions. A part whose inputs are missing says which stage writes them.
+disagreement: green where both say car, red where only the prediction does, blue where only the truth does;
+under a metric of objects on data of separate objects, the predicted objects coloured one by one), and a few test predictions. A part whose inputs are missing says which stage writes them.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from ternaus.plots import svg_line_chart
 from ternaus.registry import METRICS
 from ternaus.run_files import RunFiles, folds_to_train
 from ternaus.stage import Lock, StageOutputs
+from ternaus.separation import object_labels
 from ternaus.submission import masks_to_encode
 
 __all__ = ["build_report", "ReportRun", "report_files", "cv_table", "pick_examples", "disagreement", "montage_row",
-           "TP", "FP", "FN"]
+           "TP", "FP", "FN", "objects_coloured", "predicted_labels"]
 
 GAP = 4  # pixels between the tiles of a montage row
 TP, FP, FN = (40, 200, 40), (230, 30, 30), (40, 90, 255)  # RGB
@@ -140,6 +141,40 @@ def thresholded(probs: np.ndarray, threshold: float | list[float], min_area: int
     return masks_to_encode(probs[None], thresholds(threshold, 1)[:1], None, min_area)[0]
 
 
+def predicted_labels(run: "ReportRun", path: Path, post: tuple[float | list[float], int]) -> np.ndarray | None:
+    """(H, W) the objects make_submission.py writes (rows=instance) from the prediction PNG at ``path``: 0
+    background, 1..N; None where they are not shown (``shows_objects``) or the PNG cannot be read."""
+    if not shows_objects(run):
+        return None
+    planes = read_prediction(path, run.source.num_classes)
+    if planes is None:
+        return None
+    watershed = run.post.objects == "watershed"
+    masks = masks_to_encode(planes, thresholds(post[0], len(planes)), None, 0 if watershed else post[1])
+    return object_labels(masks, run.post.objects, post[1] if watershed else 0)
+
+
+def shows_objects(run: "ReportRun") -> bool:
+    """Whether the montages show the predicted objects one by one: for a metric of objects on data with its
+    objects one by one (``instance_folders``) or split by the watershed, where telling touching objects apart
+    is the point."""
+    separated = run.post.objects == "watershed" or run.source.layout == "instance_folders"
+    return METRICS[run.post.metric].form == "objects" and separated
+
+
+def objects_coloured(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The image dimmed, each object (label 1..N) in its own colour: hues spread by the golden ratio, so that
+    neighbours (consecutive labels) differ; where two touching objects meet, the colour changes."""
+    out = (image.astype(np.float32) * 0.35).astype(np.uint8)
+    count = int(labels.max())
+    if count:
+        hues = ((np.arange(count) * 0.618034) % 1.0 * 180).astype(np.uint8)
+        hsv = np.stack([hues, np.full(count, 220, np.uint8), np.full(count, 255, np.uint8)], 1)[None]
+        palette = np.concatenate([[[0, 0, 0]], cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]])
+        out[labels > 0] = palette[labels[labels > 0]]
+    return out
+
+
 # ---------------------------------------------------------------- HTML sections
 
 
@@ -172,10 +207,23 @@ def search_chart(path: Path, metric: str) -> str:
     if not path.is_file():
         return ""
     table = pd.read_csv(path)
+    if "mask_threshold" in table.columns:  # the watershed's search (analysis.separation_table)
+        return separation_chart(table, metric)
     thresholds = table["threshold"].tolist()
     return svg_line_chart({"best min_area": (thresholds, table["score"].tolist()),
                            "no min_area": (thresholds, table["score_no_min_area"].tolist())},
                           f"CV {metric} by threshold (out-of-fold)", "threshold", metric, 420, 240)
+
+
+def separation_chart(table: pd.DataFrame, metric: str) -> str:
+    """The watershed's search: CV score by the mask's threshold, one line per contact threshold (and plain
+    connected components), each at its best minimum area."""
+    best = table.groupby(["contact_threshold", "mask_threshold"], sort=True)["score"].max().reset_index()
+    lines = {("components" if c == "components" else f"contacts at {c}"): (g["mask_threshold"].tolist(),
+                                                                            g["score"].tolist())
+             for c, g in best.groupby("contact_threshold", sort=True)}
+    return svg_line_chart(lines, f"CV {metric} by mask threshold (out-of-fold, best min_area)", "threshold",
+                          metric, 420, 240)
 
 
 def cv_section(oof: pd.DataFrame | None, post: str, chart: str = "", metric: str = "dice") -> str:
@@ -215,9 +263,10 @@ def examples_section(run: ReportRun, out: Path, oof: pd.DataFrame | None, worst:
         score = getattr(example, column)
         items.append(f'<figure><img src="{name}" alt="{escape(example.id)}"><figcaption>{escape(example.id)} '
                      f"(fold {example.fold}): {column} {score:.4f}</figcaption></figure>")
+    objects = " | the predicted objects, one colour each" if shows_objects(run) else ""
     legend = ("<p>image | ground truth | predicted probability | disagreement: <span style='color:#28c828'>"
               "both</span>, <span style='color:#e61e1e'>prediction only</span>, <span style='color:#285aff'>"
-              f"truth only</span>. Sorted by {escape(column)}.</p>")
+              f"truth only</span>{objects}. Sorted by {escape(column)}.</p>")
     return legend + "\n".join(items)
 
 
@@ -229,7 +278,10 @@ def oof_tiles(run: ReportRun, row: dict, post: tuple[float, int]) -> list[np.nda
         return None
     image = read_image(row["image"], run.source.settings.image_max)
     truth = load_masks(row, image.shape[:2], mask_spec(run.source))[0] > 0  # class 0, from whichever layout
-    return [image, truth.astype(np.uint8) * 255, probs, disagreement(image, truth, thresholded(probs, *post))]
+    labels = predicted_labels(run, run.files.oof_predictions / f"{row['id']}.png", post)
+    pred = thresholded(probs, *post) if labels is None else labels > 0
+    tiles = [image, truth.astype(np.uint8) * 255, probs, disagreement(image, truth, pred)]
+    return tiles if labels is None else [*tiles, objects_coloured(image, labels)]
 
 
 def test_section(run: ReportRun, out: Path, post: tuple[float, int]) -> str:
@@ -243,11 +295,13 @@ def test_section(run: ReportRun, out: Path, post: tuple[float, int]) -> str:
         if probs is None:
             return f"<p>No test predictions in {escape(str(pred_dir))}: run predict.py.</p>"
         image = read_image(row["image"], run.source.settings.image_max)
-        mask = thresholded(probs, *post)
-        overlay = disagreement(image, mask, mask)
+        labels = predicted_labels(run, pred_dir / f"{image_id}.png", post)
+        mask = thresholded(probs, *post) if labels is None else labels > 0
+        overlay = disagreement(image, mask, mask) if labels is None else objects_coloured(image, labels)
         name = write_png(out / f"test_{rank:02d}.png", montage_row([image, probs, overlay], run.settings.tile_height))
+        found = "" if labels is None else f" in {int(labels.max())} objects"
         items.append(f'<figure><img src="{name}" alt="{escape(image_id)}"><figcaption>{escape(image_id)}: '
-                     f"{int(mask.sum())} foreground pixels submitted</figcaption></figure>")
+                     f"{int(mask.sum())} foreground pixels submitted{found}</figcaption></figure>")
     return "<p>image | predicted probability | submitted mask</p>" + "\n".join(items)
 
 

@@ -28,7 +28,7 @@ from ternaus.data.files import duplicates, image_size, read_prediction, read_tex
 from ternaus.data.layouts import test_rows
 from ternaus.errors import ConfigError, DataError
 from ternaus.io import atomic_write
-from ternaus.metrics import instances
+from ternaus.separation import object_labels
 from ternaus.predictions import claim_reader
 from ternaus.predictions import made_by as predictions_made_by
 from ternaus.rle import CARVANA_RLE, RleFormat, absolute_runs, encode_rle
@@ -47,6 +47,7 @@ class SubmissionFormat:
     classes: tuple[str, ...] = ("1",)
     encode_size: tuple[int, int] | None = None
     rle: RleFormat = CARVANA_RLE
+    objects: str = "components"  # postprocess.objects: how rows=instance splits a mask into objects
 
     @property
     def rle_column(self) -> int:
@@ -69,11 +70,18 @@ class SubmissionFormat:
 
 def submission_format(cfg: Config) -> SubmissionFormat:
     sub = cfg.submission
-    problem = submission_rows_problem(sub, cfg.model.num_classes)
+    # The watershed's second plane is the contacts, which split the first (instance_folders makes them whether
+    # the watershed or plain components decode them): one class is written.
+    watershed = cfg.postprocess.objects == "watershed"
+    contacts = watershed or cfg.data.layout == "instance_folders"
+    problem = submission_rows_problem(sub, 1 if contacts else cfg.model.num_classes)
     if problem:
         raise ConfigError(problem)
+    if watershed and sub.rows != "instance":
+        raise ConfigError(f"postprocess.objects=watershed separates objects, which submission.rows={sub.rows} does "
+                          "not write: set submission.rows=instance")
     return SubmissionFormat(tuple(sub.columns), tuple(sub.values), sub.rows, tuple(class_names(cfg)),
-                            tuple(sub.encode_size) if sub.encode_size else None, sub.rle)
+                            tuple(sub.encode_size) if sub.encode_size else None, sub.rle, cfg.postprocess.objects)
 
 
 # ---------------------------------------------------------------- the functional core
@@ -94,13 +102,16 @@ def masks_to_encode(probs: np.ndarray, cuts: list[float], encode_size: tuple[int
     return masks
 
 
-def image_rows(image: str, masks: np.ndarray, fmt: SubmissionFormat) -> list[tuple[str, ...]]:
-    """The submission rows of one test image from its (C, h, w) masks."""
+def image_rows(image: str, masks: np.ndarray, fmt: SubmissionFormat, min_area: int = 0) -> list[tuple[str, ...]]:
+    """The submission rows of one test image from its (C, h, w) masks; rows=instance: one row per object
+    (``fmt.objects``: connected components, or the watershed along plane 1's contacts, dropping objects under
+    ``min_area`` pixels), or one empty row."""
     if fmt.rows == "image_class":
         return [fmt.row(image, c, encode_rle(mask, fmt.rle)) for c, mask in enumerate(masks)]
     if fmt.rows == "instance":
-        parts = instances(masks[0])
-        return [fmt.row(image, 0, encode_rle(part, fmt.rle)) for part in parts] or [fmt.row(image, 0, fmt.rle.empty)]
+        labels = object_labels(masks, fmt.objects, min_area)
+        rows = [fmt.row(image, 0, encode_rle(labels == k, fmt.rle)) for k in range(1, int(labels.max()) + 1)]
+        return rows or [fmt.row(image, 0, fmt.rle.empty)]
     return [fmt.row(image, 0, encode_rle(masks[0], fmt.rle))]
 
 
@@ -131,6 +142,8 @@ def _encode_image(job: tuple[str, str, list[float], int, SubmissionFormat]) -> l
     probs = read_prediction(png_path, len(cuts))
     if probs is None:
         raise DataError(f"prediction {png_path} cannot be read as {len(cuts)} class(es); run predict.py again")
+    if fmt.objects == "watershed":  # min_area is per object: the image is never emptied whole
+        return image_rows(image, masks_to_encode(probs, cuts, fmt.encode_size), fmt, min_area)
     return image_rows(image, masks_to_encode(probs, cuts, fmt.encode_size, min_area), fmt)
 
 

@@ -181,7 +181,7 @@ def fold_data(run: TrainingRun, items: pd.DataFrame, fold: int, runtime: Runtime
                         "run prepare_folds.py again with this config")
     masks, image_max = mask_spec(source), source.settings.image_max
     train_set = SegmentationDataset(train_rows, geometry, True, build_train_transform(run.train.augment), masks=masks,
-                                    image_max=image_max)
+                                    image_max=image_max, crop=run.train.crop)
     # Each rank validates its own share, without padding, so that every image is counted exactly once. Resized
     # input is scored against the original masks (the loss still sees them resized, as in training): a mask
     # resized down and back up is not the mask the competition scores.
@@ -315,18 +315,20 @@ def _network_masks(masks: torch.Tensor, sizes: list[list[int]], geometry: Geomet
 def validate(model: torch.nn.Module, loader: DataLoader, runtime: Runtime, loss_fn: SegmentationLoss,
              geometry: Geometry, threshold: float | list[float], world: World = World(),
              classes: list[str] | None = None, metric: str = "dice",
-             truth: TrueObjects | None = None) -> dict[str, float]:
+             truth: TrueObjects | None = None, objects: str = "components") -> dict[str, float]:
     """Mean per-image Dice, Jaccard and ``metric`` (``postprocess.metric``; ``val_<metric>`` when it is neither)
     at ``threshold`` (one, or one per class), on each image's own area and its original mask; with several
     classes the means over (image, class) pairs, and each class's Dice. ``truth``: the true objects of a metric
-    of objects, where the masks CSV lists them (else each true mask's connected components).
+    of objects, where the masks CSV lists them (else each true mask's connected components); ``objects``:
+    ``postprocess.objects`` (how a prediction becomes objects).
 
     The loss is each batch's loss weighted by its image count. Under DDP the sums of every rank's share
     are added up, so each validation image counts exactly once whatever the number of ranks."""
     model.eval()
     activation = getattr(loss_fn, "activation", "sigmoid")
     n_classes = len(classes) if classes else 1
-    evaluator = Evaluator(metric, classes or [str(k + 1) for k in range(n_classes)], thresholds(threshold, n_classes))
+    evaluator = Evaluator(metric, classes or [str(k + 1) for k in range(n_classes)], thresholds(threshold, n_classes),
+                          objects=objects)
     loss_sum = 0.0  # each batch's loss times its image count, in float64 so that the mean does not depend on order
     for batch in loader:
         images = normalise_on_device(runtime.to_device(batch["image"]))
@@ -512,7 +514,8 @@ def _train_epochs(state: FoldState, run: TrainingRun, fold: int, data: FoldData,
         if validated is not unwrap(state.model):
             broadcast_buffers(validated, world)
         scores = validate(validated, data.val_loader, runtime, state.loss_fn, geometry,
-                          run.post.threshold, world, list(run.source.classes), run.post.metric, data.truth)
+                          run.post.threshold, world, list(run.source.classes), run.post.metric, data.truth,
+                          run.post.objects)
         for hook in state.hooks:
             hook.on_validation_end(state, scores)
         row = {"epoch": state.epoch + 1, "lr": lr, "train_loss": train_loss, **scores,

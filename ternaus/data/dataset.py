@@ -17,7 +17,7 @@ from ternaus.data.layouts import MaskSpec, load_masks
 from ternaus.errors import DataError
 
 __all__ = ["SegmentationDataset", "pad_collate", "normalise_on_device", "input_shapes", "same_size_batches",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+           "IMAGENET_MEAN", "IMAGENET_STD", "random_crop"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,18 +67,44 @@ def same_size_batches(shapes: list[tuple[int, int]], batch_size: int) -> list[li
     return sorted(batches, key=lambda batch: batch[0])
 
 
+def _reflect_pad_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(C, h, w) reflect-padded at the bottom and right to at least (height, width), as OpenCV's
+    BORDER_REFLECT_101 (the geometry's padding) does; repeated while the image is less than half the size."""
+    while tensor.shape[-2] < height or tensor.shape[-1] < width:
+        dh = min(height - tensor.shape[-2], tensor.shape[-2] - 1) if tensor.shape[-2] < height else 0
+        dw = min(width - tensor.shape[-1], tensor.shape[-1] - 1) if tensor.shape[-1] < width else 0
+        dtype = tensor.dtype
+        tensor = torch.nn.functional.pad(tensor[None].float(), (0, dw, 0, dh), mode="reflect")[0].to(dtype)
+    return tensor
+
+
+def random_crop(item: dict[str, Any], crop: tuple[int, int], rng: np.random.Generator) -> dict[str, Any]:
+    """The item's ``image`` and ``mask`` cut to one random (h, w) window, the same for both; an image smaller
+    than the window is reflect-padded first. ``size`` becomes the window's (the whole window is image)."""
+    height, width = crop
+    planes = {key: _reflect_pad_to(item[key], height, width) for key in ("image", "mask") if key in item}
+    full_h, full_w = planes["image"].shape[-2:]
+    top, left = int(rng.integers(0, full_h - height + 1)), int(rng.integers(0, full_w - width + 1))
+    cut = {key: plane[:, top: top + height, left: left + width].contiguous() for key, plane in planes.items()}
+    return {**item, **cut, "size": torch.tensor([height, width])}
+
+
 class SegmentationDataset(Dataset):
     """Items are dicts: ``image`` uint8 (3, H, W), ``mask`` uint8 (C, H, W) when known, ``id``, ``size``.
 
     ``rows`` hold ``id``, ``image`` and the layout's mask keys; ``masks`` (a MaskSpec) says how to read them.
     ``transform`` is a joint transforms.v2 pipeline applied to the network-sized image and mask. With
     ``mask_at_input_size`` false the mask keeps the image's own size (for scoring at the original resolution).
-    ``image_max`` (``data.image_max``) scales 16-bit images (``files.read_image``).
+    ``image_max`` (``data.image_max``) scales 16-bit images (``files.read_image``). ``crop`` (h, w)
+    (``train.crop``): a random window of the network-sized image and masks, drawn from the item's seed (the
+    image reflect-padded first where it is smaller); ``size`` is then the window's.
     """
 
     def __init__(self, rows: list[dict], geometry: Geometry, with_masks: bool, transform: Any = None,
-                 mask_at_input_size: bool = True, masks: MaskSpec = MaskSpec(), image_max: int | None = None):
+                 mask_at_input_size: bool = True, masks: MaskSpec = MaskSpec(), image_max: int | None = None,
+                 crop: tuple[int, int] | None = None):
         self.rows, self.geometry, self.with_masks, self.transform = rows, geometry, with_masks, transform
+        self.crop = tuple(crop) if crop else None
         self.mask_at_input_size = mask_at_input_size
         self.masks = masks
         self.image_max = image_max
@@ -98,6 +124,8 @@ class SegmentationDataset(Dataset):
                 "image": torch.from_numpy(self.geometry.image_to_input(image)).permute(2, 0, 1)}
         if self.with_masks:
             item["mask"] = torch.from_numpy(self._masks(row, size))
+        if self.crop is not None:
+            item = random_crop(item, self.crop, np.random.default_rng(seed))
         if self.transform is not None:
             item = self._augment(item, seed)
         return item

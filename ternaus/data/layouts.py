@@ -3,7 +3,8 @@ any of them before training.
 
 A layout is a module (``ternaus.registry.LAYOUTS`` names them) with four functions, ``Layout`` below. Its
 training rows share the keys ``id`` (the image's file stem), ``image`` (its path), ``mask`` (a mask file, or
-""), ``rle`` (Carvana's masks CSV, or "") and, for the RLE CSV layout, ``runs``; its masks are read as
+""), ``rle`` (Carvana's masks CSV, or "") and, for the RLE CSV layout, ``runs`` (for ``instance_folders``,
+``objects``: the object mask files); its masks are read as
 (C, H, W) uint8 0/1 arrays, one plane per class, whatever the source.
 """
 
@@ -83,7 +84,7 @@ def check_train_row(row: dict, spec: MaskSpec = MaskSpec(), max_pixels: int = Da
     problem = image_file_problem(row["image"], max_pixels)
     if problem:
         return [problem]
-    if not row["mask"] and not row["rle"] and not isinstance(row.get("runs"), tuple):
+    if not row["mask"] and not row["rle"] and not any(isinstance(row.get(key), tuple) for key in ("runs", "objects")):
         return [f"{row['image']}: no mask (neither {layout_of(spec.layout).missing_mask(row)}); add it or remove the "
                 "image"]
     problem = declared_size_problem(Path(row["mask"]), max_pixels) if row["mask"] else None
