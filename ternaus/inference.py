@@ -381,7 +381,7 @@ def _predict(run: PredictionRun, runtime: Runtime, shard: Shard, score_oof: bool
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {run.predict.tta}{part}")
     out_dir = predict_test(run, list(models.values()), runtime, rows, fingerprint, shard, setup,
-                           checkpoint_sources(paths))
+                           checkpoint_sources(paths, files.predictions))
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
         remove_oof_temporaries(outputs, files, list(items["id"]))
@@ -389,9 +389,10 @@ def _predict(run: PredictionRun, runtime: Runtime, shard: Shard, score_oof: bool
     return result
 
 
-def checkpoint_sources(paths: dict[int, Path]) -> dict:
-    """A predictions record's ``sources``: the stage, and each checkpoint's file (``lineage.file_source``)."""
-    return {"stage": "predict", "checkpoints": {str(fold): file_source(path) for fold, path in paths.items()}}
+def checkpoint_sources(paths: dict[int, Path], folder: Path) -> dict:
+    """The ``sources`` of a record in the predictions ``folder``: the stage, and each checkpoint's file
+    (``lineage.file_source``, relative to the folder)."""
+    return {"stage": "predict", "checkpoints": {str(fold): file_source(path, folder) for fold, path in paths.items()}}
 
 
 def oof_outputs(files: RunFiles, *also: Path) -> set[str]:
@@ -427,7 +428,8 @@ def _score_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime: 
     else:
         atomic_write(files.oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
     write_oof_lineage(files.oof_lineage, oof_lineage("predict", list_train(run.source).to_dict("records"),
-                                                     searched_key(fingerprint), paths, files.folds_csv))
+                                                     searched_key(fingerprint), paths, files.folds_csv,
+                                                     base=files.root))
     extra = [metric] if metric not in ("dice", "jaccard") else []
     for fold, group in oof.groupby("fold"):
         others = "".join(f", {name} {group[name].mean():.4f}" for name in extra)

@@ -69,16 +69,23 @@ def file_digest(path: str | Path) -> str | None:
     return _DIGESTS[key]
 
 
-def file_source(path: str | Path) -> dict:
-    """Where a file read whole lives, with its sha256 and the stat that spares hashing it again."""
+def file_source(path: str | Path, base: Path) -> dict:
+    """Where a file read whole lives, relative to ``base`` (the folder of the record, so that a run copied or
+    moved whole refers to its own checkpoints), with its sha256 and the stat that spares hashing it again."""
     path = Path(path).resolve()
     stat = path.stat()
-    return {"path": str(path), "sha256": file_digest(path), "stat": [stat.st_size, stat.st_mtime_ns, stat.st_ino]}
+    return {"path": os.path.relpath(path, Path(base).resolve()), "sha256": file_digest(path),
+            "stat": [stat.st_size, stat.st_mtime_ns, stat.st_ino]}
 
 
-def source_changed(source: dict) -> str | None:
-    """How the file a ``file_source`` describes differs now ("no longer exists", "changed"); None when it does not."""
-    path = Path(source["path"])
+def source_path(source: dict, base: Path) -> Path:
+    return Path(os.path.normpath(Path(base).resolve() / source["path"]))
+
+
+def source_changed(source: dict, base: Path) -> str | None:
+    """How the file a ``file_source`` (recorded in the folder ``base``) describes differs now ("no longer exists",
+    "changed"); None when it does not."""
+    path = source_path(source, base)
     try:
         stat = path.stat()
     except OSError:
@@ -100,16 +107,18 @@ def _examples(ids: list[str]) -> str:
 # ---------------------------------------------------------------- a predictions folder
 
 
-def _record_problems(record: Record, ids: list[str], images: dict[str, str | None], seen: set[str]) -> list[str]:
+def _record_problems(folder: Path, record: Record, ids: list[str], images: dict[str, str | None],
+                     seen: set[str]) -> list[str]:
     problems = []
     changed = [i for i in ids if record.inputs.get(i) != images.get(i)]
     if changed:
         problems.append(f"{len(changed)} of the {len(ids)} test image(s) it predicted are not the images there now "
                         f"(changed, or data.root points at other files): {_examples(changed)}")
     for fold, source in sorted(record.sources.get("checkpoints", {}).items()):
-        how = source_changed(source)
+        how = source_changed(source, folder)
         if how:
-            problems.append(f"fold {fold}'s checkpoint {source['path']} {how} since (a fold trained again?)")
+            problems.append(f"fold {fold}'s checkpoint {source_path(source, folder)} {how} since (a fold trained "
+                            "again?)")
     recorded = {m["name"]: m.get("made_by") for m in (record.fingerprint or {}).get("members", [])}
     for name, folder in sorted(record.sources.get("members", {}).items()):
         folder = Path(folder)
@@ -137,7 +146,7 @@ def _folder_problems(folder: Path, ids: list[str], images: dict[str, str | None]
             print(f"note: {folder / record.name} was written before predictions recorded their inputs: what made "
                   "them cannot be checked; run its stage again to record it")
             continue
-        problems += _record_problems(record, listed, images, seen)
+        problems += _record_problems(folder, record, listed, images, seen)
     return problems
 
 
@@ -174,17 +183,18 @@ def folds_digest(path: Path) -> str | None:
 
 
 def oof_lineage(stage: str, train_rows: list[dict], settings: dict | None, checkpoints: dict | None = None,
-                folds: Path | None = None, members: dict[str, Path] | None = None) -> dict:
+                folds: Path | None = None, members: dict[str, Path] | None = None, base: Path = Path(".")) -> dict:
     """The record of out-of-fold files made by ``stage`` (predict or ensemble) on ``train_rows`` (list_train's
     rows: id, image, mask) with ``settings`` (``predictions.searched_key``): ``checkpoints`` (fold -> file) and
-    ``folds`` (folds.csv) for predict.py, ``members`` (name -> output_dir) for ensemble.py."""
+    ``folds`` (folds.csv) for predict.py, ``members`` (name -> output_dir) for ensemble.py; the run's own files
+    are recorded relative to ``base`` (its output_dir, where the record lives)."""
     record = {"complete": True, "stage": stage, "settings": settings,
               "images": image_fingerprints(train_rows), "masks": image_fingerprints(train_rows, "mask")}
     if checkpoints is not None:
-        record["checkpoints"] = {str(fold): file_source(path) for fold, path in checkpoints.items()}
+        record["checkpoints"] = {str(fold): file_source(path, base) for fold, path in checkpoints.items()}
     if folds is not None:
         record["folds"] = folds_digest(folds)
-        record["folds_path"] = str(Path(folds).resolve())
+        record["folds_path"] = os.path.relpath(Path(folds).resolve(), Path(base).resolve())
     if members is not None:
         record["members"] = {name: {"run": str(Path(run).resolve()),
                                     "lineage": file_digest(Path(run) / OOF_LINEAGE)} for name, run in members.items()}
@@ -232,12 +242,14 @@ def oof_problems(path: Path, train_rows: list[dict] | None, seen: set[str] | Non
                                     changed)):
             if count:
                 problems.append(f"{count} {what} (data.root or the data changed): {_examples(which)}")
+    base = path.parent
     for fold, source in sorted(record.get("checkpoints", {}).items()):
-        how = source_changed(source)
+        how = source_changed(source, base)
         if how:
-            problems.append(f"fold {fold}'s checkpoint {source['path']} {how} since the out-of-fold pass")
-    if "folds" in record and folds_digest(Path(record["folds_path"])) != record["folds"]:
-        problems.append(f"{record['folds_path']} changed since the out-of-fold pass (the folds were split again)")
+            problems.append(f"fold {fold}'s checkpoint {source_path(source, base)} {how} since the out-of-fold pass")
+    folds = base / record.get("folds_path", "folds.csv")
+    if "folds" in record and folds_digest(folds) != record["folds"]:
+        problems.append(f"{folds} changed since the out-of-fold pass (the folds were split again)")
     for name, member in sorted(record.get("members", {}).items()):
         lineage = Path(member["run"]) / OOF_LINEAGE
         if file_digest(lineage) != member.get("lineage"):

@@ -346,9 +346,10 @@ def _check_prediction_sizes(paths: list[str], rows: list[dict], classes: int) ->
     with the same ids) would encode RLEs of the wrong size. Headers only: cheap on 100,000 images."""
     wrong = []
     for path, row in zip(paths, rows):
-        shape, size = png_shape(path), image_size(row["image"])
-        if shape != size:
-            wrong.append(f"{path} is (height, width) {shape}, the test image {row['image']} is {size}")
+        shape, (height, width) = png_shape(path), image_size(row["image"])
+        if shape != (classes * height, width):  # the classes stacked top to bottom (prediction_image)
+            wrong.append(f"{path} is (height, width) {shape}, the test image {row['image']} is {(height, width)}"
+                         + (f" ({classes} classes stacked: {(classes * height, width)})" if classes > 1 else ""))
     if wrong:
         raise DataError(listing(f"{len(wrong)} of {len(paths)} predictions are not at their test image's size (made "
                                 "for other images): run predict.py again with this config, then make_submission.py",
