@@ -134,7 +134,8 @@ def _run_file_problem(out: Path, files: RunFiles) -> str | None:
 def _refuse_out(out: Path, checkpoint: Path, files: RunFiles) -> None:
     """``--out`` names a new file, or an earlier export: never a folder, the checkpoint, another stage's file."""
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; name the file to write, e.g. {out / default_output(checkpoint, 'onnx').name}")
+        example = out / default_output(checkpoint, "onnx").name
+        raise ConfigError(f"--out {out} is a folder; name the file to write, e.g. {example}")
     if out.exists() and out.samefile(checkpoint):
         raise ConfigError(f"--out {out} is the checkpoint itself; name another file")
     problem = _run_file_problem(out, files)

@@ -36,7 +36,8 @@ from ternaus.distributed import world_from_environment
 from ternaus.errors import ConfigError
 from ternaus.evaluation import Evaluator
 from ternaus.io import atomic_write, atomic_write_bytes
-from ternaus.lineage import file_digest, file_source, image_fingerprints, mark_oof_pending, oof_lineage, write_oof_lineage
+from ternaus.lineage import (file_digest, file_source, image_fingerprints, mark_oof_pending, oof_lineage,
+                             write_oof_lineage)
 from ternaus.losses import probabilities
 from ternaus.models import new_model
 from ternaus.predictions import claim_writer, keep_or_redo, searched_key
@@ -392,7 +393,8 @@ def _predict(run: PredictionRun, runtime: Runtime, shard: Shard, score_oof: bool
 def checkpoint_sources(paths: dict[int, Path], folder: Path) -> dict:
     """The ``sources`` of a record in the predictions ``folder``: the stage, and each checkpoint's file
     (``lineage.file_source``, relative to the folder)."""
-    return {"stage": "predict", "checkpoints": {str(fold): file_source(path, folder) for fold, path in paths.items()}}
+    return {"stage": "predict",
+            "checkpoints": {str(fold): file_source(path, folder) for fold, path in paths.items()}}
 
 
 def oof_outputs(files: RunFiles, *also: Path) -> set[str]:

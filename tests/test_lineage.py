@@ -154,6 +154,7 @@ def test_keep_or_redo_redoes_exactly_the_ids_whose_input_changed(tmp_path):
     assert len(problems) == 1 and "1 of the 2 test image(s)" in problems[0] and "c" in problems[0]
 
 
+@pytest.mark.slow
 def test_a_changed_test_image_is_refused_by_make_submission_and_predicted_again_alone(data, done, tmp_path, capsys):
     run = clone_run(done, tmp_path / "run")
     assert predict.main(args(data, run, "predict.oof=false")) == 0  # the record of this data
@@ -174,6 +175,7 @@ def test_a_changed_test_image_is_refused_by_make_submission_and_predicted_again_
     assert make_submission.main(args(data, run)) == 0
 
 
+@pytest.mark.slow
 def test_another_data_root_with_the_same_ids_at_another_size(resized, clone, tiny_dataset, capsys):
     # The attack: "16 of 16 predictions were already written ...", and RLEs of the wrong size submitted.
     refusal(capsys, make_submission.main(args(resized, clone)), "16 of the 16 test image(s)",
@@ -189,6 +191,7 @@ def test_another_data_root_with_the_same_ids_at_another_size(resized, clone, tin
     assert (clone / "submission.csv.gz").read_bytes() == submission
 
 
+@pytest.mark.slow
 def test_a_single_retrained_fold_is_caught_by_every_reader(done, tiny_dataset, tmp_path, capsys):
     run = clone_run(done, tmp_path / "run")
     retrain(run / "fold_0" / "best.pt")
@@ -215,6 +218,7 @@ def test_a_deleted_checkpoint_and_a_stopped_out_of_fold_phase_are_refused(clone,
             "fold 0's checkpoint", "no longer exists")
 
 
+@pytest.mark.slow
 def test_changed_training_data_is_caught_by_the_out_of_fold_readers(data, done, tmp_path, capsys):
     run = clone_run(done, tmp_path / "run")
     assert predict.main(args(data, run)) == 0  # this copy of the data's record
@@ -236,6 +240,7 @@ def ensemble_args(root: Path, out: Path, members: list[dict], *extra: str) -> li
             "predict.writer_threads=2", "submission.processes=1", *extra]
 
 
+@pytest.mark.slow
 def test_a_re_predicted_member_makes_the_merge_stale(full, tiny_dataset, tmp_path, capsys):
     a, b = clone_run(full, tmp_path / "a"), clone_run(full, tmp_path / "b")
     members = [{"run": str(a), "weight": 1}, {"run": str(b), "weight": 1}]
@@ -256,6 +261,7 @@ def test_a_re_predicted_member_makes_the_merge_stale(full, tiny_dataset, tmp_pat
     assert make_submission.main(ensemble_args(tiny_dataset, ens, members, "--threshold", "0.5", "--min-area", "0")) == 0
 
 
+@pytest.mark.slow
 def test_a_member_whose_test_image_changed_is_refused_by_ensemble_and_by_the_merge(data, done, tmp_path, capsys):
     a, b = clone_run(done, tmp_path / "a"), clone_run(done, tmp_path / "b")
     for run in (a, b):
@@ -305,6 +311,7 @@ def test_the_weighted_mean_refuses_weights_that_would_empty_the_map():
     assert weighted_mean(maps, [1e300, 1e300]).tolist() == [[200, 200], [200, 200]]
 
 
+@pytest.mark.slow
 def test_an_ensemble_over_a_member_of_other_size_out_of_fold_maps_is_a_message(full, tiny_dataset, resized,
                                                                               tmp_path, capsys):
     a, b = clone_run(full, tmp_path / "a"), clone_run(full, tmp_path / "b")
@@ -330,11 +337,14 @@ def test_an_ensemble_over_a_member_of_other_size_out_of_fold_maps_is_a_message(f
 # ================================================================ nothing written over what a stage did not make
 
 
+@pytest.mark.slow
 def test_export_out_refuses_a_folder_the_runs_own_files_and_what_it_did_not_write(clone, tiny_dataset, tmp_path,
                                                                                    capsys):
     export_args = [*args(tiny_dataset, clone), "--checkpoint", str(clone / "fold_0" / "best.pt"), "--format", "onnx"]
     before = {p: p.read_bytes() for p in clone.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
-    refusal(capsys, export.main([*export_args, "--out", str(tmp_path)]), "is a folder; name the file to write")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    refusal(capsys, export.main([*export_args, "--out", str(folder)]), "is a folder; name the file to write")
     for own in ("folds.csv", "configs/predict.yaml", "fold_0/last.pt", "fold_0/log.csv", "oof.csv",
                 "postprocess.json", "predictions/x.onnx", "fold_1/best.pt"):
         refusal(capsys, export.main([*export_args, "--out", str(clone / own)]), f"--out {clone / own}",
@@ -366,7 +376,7 @@ def test_a_submission_failing_its_check_leaves_the_previous_one(clone, tiny_data
     submission = (clone / "submission.csv.gz").read_bytes()
     monkeypatch.setattr(submission_module, "submission_problems", lambda path, fmt, source: [f"{path}: broken"])
     refusal(capsys, make_submission.main(args(tiny_dataset, clone)), "so it was not written (the previous one is "
-            f"kept)", f"{clone / 'submission.csv.gz'}: broken")
+            "kept)", f"{clone / 'submission.csv.gz'}: broken")
     assert (clone / "submission.csv.gz").read_bytes() == submission
     assert not [p for p in clone.iterdir() if ".tmp" in p.name]
 
@@ -425,6 +435,7 @@ def test_evaluate_refuses_ids_missing_from_the_truth_unless_asked_for_a_subset(t
     assert len(half) == 8
 
 
+@pytest.mark.slow
 def test_evaluate_oof_reads_an_ensembles_cv_table(full, tiny_dataset, tmp_path, capsys):
     members = [{"run": str(full), "name": "only"}]
     ens = tmp_path / "ens"
