@@ -20,6 +20,7 @@ the threshold / minimum-area search runs on the ensemble and writes ``postproces
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -33,12 +34,14 @@ from ternaus.data.source import DataSource
 from ternaus.analysis import TrueObjects, search_thresholds, true_objects, write_oof_analysis
 from ternaus.config import (Config, EnsembleConfig, EnsembleMember, PostprocessConfig, PredictConfig, member_name,
                             read_yaml, save_config, thresholds)
-from ternaus.data.files import listing, png_shape, prediction_image, read_prediction
+from ternaus.data.files import image_size, listing, png_shape, prediction_image, read_prediction
 from ternaus.data.layouts import MaskSpec, list_train, load_masks, mask_spec, test_rows
 from ternaus.errors import ConfigError, DataError
 from ternaus.evaluation import Evaluator, ImageScores
 from ternaus.inference import PngWriter, oof_outputs, remove_oof_temporaries, write_png
 from ternaus.io import atomic_write
+from ternaus.lineage import (check_oof, image_fingerprints, mark_oof_pending, oof_lineage, prediction_problems,
+                             write_oof_lineage)
 from ternaus.merge import weighted_mean
 from ternaus.predictions import claim_reader, claim_writer, fingerprints_of, keep_or_redo, png_complete, searched_key
 from ternaus.registry import RULES
@@ -137,25 +140,48 @@ def _size_problems(members: list[Member], ids: list[str]) -> list[str]:
     return problems
 
 
-def check_members(members: list[Member], ids: list[str], num_classes: int) -> None:
-    """Refuse, listing every problem, members whose class count, test ids or PNG sizes differ."""
+def _stale_problems(members: list[Member], ids: list[str], images: dict[str, str | None]) -> list[str]:
+    """Members whose predictions were made from other test images or checkpoints than those there now."""
+    problems = []
+    for member in members:
+        problems += [f"{member.name}: {p}" for p in prediction_problems(member.files.predictions, ids, images)]
+    return problems
+
+
+def check_members(members: list[Member], ids: list[str], num_classes: int,
+                  images: dict[str, str | None] | None = None) -> None:
+    """Refuse, listing every problem, members whose class count, test ids or PNG sizes differ, or (with
+    ``images``: each test id's content fingerprint now) whose predictions are stale (``lineage``)."""
     problems = [f"{m.name}: {m.num_classes} class(es) (its model.num_classes), this ensemble's model.num_classes="
                 f"{num_classes}" for m in members if m.num_classes != num_classes]
     for member in members:
         problems += _id_problems(member, ids)
     if not problems:
         problems = _size_problems(members, ids)
+    if not problems and images is not None:
+        problems = _stale_problems(members, ids, images)
     if problems:
         raise DataError(listing(f"{len(problems)} problem(s) with the ensemble's members; run predict.py on the same "
                                 "test set for each, or leave the odd one out", problems))
 
 
-def _check_oof_files(members: list[Member], ids: list[str]) -> None:
+def _check_oof_files(members: list[Member], rows: list[dict]) -> None:
+    """Every member has a current out-of-fold map of each training image of ``rows``, at that image's size."""
+    ids = [row["id"] for row in rows]
     missing = [str(m.oof(i)) for m in members for i in ids if not m.oof(i).is_file()]
     if missing:
         raise DataError(listing(f"{len(missing)} out-of-fold prediction(s) missing: run predict.py with predict.oof="
                                 "true and every fold in train.folds for each member, or set ensemble.oof=false",
                                 missing, limit=5))
+    for member in members:
+        check_oof(member.files.oof_lineage, rows, f"ensemble.py (member {member.name})")
+    sizes = [(m, row, png_shape(m.oof(row["id"])), image_size(row["image"])) for row in rows for m in members]
+    wrong = [f"{m.name}: {m.oof(row['id'])} is (height, width) {shape}, the image {row['image']} is {size}"
+             for m, row, shape, size in sizes if shape != size]
+    if wrong:
+        raise DataError(listing(f"{len(wrong)} out-of-fold prediction(s) are not at their training image's size (made "
+                                "from other data, e.g. another data.root): run predict.py for those members on this "
+                                "training set, or set ensemble.oof=false", wrong, limit=5))
 
 
 # ---------------------------------------------------------------- merging
@@ -196,12 +222,15 @@ def ensemble_fingerprint(members: list[Member], settings: EnsembleConfig, num_cl
     return json.loads(json.dumps(fingerprint))
 
 
-def merge_test(run: EnsembleRun, members: list[Member], ids: list[str], fingerprint: dict) -> Path:
+def merge_test(run: EnsembleRun, members: list[Member], ids: list[str], fingerprint: dict,
+               images: dict[str, str | None] | None = None) -> Path:
     """Write, into ``run.files.predictions``, the merged PNG of every test id of ``ids`` not already written by
-    the same members and settings (``fingerprint``: ``ensemble_fingerprint``); returns that folder. Call it
+    the same members and settings (``fingerprint``: ``ensemble_fingerprint``) from the same test image
+    (``images``: id -> content fingerprint, recorded with the members' folders); returns that folder. Call it
     holding the predictions folder's claim (``predictions.claim_writer``)."""
     out_dir = run.files.predictions
-    done = keep_or_redo(out_dir, ids, fingerprint, run.predict.resume, predictions_record())
+    sources = {"stage": "ensemble", "members": {m.name: str(m.files.predictions.resolve()) for m in members}}
+    done = keep_or_redo(out_dir, ids, fingerprint, run.predict.resume, predictions_record(), images, sources)
     todo = [i for i in ids if i not in done]
     if done:
         print(f"resuming: {len(done)} of {len(ids)} merged predictions were already written by the same members "
@@ -245,6 +274,7 @@ def score_oof(run: EnsembleRun, members: list[Member], fingerprint: dict, output
     holding the out-of-fold files' claim."""
     files, rows = run.files, list_train(run.source).to_dict("records")
     remove_oof_temporaries(outputs, files, [row["id"] for row in rows])  # a killed run's
+    mark_oof_pending(files.oof_lineage)
     metric, at = run.post.metric, thresholds(run.post.threshold, 1)[0]
     names = [m.name for m in members] + ([f"{ENSEMBLE} (mean)"] if run.settings.rules else []) + [ENSEMBLE]
     evaluators = {name: Evaluator(metric, ["1"], at, search_thresholds(metric, at)) for name in names}
@@ -267,6 +297,8 @@ def score_oof(run: EnsembleRun, members: list[Member], fingerprint: dict, output
                       "cv_searched": chosen.score, "threshold": chosen.threshold, "min_area": chosen.min_area})
     table = pd.DataFrame(table)
     atomic_write(files.ensemble_cv, lambda tmp: table.to_csv(tmp, index=False))
+    write_oof_lineage(files.oof_lineage, oof_lineage("ensemble", rows, searched_key(fingerprint),
+                                                     members={m.name: m.files.root for m in members}))
     _print_cv(table, metric, at, len(rows), files)
     return table
 
@@ -292,12 +324,12 @@ def ensemble(cfg: Config) -> dict:
     predictions (and out-of-fold files) against their writers while it reads them. Returns the predictions
     folder and the CV table (None with ``ensemble.oof: false`` or several classes, which the search does not
     cover)."""
+    _refuse_repeated_runs(cfg.ensemble.members)
     members = [load_member(entry) for entry in cfg.ensemble.members]
     if not members:
         raise ConfigError("ensemble.members lists no run: give each as {run: OUTPUT_DIR, weight: W, name: NAME} "
                           "(configs/carvana_ensemble.yaml is an example)")
-    if sum(m.weight for m in members) <= 0:
-        raise ConfigError("ensemble.members: the weights add up to 0; give at least one member a positive weight")
+    _refuse_weights(members)
     run = EnsembleRun.from_config(cfg)
     files, score = run.files, run.scores_oof
     claims = [partial(claim_writer, files.predictions), *([out_of_fold_lock(files)] if score else [])]
@@ -318,6 +350,35 @@ def ensemble(cfg: Config) -> dict:
         return _ensemble(run, members, ids, score, outputs)
 
 
+def _refuse_repeated_runs(entries: list[EnsembleMember]) -> None:
+    """The same run listed twice (by another spelling or a symlink: resolved paths compared) would be read
+    twice and weigh double; it would also wait on its own lock."""
+    seen: dict[Path, int] = {}
+    for k, entry in enumerate(entries):
+        resolved = Path(entry.run).resolve()
+        if resolved in seen:
+            first = entries[seen[resolved]]
+            raise ConfigError(f"ensemble.members[{k}] ({entry.run}) is the run ensemble.members[{seen[resolved]}] "
+                              f"({first.run}) already lists (both are {resolved}): list each run once, and give it "
+                              "the weight of both")
+        seen[resolved] = k
+
+
+def _refuse_weights(members: list[Member]) -> None:
+    """Weights the mean cannot use: not finite, negative, or whose sum is 0 or overflows."""
+    for k, member in enumerate(members):
+        if not math.isfinite(member.weight) or member.weight < 0:
+            raise ConfigError(f"ensemble.members[{k}].weight ({member.name}): {member.weight} is not a finite number "
+                              "0 or more; give each member a finite weight")
+    total = sum(m.weight for m in members)
+    if not math.isfinite(total):
+        raise ConfigError(f"ensemble.members[*].weight: the weights {[m.weight for m in members]} add up to more than "
+                          "the largest float; they are normalised to sum 1, so give them on a smaller scale (e.g. 1 "
+                          "and 3)")
+    if total <= 0:
+        raise ConfigError("ensemble.members: the weights add up to 0; give at least one member a positive weight")
+
+
 def _refuse_own_members(files: RunFiles, members: list[Member]) -> None:
     """A member whose files are this run's own would be read while it is written."""
     own = [m.name for m in members if m.files.root.resolve() == files.root.resolve()
@@ -330,9 +391,9 @@ def _refuse_own_members(files: RunFiles, members: list[Member]) -> None:
 def _check_inputs(run: EnsembleRun, members: list[Member], ids: list[str], score: bool) -> None:
     """Refuse members that do not match each other or ``run`` (class count, test ``ids``, PNG sizes) and, when
     ``score``, members missing an out-of-fold map of a training image of ``run.source``."""
-    check_members(members, ids, run.num_classes)
+    check_members(members, ids, run.num_classes, image_fingerprints(test_rows(run.source)))
     if score:
-        _check_oof_files(members, [row["id"] for row in list_train(run.source).to_dict("records")])
+        _check_oof_files(members, list_train(run.source).to_dict("records"))
 
 
 def _ensemble(run: EnsembleRun, members: list[Member], ids: list[str], score: bool, outputs: StageOutputs) -> dict:
@@ -342,7 +403,8 @@ def _ensemble(run: EnsembleRun, members: list[Member], ids: list[str], score: bo
     listed = ", ".join(f"{m.name} ({m.weight / total:.3f})" for m in members)
     print(f"merging {len(ids)} test predictions of {listed}; rules: {', '.join(run.settings.rules) or 'none'}")
     fingerprint = ensemble_fingerprint(members, run.settings, run.num_classes, ids)
-    result = {"predictions": merge_test(run, members, ids, fingerprint), "cv": None}
+    images = image_fingerprints(test_rows(run.source))
+    result = {"predictions": merge_test(run, members, ids, fingerprint, images), "cv": None}
     if score:
         result["cv"] = score_oof(run, members, fingerprint, outputs)
     elif run.settings.oof:

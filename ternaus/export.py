@@ -25,6 +25,7 @@ from ternaus.errors import ConfigError
 from ternaus.io import atomic_write
 from ternaus.models import TernausNet, new_model
 from ternaus.registry import MODELS
+from ternaus.run_files import RunFiles
 from ternaus.stage import Lock, StageOutputs
 from ternaus.weights import load_weights
 
@@ -108,6 +109,44 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + suffix)
 
 
+def is_export_name(path: Path) -> bool:
+    """A name export.py writes (``.onnx``, ``.torchscript.pt``): the only existing files it replaces."""
+    return path.name.endswith(".onnx") or path.name.endswith(".torchscript.pt")
+
+
+def _run_file_problem(out: Path, files: RunFiles) -> str | None:
+    """What ``out`` is among the files other stages write in the run ``files`` (None: none of them)."""
+    root = files.root.resolve()
+    target = out.resolve()
+    if root not in target.parents:
+        return None
+    relative = target.relative_to(root)
+    named = {files.folds_csv, files.oof_csv, files.oof_levels, files.postprocess, files.postprocess_search,
+             files.ensemble_cv, files.oof_lineage, files.submission}
+    if target in {p.resolve() for p in named} or relative.parts[0] in ("configs", files.predictions_dir,
+                                                                       files.report_dir, "oof_predictions"):
+        return f"is {relative}, a file of the run {files.root} that another stage wrote or writes"
+    if target.suffix in (".pt", ".csv", ".yaml", ".json") and not is_export_name(target):
+        return f"is {relative}, a file of the run {files.root} (a checkpoint, log or record of a stage)"
+    return None
+
+
+def _refuse_out(out: Path, checkpoint: Path, files: RunFiles) -> None:
+    """``--out`` names a new file, or an earlier export: never a folder, the checkpoint, another stage's file."""
+    if out.is_dir():
+        example = out / default_output(checkpoint, "onnx").name
+        raise ConfigError(f"--out {out} is a folder; name the file to write, e.g. {example}")
+    if out.exists() and out.samefile(checkpoint):
+        raise ConfigError(f"--out {out} is the checkpoint itself; name another file")
+    problem = _run_file_problem(out, files)
+    if problem:
+        raise ConfigError(f"--out {out} {problem}: export.py replaces only its own exports (.onnx, .torchscript.pt); "
+                          "name another file")
+    if out.exists() and not is_export_name(out):
+        raise ConfigError(f"--out {out} exists and is not an export (.onnx or .torchscript.pt): export.py does not "
+                          "replace what it did not write; name a new file, or move that one away")
+
+
 def export(cfg: Config, checkpoint: str | Path, fmt: str, out: str | Path | None = None, normalise: bool = False,
            sigmoid: bool = False) -> Path:
     """Load ``checkpoint`` into the model ``cfg.model`` describes and export it; returns the file written."""
@@ -117,8 +156,7 @@ def export(cfg: Config, checkpoint: str | Path, fmt: str, out: str | Path | None
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
     outputs = StageOutputs("export", DataSource.of(cfg).places(), folders={"--out": out.parent}, files={"--out": out},
                            claims=[Lock(out, str(out))], temporaries={out.parent: {out.name}})
-    if out.exists() and out.samefile(checkpoint):
-        raise ConfigError(f"--out {out} is the checkpoint itself; name another file")
+    _refuse_out(out, checkpoint, RunFiles.of(cfg))
     model = load_weights(new_model(cfg.model), checkpoint)
     with outputs:
         path = export_model(model, fmt, out, normalise, sigmoid)

@@ -10,7 +10,6 @@ model (the out-of-fold scores: Dice, IoU and the competition's metric, ``postpro
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from collections.abc import Callable
@@ -33,11 +32,13 @@ from ternaus.config import Config, ModelConfig, PostprocessConfig, PredictConfig
 from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, same_size_batches
 from ternaus.data.files import check_image_files, prediction_image
 from ternaus.data.geometry import Geometry, geometry_of
-from ternaus.data.layouts import mask_spec, test_rows, train_items
+from ternaus.data.layouts import list_train, mask_spec, test_rows, train_items
 from ternaus.distributed import world_from_environment
 from ternaus.errors import ConfigError
 from ternaus.evaluation import Evaluator
 from ternaus.io import atomic_write, atomic_write_bytes
+from ternaus.lineage import (file_digest, file_source, image_fingerprints, mark_oof_pending, oof_lineage,
+                             write_oof_lineage)
 from ternaus.losses import probabilities
 from ternaus.models import new_model
 from ternaus.predictions import claim_writer, keep_or_redo, searched_key
@@ -51,7 +52,7 @@ from ternaus.weights import load_weights
 
 __all__ = ["predict", "PredictionRun", "checkpoint_paths", "prediction_fingerprint", "predict_test", "tta_probabilities",
            "image_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter", "fixed_batches",
-           "write_png", "remove_oof_temporaries", "oof_outputs"]
+           "write_png", "remove_oof_temporaries", "oof_outputs", "checkpoint_sources"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -158,10 +159,7 @@ def load_fold_models(model_settings: ModelConfig, runtime: Runtime,
 def prediction_fingerprint(run: PredictionRun, paths: dict[int, Path], runtime: Runtime) -> dict:
     """Everything the PNGs' bytes depend on: the weights' hashes (``paths``: fold -> checkpoint), TTA, geometry,
     batching (``run``'s settings) and precision (``runtime``)."""
-    digests = {}
-    for fold, path in paths.items():
-        with open(path, "rb") as f:
-            digests[str(fold)] = hashlib.file_digest(f, "sha256").hexdigest()
+    digests = {str(fold): file_digest(path) for fold, path in paths.items()}
     data = run.source.settings
     fingerprint = {"checkpoints": digests, "model": run.model.name, "num_classes": run.model.num_classes,
                    "tta": run.predict.tta, "input_size": data.input_size, "image_max": data.image_max,
@@ -257,12 +255,15 @@ def _loader(run: PredictionRun, rows: list[dict], with_masks: bool, runtime: Run
 
 
 def predict_test(run: PredictionRun, models: list[torch.nn.Module], runtime: Runtime, rows: list[dict],
-                 fingerprint: dict, shard: Shard | None = None, setup: ExitStack | None = None) -> Path:
+                 fingerprint: dict, shard: Shard | None = None, setup: ExitStack | None = None,
+                 sources: dict | None = None) -> Path:
     """The test PNGs of ``rows`` (the test images: id, image path, as data.test_rows lists them) predicted by
     ``models`` (averaged) on ``runtime`` into ``run``'s predictions folder, which it returns; ``fingerprint``
     (``prediction_fingerprint``) decides which PNGs already there are kept; ``shard``: this process's part.
     Call it holding the predictions folder's claim (``predictions.claim_writer``); ``setup``, the folder lock it
-    yields, is closed once this shard's record is written when other shards may run beside it."""
+    yields, is closed once this shard's record is written when other shards may run beside it. Each image's
+    content fingerprint is recorded (and a PNG made from another image is predicted again), with ``sources``
+    (``checkpoint_sources``: where the checkpoints live) for the stages that read the folder."""
     shard = shard or Shard()
     image_paths = {row["id"]: row["image"] for row in rows}
     ids = list(image_paths)
@@ -270,7 +271,9 @@ def predict_test(run: PredictionRun, models: list[torch.nn.Module], runtime: Run
     shapes = input_shapes(rows, run.geometry)
     mine = shard.take(fixed_batches(ids, run.predict.batch_size, shapes))
     ids = [i for batch in mine for i in batch]
-    done = keep_or_redo(out_dir, ids, fingerprint, run.predict.resume, shard.state_file)
+    inputs = image_fingerprints([{"id": i, "image": image_paths[i]} for i in ids])
+    done = keep_or_redo(out_dir, ids, fingerprint, run.predict.resume, shard.state_file, inputs,
+                        sources or {"stage": "predict"})
     if setup is not None and shard.count > 1:
         setup.close()
     batches = batches_to_do(mine, done)
@@ -382,18 +385,26 @@ def _predict(run: PredictionRun, runtime: Runtime, shard: Shard, score_oof: bool
     outputs.save_config()  # shard 0's
     part = f", shard {shard.index}/{shard.count}" if shard.count > 1 else ""
     print(f"predicting with folds {list(models)} on {runtime.describe()}, TTA: {run.predict.tta}{part}")
-    out_dir = predict_test(run, list(models.values()), runtime, rows, fingerprint, shard, setup)
+    out_dir = predict_test(run, list(models.values()), runtime, rows, fingerprint, shard, setup,
+                           checkpoint_sources(paths, files.predictions))
     result = {"predictions": out_dir, "oof_dice": None}
     if score_oof:
         remove_oof_temporaries(outputs, files, list(items["id"]))
-        result.update(_score_oof(run, models, runtime, fingerprint))
+        result.update(_score_oof(run, models, runtime, fingerprint, paths))
     return result
+
+
+def checkpoint_sources(paths: dict[int, Path], folder: Path) -> dict:
+    """The ``sources`` of a record in the predictions ``folder``: the stage, and each checkpoint's file
+    (``lineage.file_source``, relative to the folder)."""
+    return {"stage": "predict",
+            "checkpoints": {str(fold): file_source(path, folder) for fold, path in paths.items()}}
 
 
 def oof_outputs(files: RunFiles, *also: Path) -> set[str]:
     """The names of the files the out-of-fold phase writes in ``output_dir`` (and those of ``also``): the
     temporaries a stage that writes them declares (``StageOutputs(temporaries=...)``)."""
-    return {p.name for p in (*files.oof_outputs, *also)}
+    return {p.name for p in (*files.oof_outputs, files.oof_lineage, *also)}
 
 
 def remove_oof_temporaries(outputs: StageOutputs, files: RunFiles, ids: list[str]) -> None:
@@ -402,7 +413,11 @@ def remove_oof_temporaries(outputs: StageOutputs, files: RunFiles, ids: list[str
     outputs.remove_temporaries(files.oof_predictions, {f"{i}.png" for i in ids})
 
 
-def _score_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime: Runtime, fingerprint: dict) -> dict:
+def _score_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime: Runtime, fingerprint: dict,
+               paths: dict[int, Path] | None = None) -> dict:
+    """The out-of-fold pass and its files, recorded in ``oof_lineage.json`` once they are all written (with the
+    checkpoints ``paths``, folds.csv and the training images: ``lineage.oof_lineage``)."""
+    mark_oof_pending(run.files.oof_lineage)
     found = predict_oof(run, models, runtime)
     oof, metric = found.table(), run.post.metric
     files = run.files
@@ -425,6 +440,9 @@ def _score_oof(run: PredictionRun, models: dict[int, torch.nn.Module], runtime: 
               f"components at best: {chosen['components_score']:.4f}) -> {files.postprocess}")
     else:
         atomic_write(files.oof_csv, lambda tmp: oof.to_csv(tmp, index=False))
+    write_oof_lineage(files.oof_lineage, oof_lineage("predict", list_train(run.source).to_dict("records"),
+                                                     searched_key(fingerprint), paths, files.folds_csv,
+                                                     base=files.root))
     extra = [metric] if metric not in ("dice", "jaccard") else []
     for fold, group in oof.groupby("fold"):
         others = "".join(f", {name} {group[name].mean():.4f}" for name in extra)

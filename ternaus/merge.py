@@ -23,7 +23,10 @@ __all__ = ["weighted_mean", "biggest_region", "convex_hull", "unreliable_top_box
 def weighted_mean(maps: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """The mean of uint8 maps of one shape, weighted by ``weights`` (normalised to sum 1), rounded half to even
     as ``inference.to_uint8`` rounds, as uint8. Summed in float64: the result does not depend on the
-    machine."""
+    machine. Raises ValueError for weights that are not finite or negative, or whose sum is not positive and
+    finite (they would give an all-empty map)."""
+    if not all(np.isfinite(w) and w >= 0 for w in weights) or not 0 < sum(weights) < np.inf:
+        raise ValueError(f"weights {list(weights)}: each must be finite and 0 or more, their sum positive and finite")
     total = np.zeros(maps[0].shape, np.float64)
     for levels, weight in zip(maps, weights):
         total += weight * levels.astype(np.float64)

@@ -36,7 +36,7 @@ from ternaus.io import (
 )
 
 __all__ = ["Record", "read_records", "png_complete", "keep_or_redo", "claim_writer", "claim_reader", "made_by",
-           "searched_key", "fingerprints_of"]
+           "searched_key", "fingerprints_of", "owners_of"]
 
 _RECORD = re.compile(r"^\.predict(-\d+-of-\d+)?\.json$")
 _SHARD_LOCK = re.compile(r"\.shard-(\d+)-of-(\d+)\.lock$")
@@ -49,6 +49,8 @@ class Record:
     fingerprint: dict | None = None
     ids: list[str] = field(default_factory=list)
     sequence: int = 0
+    inputs: dict[str, str | None] | None = None  # id -> content fingerprint of the image predicted (lineage)
+    sources: dict = field(default_factory=dict)  # where the inputs live: checkpoints' files, members' folders
 
 
 def read_records(folder: Path) -> list[Record]:
@@ -59,14 +61,16 @@ def read_records(folder: Path) -> list[Record]:
             continue
         try:
             data = json.loads(path.read_text())
+            inputs = data.get("inputs")
             records.append(Record(path.name, data["fingerprint"], [str(i) for i in data["ids"]],
-                                  int(data["sequence"])))
+                                  int(data["sequence"]), dict(inputs) if isinstance(inputs, dict) else None,
+                                  dict(data.get("sources") or {})))
         except (OSError, ValueError, KeyError, TypeError):
             records.append(Record(path.name))
     return records
 
 
-def _owners(records: list[Record]) -> dict[str, Record]:
+def owners_of(records: list[Record]) -> dict[str, Record]:
     """Each id's newest record."""
     owners = {}
     for record in sorted(records, key=lambda r: r.sequence):
@@ -84,15 +88,18 @@ def png_complete(path: Path) -> bool:
         return False
 
 
-def keep_or_redo(folder: Path, ids: list[str], fingerprint: dict, resume: bool, record_name: str) -> set[str]:
+def keep_or_redo(folder: Path, ids: list[str], fingerprint: dict, resume: bool, record_name: str,
+                 inputs: dict[str, str | None] | None = None, sources: dict | None = None) -> set[str]:
     """Make ``folder`` ready for a writer of ``ids``: returns the ids whose PNG it keeps. Deletes the PNGs of
-    ``ids`` that an earlier writer made with another fingerprint (all of them when not ``resume``), then writes
-    this writer's record. Raises DataError, having touched nothing, when a PNG of ``ids`` is not listed by any
-    record. Call it holding the folder's lock (``claim_writer``)."""
+    ``ids`` that an earlier writer made with another fingerprint or from another input (``inputs``: id -> the
+    content fingerprint of the image it reads, ``lineage.content_fingerprint``), all of them when not
+    ``resume``, then writes this writer's record (with ``inputs`` and ``sources``, where its inputs live, for
+    ``lineage.prediction_problems``). Raises DataError, having touched nothing, when a PNG of ``ids`` is not
+    listed by any record. Call it holding the folder's lock (``claim_writer``)."""
     folder.mkdir(parents=True, exist_ok=True)
     records = read_records(folder)
     remove_stale_temporaries(folder, {f"{i}.png" for i in ids} | {record_name})
-    owners = _owners(records)
+    owners = owners_of(records)
     keep, redo, foreign = set(), [], []
     for image_id in ids:
         path = folder / f"{image_id}.png"
@@ -101,7 +108,8 @@ def keep_or_redo(folder: Path, ids: list[str], fingerprint: dict, resume: bool, 
         owner = owners.get(image_id)
         if owner is None:
             foreign.append(path.name)
-        elif resume and owner.fingerprint == fingerprint and png_complete(path):
+        elif resume and owner.fingerprint == fingerprint and _same_input(owner, image_id, inputs) \
+                and png_complete(path):
             keep.add(image_id)
         else:
             redo.append(path)
@@ -110,14 +118,22 @@ def keep_or_redo(folder: Path, ids: list[str], fingerprint: dict, resume: bool, 
                         f"lists, e.g. {sorted(foreign)[:3]}: predict.py did not write them, so it neither replaces nor "
                         "deletes them. Move them away, or set predict.out_dir to another folder")
     if redo:
-        why = "predict.resume=false" if not resume else "they were made by other models or settings"
+        why = "predict.resume=false" if not resume else ("they were made by other models or settings, or from "
+                                                        "images that changed since")
         print(f"removing {len(redo)} earlier predictions from {folder}: {why}")
     for path in redo:  # before the new record is written, so a kill here cannot mix the two
         path.unlink(missing_ok=True)
     sequence = 1 + max((r.sequence for r in records), default=0)
     record = {"fingerprint": fingerprint, "sequence": sequence, "ids": ids}
+    if inputs is not None:
+        record.update(inputs={i: inputs.get(i) for i in ids}, sources=sources or {})
     atomic_write_text(folder / record_name, json.dumps(record, sort_keys=True) + "\n")
     return keep
+
+
+def _same_input(owner: Record, image_id: str, inputs: dict[str, str | None] | None) -> bool:
+    """The PNG was made from the image there now (a writer that records no inputs compares none)."""
+    return inputs is None or (owner.inputs is not None and owner.inputs.get(image_id) == inputs.get(image_id))
 
 
 # ---------------------------------------------------------------- locks
@@ -190,7 +206,7 @@ def searched_key(fingerprint: dict | None) -> dict | None:
 
 def fingerprints_of(folder: Path, ids: list[str]) -> list[dict]:
     """The distinct fingerprints of the records that own the PNGs of ``ids`` (what made them), in a fixed order."""
-    owners = _owners(read_records(folder))
+    owners = owners_of(read_records(folder))
     found = {json.dumps(owners[i].fingerprint, sort_keys=True) for i in ids if i in owners}
     return [json.loads(text) for text in sorted(found)]
 
@@ -198,7 +214,7 @@ def fingerprints_of(folder: Path, ids: list[str]) -> list[dict]:
 def made_by(folder: Path, ids: list[str]) -> dict | None:
     """``searched_key`` of the fingerprint that made the PNGs of ``ids``; None when no record lists them.
     Raises DataError when they come from different models or settings (shards run with different ones)."""
-    owners = _owners(read_records(folder))
+    owners = owners_of(read_records(folder))
     keys = {json.dumps(searched_key(owners[i].fingerprint), sort_keys=True) for i in ids if i in owners}
     if len(keys) > 1:
         raise DataError(f"the predictions in {folder} were made by {len(keys)} different sets of models or "

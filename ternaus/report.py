@@ -21,7 +21,10 @@ from ternaus.analysis import resolve_postprocessing
 from ternaus.config import Config, PostprocessConfig, ReportConfig, thresholds
 from ternaus.data.files import read_image, read_prediction
 from ternaus.data.layouts import list_train, load_masks, mask_spec, test_rows
+from ternaus.errors import DataError
 from ternaus.io import atomic_write_bytes, atomic_write_text
+from ternaus.lineage import check_oof, check_predictions, image_fingerprints
+from ternaus.predictions import read_records
 from ternaus.plots import svg_line_chart
 from ternaus.registry import METRICS
 from ternaus.run_files import RunFiles, folds_to_train
@@ -273,10 +276,16 @@ def examples_section(run: ReportRun, out: Path, oof: pd.DataFrame | None, worst:
 def oof_tiles(run: ReportRun, row: dict, post: tuple[float, int]) -> list[np.ndarray] | None:
     """One training image (``row`` of ``list_train``) of ``run``: image, truth, out-of-fold probability and
     disagreement at ``post`` (threshold, min_area); None when its out-of-fold PNG cannot be read."""
-    probs = read_probability(run.files.oof_predictions / f"{row['id']}.png", run.source.num_classes)
+    path = run.files.oof_predictions / f"{row['id']}.png"
+    probs = read_probability(path, run.source.num_classes)
     if probs is None:
         return None
     image = read_image(row["image"], run.source.settings.image_max)
+    if probs.shape != image.shape[:2]:
+        raise DataError(f"{path} is (height, width) {probs.shape}, but the training image {row['image']} is "
+                        f"{image.shape[:2]}: the out-of-fold predictions were made on other data (another "
+                        "data.root?). Run predict.py with predict.oof=true on this data, or give report.py the "
+                        "data.root the run was trained on")
     truth = load_masks(row, image.shape[:2], mask_spec(run.source))[0] > 0  # class 0, from whichever layout
     labels = predicted_labels(run, run.files.oof_predictions / f"{row['id']}.png", post)
     pred = thresholded(probs, *post) if labels is None else labels > 0
@@ -295,6 +304,9 @@ def test_section(run: ReportRun, out: Path, post: tuple[float, int]) -> str:
         if probs is None:
             return f"<p>No test predictions in {escape(str(pred_dir))}: run predict.py.</p>"
         image = read_image(row["image"], run.source.settings.image_max)
+        if probs.shape != image.shape[:2]:
+            raise DataError(f"{pred_dir / f'{image_id}.png'} is (height, width) {probs.shape}, but the test image "
+                            f"{row['image']} is {image.shape[:2]}: run predict.py on this data.root again")
         labels = predicted_labels(run, pred_dir / f"{image_id}.png", post)
         mask = thresholded(probs, *post) if labels is None else labels > 0
         overlay = disagreement(image, mask, mask) if labels is None else objects_coloured(image, labels)
@@ -333,11 +345,28 @@ def build_report(cfg: Config) -> Path:
         return _build_report(run, out)
 
 
+def _check_oof_inputs(run: ReportRun, oof: pd.DataFrame) -> None:
+    """oof.csv and oof_predictions/ belong to the training set of ``run`` as it is now (``oof_lineage.json``), and
+    name only its images (a run without the record, made before it was kept, is checked by id only)."""
+    train = list_train(run.source)
+    check_oof(run.files.oof_lineage, train.to_dict("records"), "report.py")
+    unknown = sorted(set(oof["id"]) - set(train["id"]))
+    if unknown:
+        raise DataError(f"{run.files.oof_csv} scores {len(unknown)} image(s) that are not in the training set of "
+                        f"data.root={run.source.root}, e.g. {unknown[:3]}: give report.py the data.root the run was "
+                        "trained on, or run predict.py with predict.oof=true on this data")
+
+
 def _build_report(run: ReportRun, out: Path) -> Path:
     """The page of ``run``, written with its PNGs into ``out``."""
     files = run.files
     oof_path = files.oof_csv
     oof = pd.read_csv(oof_path, dtype={"id": str}) if oof_path.is_file() else None
+    if oof is not None:
+        _check_oof_inputs(run, oof)
+    rows = test_rows(run.source)[: run.settings.test_images]
+    if rows and read_records(files.predictions):
+        check_predictions(files.predictions, [r["id"] for r in rows], image_fingerprints(rows), "report.py")
     threshold, min_area, how = resolve_postprocessing(run.post, files)
     post = (threshold, min_area)
     metric = run.post.metric

@@ -13,6 +13,7 @@
       oof_predictions/<id>.png      predict.py: out-of-fold probabilities
       postprocess.json              predict.py: the searched threshold and minimum area
       postprocess_search.csv        predict.py: the search's table
+      oof_lineage.json              predict.py, ensemble.py: what the out-of-fold files were made from
       ensemble_cv.csv               ensemble.py: each member's and the ensemble's out-of-fold CV
       configs/ensemble.yaml         ensemble.py: its configuration (an ensemble's predictions/ is ensemble.py's)
       submission.csv.gz             make_submission.py (submission.filename)
@@ -120,6 +121,11 @@ class RunFiles:
     def oof_outputs(self) -> list[Path]:
         """The files the out-of-fold phase of predict.py writes beside the folds (and oof_predictions/)."""
         return [self.oof_csv, self.oof_levels, self.postprocess, self.postprocess_search]
+
+    @property
+    def oof_lineage(self) -> Path:
+        """What the out-of-fold files were made from (``ternaus.lineage.oof_lineage``)."""
+        return self.root / "oof_lineage.json"
 
     @property
     def oof(self) -> Path:

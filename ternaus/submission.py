@@ -24,10 +24,11 @@ from ternaus.data.source import DataSource
 from ternaus.analysis import read_postprocessing, resolve_postprocessing
 from ternaus.config import (Config, PostprocessConfig, class_names, save_config, submission_rows_problem,
                             thresholds)
-from ternaus.data.files import duplicates, image_size, read_prediction, read_text_csv
-from ternaus.data.layouts import test_rows
+from ternaus.data.files import duplicates, image_size, listing, png_shape, read_prediction, read_text_csv
+from ternaus.data.layouts import list_train, test_rows
 from ternaus.errors import ConfigError, DataError
 from ternaus.io import atomic_write
+from ternaus.lineage import check_oof, check_predictions, image_fingerprints
 from ternaus.separation import object_labels
 from ternaus.predictions import claim_reader
 from ternaus.predictions import made_by as predictions_made_by
@@ -267,12 +268,6 @@ def _read_submission(path: Path, header: list[str]) -> tuple[pd.DataFrame | None
 # ---------------------------------------------------------------- the stage
 
 
-def _write_csv(path: Path, table: pd.DataFrame) -> Path:
-    # The suffix picks the compression: ".csv.gz" -> gzip, as every top Carvana team submitted.
-    compression = "gzip" if path.name.endswith(".gz") else None
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, compression=compression))
-
-
 def _encode_all(jobs: list, processes: int) -> list[list[tuple[str, ...]]]:
     if processes == 1:  # no pool to start for a handful of images
         return [_encode_image(job) for job in tqdm(jobs, desc="encode", dynamic_ncols=True)]
@@ -337,13 +332,18 @@ def _make_submission(files: RunFiles, source: DataSource, fmt: SubmissionFormat,
     postprocess.json), on ``processes`` processes (``submission.processes``, 0: one per core); check and return
     the file written."""
     rows = test_rows(source)
-    made_by = predictions_made_by(files.predictions, [r["id"] for r in rows])
+    ids = [r["id"] for r in rows]
+    paths = _prediction_paths(files.predictions, ids)
+    check_predictions(files.predictions, ids, image_fingerprints(rows), "make_submission.py")
+    _check_prediction_sizes(paths, rows, len(fmt.classes))
+    made_by = predictions_made_by(files.predictions, ids)
     if searched:
         _check_searched_for(files, made_by)
     threshold, min_area, sources = resolve_postprocessing(post, files, threshold, min_area)
+    if searched and str(files.postprocess) in sources:
+        check_oof(files.oof_lineage, list_train(source).to_dict("records"), "make_submission.py")
     print(f"post-processing: {sources}")
     cuts = thresholds(threshold, len(fmt.classes))
-    paths = _prediction_paths(files.predictions, [r["id"] for r in rows])
     jobs = [(p, Path(row["image"]).name, cuts, min_area, fmt) for p, row in zip(paths, rows)]
     sample = _sample(source.sample_submission, fmt)
     outputs.save_config()
@@ -351,8 +351,35 @@ def _make_submission(files: RunFiles, source: DataSource, fmt: SubmissionFormat,
     table = pd.DataFrame([row for image in encoded for row in image], columns=list(fmt.columns))
     if sample is not None:
         table = order_like_sample(table, sample, fmt.key_columns, str(source.sample_submission))
-    path = _write_csv(files.submission, table)
-    problems = submission_problems(path, fmt, source)
-    if problems:
-        raise DataError("the written submission has problems:\n  " + "\n  ".join(problems[:50]))
-    return path
+    return _write_checked(files.submission, table, fmt, source)
+
+
+def _check_prediction_sizes(paths: list[str], rows: list[dict], classes: int) -> None:
+    """Each prediction PNG has its test image's (height, width): one made for other images (another data.root
+    with the same ids) would encode RLEs of the wrong size. Headers only: cheap on 100,000 images."""
+    wrong = []
+    for path, row in zip(paths, rows):
+        shape, (height, width) = png_shape(path), image_size(row["image"])
+        if shape != (classes * height, width):  # the classes stacked top to bottom (prediction_image)
+            wrong.append(f"{path} is (height, width) {shape}, the test image {row['image']} is {(height, width)}"
+                         + (f" ({classes} classes stacked: {(classes * height, width)})" if classes > 1 else ""))
+    if wrong:
+        raise DataError(listing(f"{len(wrong)} of {len(paths)} predictions are not at their test image's size (made "
+                                "for other images): run predict.py again with this config, then make_submission.py",
+                                wrong, limit=5))
+
+
+def _write_checked(path: Path, table: pd.DataFrame, fmt: SubmissionFormat, source: DataSource) -> Path:
+    """Write the submission under a temporary name, check it there, and only then put it in place: a check that
+    fails leaves the previous submission as it was."""
+    # The suffix picks the compression: ".csv.gz" -> gzip, as every top Carvana team submitted.
+    compression = "gzip" if path.name.endswith(".gz") else None
+
+    def write_and_check(tmp: Path) -> None:
+        table.to_csv(tmp, index=False, compression=compression)
+        problems = [p.replace(str(tmp), str(path)) for p in submission_problems(tmp, fmt, source)]
+        if problems:
+            raise DataError(f"the submission made for {path} has problems, so it was not written (the previous one "
+                            "is kept):\n  " + "\n  ".join(problems[:50]))
+
+    return atomic_write(path, write_and_check)
