@@ -187,7 +187,9 @@ def save_fold_state(state: FoldState, path: Path, config: dict, fold: int,
 
 # What the messages of a non-finite loss, score or state advise: the resume then runs at the lower rate.
 NON_FINITE_ADVICE = ("Training stopped; the last good checkpoint is kept. Lower train.lr, or with float16 try "
-                     "runtime.amp_dtype=bfloat16, then run the same command to resume")
+                     "runtime.amp_dtype=bfloat16, then run the same command to resume (it goes on from that "
+                     "checkpoint at the new rate; should it stop again, the rate before was already too high when "
+                     "the checkpoint was taken: start the fold over with train.resume=false)")
 
 
 def _refuse_non_finite(tensors: dict, path: Path, fold: int, state: FoldState) -> None:

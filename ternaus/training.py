@@ -31,7 +31,8 @@ from tqdm import tqdm
 from ternaus.data.source import DataSource
 from ternaus.analysis import TrueObjects, true_objects
 from ternaus.augment import build_train_transform
-from ternaus.checkpoint import NON_FINITE_ADVICE, FoldState, resume_fold_state, save_fold_state, unwrap
+from ternaus.checkpoint import (NON_FINITE_ADVICE, FoldState, check_split, read_checkpoint, resume_fold_state,
+                                save_fold_state, unwrap)
 from ternaus.config import (
     Config,
     ModelConfig,
@@ -61,11 +62,13 @@ from ternaus.folds import split_fingerprint, split_group_column, split_known_gro
 from ternaus.hooks import Hook, HookContext, build_hooks, evaluated_model
 from ternaus.io import atomic_write
 from ternaus.losses import SegmentationLoss, probabilities
-from ternaus.models import build_model, set_encoder_frozen
+from ternaus.models import build_model, new_model, set_encoder_frozen
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
+from ternaus.resume import check_resume_settings
 from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
 from ternaus.stage import ConfigFile, Lock, StageOutputs
+from ternaus.weights import fit_state_dict
 
 __all__ = ["train", "TrainingRun", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader",
            "same_size_loader", "fold_data", "train_step", "accumulation_group", "validate", "new_fold_state"]
@@ -222,9 +225,7 @@ class LossWatch:
             step = -seen[1] if seen[0] >= 0 else -1
         if step >= 0:
             value = self.value.item() if local == step else "non-finite on another rank"
-            raise TrainingError(f"{where}, step {step}: the training loss became {value}. Training "
-                                "stopped; the last good checkpoint is kept. Lower train.lr, or with float16 "
-                                "try runtime.amp_dtype=bfloat16, then run the same command to resume")
+            raise TrainingError(f"{where}, step {step}: the training loss became {value}. {NON_FINITE_ADVICE}")
 
 
 def train_step(state: FoldState, batch: dict, runtime: Runtime, share: float = 1.0, step: bool = True,
@@ -609,6 +610,22 @@ def _check_groups(folds: pd.DataFrame, layout: str, path: Path, world: World) ->
               "CV", file=sys.stderr)
 
 
+def _check_resumes(run: TrainingRun, folds: list[int], items: pd.DataFrame) -> None:
+    """What a resume of each of ``folds`` would refuse (its network, split or settings), found before the run's
+    configuration is saved or any fold trains: a refused run leaves its files as they were."""
+    if not run.train.resume:
+        return
+    for fold in folds:
+        last = run.files.last(fold)
+        if not last.is_file():
+            continue
+        ckpt = read_checkpoint(last, mmap=True)
+        with torch.random.fork_rng(devices=[]):  # an initialisation that draws nothing the training sees
+            fit_state_dict(new_model(run.model), ckpt, last)
+        check_split(ckpt.get("split"), split_fingerprint(items, fold), last, fold)
+        check_resume_settings(ckpt.get("config"), run.settings, last)
+
+
 def _train_folds(run: TrainingRun, runtime_settings: RuntimeConfig, folds: list[int], world: World,
                  outputs: StageOutputs) -> dict[int, float]:
     runtime = Runtime.of(runtime_settings, world.local_rank)
@@ -618,6 +635,7 @@ def _train_folds(run: TrainingRun, runtime_settings: RuntimeConfig, folds: list[
     items = train_items(run.source, split, folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
     check_image_files([Path(p) for p in items["image"]], run.source.settings.max_image_pixels)
+    _check_resumes(run, folds, items)
     if world.is_main:
         outputs.save_config()
         ranks = f", {world.size} processes" if world.distributed else ""
