@@ -165,8 +165,9 @@ def check_checkpoints(run: PredictionRun, paths: dict[int, Path], items: pd.Data
         ckpt = read_checkpoint(path, mmap=True)
         trained_at = ((ckpt.get("config") or {}).get("data") or {}).get("input_size", size)
         if trained_at != size and not run.predict.allow_other_input_size:
+            setting = "null" if trained_at is None else trained_at
             raise ConfigError(f"data.input_size: {path} was trained at {_size_name(trained_at)}, the config predicts "
-                              f"at {_size_name(size)}; set data.input_size={'null' if trained_at is None else trained_at}, or "
+                              f"at {_size_name(size)}; set data.input_size={setting}, or "
                               "predict.allow_other_input_size=true to predict at the other size anyway")
         if items is not None:
             check_split(ckpt.get("split"), split_fingerprint(items, fold), path, fold)

@@ -20,7 +20,8 @@ from typing import Any
 from ternaus.errors import TrainingError
 from ternaus.schema import flatten
 
-__all__ = ["SettingChange", "changed_settings", "check_resume_settings", "optimizer_name", "same_split", "REFUSED", "IGNORED"]
+__all__ = ["SettingChange", "changed_settings", "check_resume_settings", "optimizer_name", "same_split", "REFUSED",
+           "IGNORED", "NOT_FOR_A_RESUME"]
 
 _NEW_NETWORK = ("the checkpoint's weights are another network's: resume with {key}={before}, or start the fold over "
                 "with train.resume=false (or a new run in another output_dir)")
@@ -32,7 +33,7 @@ REFUSED: dict[str, str] = {
                         "size, train a new run (another output_dir) with model.init={path}"),
     "data.image_max": ("the network learnt images scaled by it: resume with {key}={before}, or start the fold over "
                        "with train.resume=false"),
-    "data.layout": _NEW_NETWORK.replace("the checkpoint's weights are another network's", "another data set"),
+    "data.layout": "another layout is another data set: resume with {key}={before}, or start a new run",
     "data.class_names": "the classes are the network's outputs: resume with {key}={before}, or start over",
     "folds.": ("folds.csv fixes a trained run's split (prepare_folds.py keeps it): resume with {key}={before}, or "
                "start a new run in another output_dir"),
@@ -43,6 +44,12 @@ REFUSED: dict[str, str] = {
 IGNORED = ("output_dir", "predict.", "submission.", "report.", "ensemble.", "postprocess.min_area",
            "postprocess.use_searched", "train.resume", "train.folds", "data.resize_back", "data.num_workers",
            "data.test_dir", "data.sample_submission", "data.max_image_pixels")
+
+# Keys that only a fold starting afresh reads: a resume names the change and what it does instead.
+NOT_FOR_A_RESUME = {
+    "model.init": "the weights come from the checkpoint; model.init applies to folds that start afresh",
+    "model.encoder_weights": "the weights come from the checkpoint; it applies to folds that start afresh",
+}
 
 
 def _matches(key: str, patterns: Any) -> str | None:
@@ -66,6 +73,15 @@ class SettingChange:
 
     def __str__(self) -> str:
         return f"{self.key} {_shown(self.before)} -> {_shown(self.now)}"
+
+    def effect(self, where: str) -> str:
+        """What the change does to a fold resumed at ``where`` ("epoch 2, step 3"), in words."""
+        if self.key in NOT_FOR_A_RESUME:
+            return NOT_FOR_A_RESUME[self.key]
+        if self.key == "train.optimizer.name":
+            return (f"applies from {where}; {_shown(self.now)} starts with a fresh state ({_shown(self.before)}'s "
+                    "does not carry over)")
+        return f"applies from {where}"
 
 
 def changed_settings(saved: dict | None, now: dict) -> list[SettingChange]:

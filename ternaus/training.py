@@ -402,8 +402,7 @@ def _start_fold(run: TrainingRun, fold: int, runtime: Runtime, world: World, hoo
         where = f"epoch {state.epoch + 1}, step {state.step}" if state.step else f"the end of epoch {state.epoch}"
         say(f"fold {fold}: resuming from {last} at {where}")
         for change in changes:
-            say(f"fold {fold}: {change} (changed since {last.name}): applies from {where}"
-                f"{_what_it_resets(change)}")
+            say(f"fold {fold}: {change} (changed since {last.name}): {change.effect(where)}")
         if state.log:
             _write_log(files.log(fold), state.log, world)
     elif world.is_main:
@@ -414,12 +413,6 @@ def _start_fold(run: TrainingRun, fold: int, runtime: Runtime, world: World, hoo
             "(model.freeze_encoder_epochs)")
     state.model = _wrap(state.model, run.train.compile, runtime, world)
     return state
-
-
-def _what_it_resets(change) -> str:
-    if change.key == "train.optimizer.name":
-        return f"; {change.now} starts with a fresh state ({change.before}'s does not carry over)"
-    return ""
 
 
 def _wrap(model: torch.nn.Module, compile: bool, runtime: Runtime, world: World) -> torch.nn.Module:
