@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +115,13 @@ def _load(path: Path, mmap: bool) -> Any:
 
 def non_finite_tensors(tree: Any, prefix: str = "") -> list[str]:
     """The dotted names of the floating-point tensors in ``tree`` (nested dicts, lists and tuples, as a state dict
-    holds them) with a NaN or an infinite value; one host synchronisation when all are finite."""
+    holds them) with a NaN or an infinite value; one host synchronisation per device when all are finite."""
     tensors = dict(_float_tensors(tree, prefix))
     if not tensors:
         return []
     flags = {name: torch.isfinite(t).all() for name, t in tensors.items()}
-    if bool(torch.stack([f.to("cpu") for f in flags.values()]).all()):
+    devices = {flag.device for flag in flags.values()}
+    if all(bool(torch.stack([f for f in flags.values() if f.device == d]).all()) for d in devices):
         return []
     return [name for name, flag in flags.items() if not bool(flag)]
 
