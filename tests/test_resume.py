@@ -68,6 +68,31 @@ def log(out: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------- a resume honours every setting
 
 
+def test_a_resume_with_the_same_settings_ends_as_an_uninterrupted_run(tiny_dataset, tmp_path):
+    """The settings are taken from the configuration on every resume: unchanged, they are bit for bit the
+    checkpoint's, and the weights, optimiser, schedule and best.pt come out as an uninterrupted run's."""
+    straight = config(tiny_dataset, tmp_path / "straight", "train.epochs=2",
+                      "train.schedule={name: step, gamma: 0.5, step_epochs: 1}")
+    prepare_folds(straight)
+    train(straight)
+    shutil.copy2(RunFiles(tmp_path / "straight").last(0), tmp_path / "straight.pt")
+    straight_one = config(tiny_dataset, tmp_path / "one", "train.epochs=1",
+                          "train.schedule={name: step, gamma: 0.5, step_epochs: 1}")
+    prepare_folds(straight_one)
+    train(straight_one)
+    train(config(tiny_dataset, tmp_path / "one", "train.epochs=2",
+                 "train.schedule={name: step, gamma: 0.5, step_epochs: 1}"))
+    a, b = read_checkpoint(tmp_path / "straight.pt"), read_checkpoint(RunFiles(tmp_path / "one").last(0))
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["scheduler"] == b["scheduler"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [row["lr"] for row in b["log"]] == [1e-3, 5e-4]
+    best_a, best_b = (read_checkpoint(RunFiles(tmp_path / name).best(0)) for name in ("straight", "one"))
+    assert (best_a["epoch"], best_a["best_score"], best_a["log"]) == (best_b["epoch"], best_b["best_score"],
+                                                                      best_b["log"])
+    assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
+
+
 def test_a_resume_with_a_lower_learning_rate_trains_at_it_and_the_log_shows_it(tiny_dataset, run, capsys):
     assert log(run)["lr"].tolist() == [1e-3]
     train(config(tiny_dataset, run, "train.epochs=2", "train.lr=1.0e-5"))
@@ -113,11 +138,13 @@ def test_a_resume_names_only_what_changed_for_training(tiny_dataset, run, capsys
     ("model.init=pytorch", None),  # the weights come from last.pt: a note, not a refusal
 ])
 def test_a_change_a_resume_cannot_honour_is_refused_by_name_before_anything_is_written(tiny_dataset, run, override,
-                                                                                       expected):
+                                                                                       expected, capsys):
     files = RunFiles(run)
     before = {p: p.read_bytes() for p in (files.last(0), files.log(0), files.config("train"))}
     if expected is None:
         train(config(tiny_dataset, run, "train.epochs=1", override))
+        assert ("fold 0: model.init lecun -> pytorch (changed since last.pt): the weights come from the checkpoint; "
+                "model.init applies to folds that start afresh") in capsys.readouterr().out
         return
     with pytest.raises(TrainingError, match=expected):
         train(config(tiny_dataset, run, "train.epochs=2", override))
