@@ -53,7 +53,7 @@ from ternaus.weights import load_weights
 
 __all__ = ["predict", "PredictionRun", "checkpoint_paths", "prediction_fingerprint", "predict_test", "tta_probabilities",
            "image_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter", "fixed_batches",
-           "write_png", "remove_oof_temporaries", "oof_outputs"]
+           "write_png", "remove_oof_temporaries", "oof_outputs", "check_checkpoints"]
 
 
 # ---------------------------------------------------------------- the functional core
