@@ -247,6 +247,9 @@ class PredictConfig:
     oof: bool = True
     # Keep the PNGs an interrupted run already wrote with the same models and settings; false redoes all.
     resume: bool = True
+    # Predict at a data.input_size other than the one each checkpoint was trained at (its saved config's); false
+    # refuses it, naming both sizes: a network scores best at the size it learnt.
+    allow_other_input_size: bool = False
 
 
 @dataclass

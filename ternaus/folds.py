@@ -7,6 +7,7 @@ group's fold (``folds.from_file``), as the 1st-place Carvana team published thei
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from ternaus.data.files import CSV_ERRORS, duplicates
 from ternaus.errors import DataError
 from ternaus.rle import parse_runs
 
-__all__ = ["assign_folds", "mask_area", "group_ids", "group_column", "read_fold_file", "folds_from_file"]
+__all__ = ["assign_folds", "mask_area", "group_ids", "group_column", "read_fold_file", "folds_from_file",
+           "split_fingerprint", "groups_across_folds", "known_groups", "split_group_column",
+           "split_known_groups"]
 
 
 def mask_area(rle: str) -> int:
@@ -121,3 +124,61 @@ def folds_from_file(table: pd.DataFrame, path: Path, n_folds: int, group: str = 
         raise DataError(f"folds.from_file: fold(s) {empty} of {path} hold none of this data's {group} values, so they "
                         "could not be validated on; use more of the data or a file with fewer folds")
     return assigned
+
+
+# ---------------------------------------------------------------- a fold's split, as a checkpoint records it
+
+
+def _ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def split_fingerprint(folds: pd.DataFrame, fold: int) -> dict:
+    """What fold ``fold`` of ``folds`` (id, fold) trains on and holds out: each side's image count and the sha256 of
+    its sorted ids. A checkpoint records it (``split``), so that a resume, the out-of-fold pass and prepare_folds.py
+    can tell whether folds.csv still gives the split the weights were trained on."""
+    held_out = folds["fold"] == fold
+    trained, validated = folds.loc[~held_out, "id"].astype(str).tolist(), folds.loc[held_out, "id"].astype(str).tolist()
+    return {"train": _ids_digest(trained), "held_out": _ids_digest(validated),
+            "n_train": len(trained), "n_held_out": len(validated)}
+
+
+def groups_across_folds(folds: pd.DataFrame, group: pd.Series | str) -> list[str]:
+    """The groups whose images lie in more than one fold, sorted; ``group``: a column of ``folds`` or one value
+    per row."""
+    groups = folds[group] if isinstance(group, str) else pd.Series(list(group), index=folds.index)
+    spread = folds.groupby(groups.astype(str))["fold"].nunique()
+    return sorted(spread[spread > 1].index.tolist())
+
+
+def known_groups(ids: pd.Series, layout: str) -> tuple[str, pd.Series] | None:
+    """The group a data layout knows each image by whatever folds.group_by says, as (its name, one per id): Carvana's
+    car (the id up to its last "_"); None for a layout that knows none."""
+    if layout == "carvana":
+        return "car", ids.astype(str).map(car_id_of)
+    return None
+
+
+def split_group_column(folds: pd.DataFrame) -> str | None:
+    """What puts one group of the folds table's own group column (``car_id`` or ``group``) in two folds; None when
+    every group keeps to one fold. prepare_folds.py never writes such a table: a hand-edited folds.csv can."""
+    for column in ("car_id", "group"):
+        spread = groups_across_folds(folds, column) if column in folds else []
+        if spread:
+            return f"{len(spread)} {column} value(s) lie in more than one fold, e.g. {spread[:3]}"
+    return None
+
+
+def split_known_groups(folds: pd.DataFrame, layout: str) -> str | None:
+    """What puts views of one group the data layout knows (Carvana's car) in two folds, as a folds.group_by finer
+    than the group does (``none``, a pattern, a folds.from_file keyed by image): validation then scores views of
+    cars the model trained on. None when every known group keeps to one fold, or the layout knows none."""
+    known = known_groups(folds["id"], layout)
+    if known is None:
+        return None
+    name, groups = known
+    spread = groups_across_folds(folds, groups)
+    if not spread:
+        return None
+    return (f"{len(spread)} {name}(s) of {groups.nunique()} have views in more than one fold, e.g. {spread[:3]}: "
+            f"validation and the out-of-fold scores see views of {name}s the model trained on, and overrate it")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from ternaus.data.source import DataSource
 from ternaus.analysis import (SeparationGrid, search_thresholds, true_objects, write_oof_analysis,
                               write_separation_analysis)
+from ternaus.checkpoint import check_split, read_checkpoint
 from ternaus.config import Config, ModelConfig, PostprocessConfig, PredictConfig, save_config, thresholds
 from ternaus.data.dataset import SegmentationDataset, input_shapes, normalise_on_device, same_size_batches
 from ternaus.data.files import check_image_files, prediction_image
@@ -36,6 +38,7 @@ from ternaus.data.layouts import list_train, mask_spec, test_rows, train_items
 from ternaus.distributed import world_from_environment
 from ternaus.errors import ConfigError
 from ternaus.evaluation import Evaluator
+from ternaus.folds import split_fingerprint
 from ternaus.io import atomic_write, atomic_write_bytes
 from ternaus.lineage import (file_digest, file_source, image_fingerprints, mark_oof_pending, oof_lineage,
                              write_oof_lineage)
@@ -52,7 +55,7 @@ from ternaus.weights import load_weights
 
 __all__ = ["predict", "PredictionRun", "checkpoint_paths", "prediction_fingerprint", "predict_test", "tta_probabilities",
            "image_probabilities", "load_fold_models", "to_uint8", "predict_oof", "Shard", "PngWriter", "fixed_batches",
-           "write_png", "remove_oof_temporaries", "oof_outputs", "checkpoint_sources"]
+           "write_png", "remove_oof_temporaries", "oof_outputs", "checkpoint_sources", "check_checkpoints"]
 
 
 # ---------------------------------------------------------------- the functional core
@@ -151,6 +154,29 @@ def load_fold_models(model_settings: ModelConfig, runtime: Runtime,
         model = load_weights(new_model(model_settings), path)
         models[fold] = runtime.prepare_model(model).eval()
     return models
+
+
+def check_checkpoints(run: PredictionRun, paths: dict[int, Path], items: pd.DataFrame | None) -> None:
+    """Refuse, before anything is written, a checkpoint of ``paths`` (fold -> file) trained at another
+    ``data.input_size`` than ``run``'s (unless ``predict.allow_other_input_size``), and, with ``items`` (the
+    training images with their folds.csv fold: the out-of-fold pass), one trained on another split than its
+    fold's now: its out-of-fold images would include images it trained on. A checkpoint that records neither
+    (weights alone, a bundle's) passes."""
+    size = run.source.settings.input_size
+    for fold, path in paths.items():
+        ckpt = read_checkpoint(path, mmap=True)
+        trained_at = ((ckpt.get("config") or {}).get("data") or {}).get("input_size", size)
+        if trained_at != size and not run.predict.allow_other_input_size:
+            setting = "null" if trained_at is None else trained_at
+            raise ConfigError(f"data.input_size: {path} was trained at {_size_name(trained_at)}, the config predicts "
+                              f"at {_size_name(size)}; set data.input_size={setting}, or "
+                              "predict.allow_other_input_size=true to predict at the other size anyway")
+        if items is not None:
+            check_split(ckpt.get("split"), split_fingerprint(items, fold), path, fold)
+
+
+def _size_name(size: list[int] | None) -> str:
+    return "full resolution (null)" if size is None else str(size)
 
 
 # ---------------------------------------------------------------- resuming an interrupted prediction
@@ -380,6 +406,7 @@ def _predict(run: PredictionRun, runtime: Runtime, shard: Shard, score_oof: bool
     check_image_files([Path(row["image"]) for row in rows], source.settings.max_image_pixels)
     items = train_items(source, read_folds(files.folds_csv, run.n_folds), files.folds_csv) if score_oof else None
     paths = checkpoints if checkpoints is not None else checkpoint_paths(files, run.folds)
+    check_checkpoints(run, paths, items)
     fingerprint = prediction_fingerprint(run, paths, runtime)
     models = load_fold_models(run.model, runtime, paths)
     outputs.save_config()  # shard 0's

@@ -14,6 +14,7 @@ an accumulation and a resumed run groups the batches as the uninterrupted one di
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -30,7 +31,8 @@ from tqdm import tqdm
 from ternaus.data.source import DataSource
 from ternaus.analysis import TrueObjects, true_objects
 from ternaus.augment import build_train_transform
-from ternaus.checkpoint import FoldState, resume_fold_state, save_fold_state, unwrap
+from ternaus.checkpoint import (NON_FINITE_ADVICE, FoldState, check_split, read_checkpoint, resume_fold_state,
+                                save_fold_state, unwrap)
 from ternaus.config import (
     Config,
     ModelConfig,
@@ -56,15 +58,18 @@ from ternaus.distributed import (
 )
 from ternaus.errors import BusyError, ConfigError, DataError, TrainingError
 from ternaus.evaluation import Evaluator
+from ternaus.folds import split_fingerprint, split_group_column, split_known_groups
 from ternaus.hooks import Hook, HookContext, build_hooks, evaluated_model
 from ternaus.io import atomic_write
 from ternaus.losses import SegmentationLoss, probabilities
-from ternaus.models import build_model, set_encoder_frozen
+from ternaus.models import build_model, new_model, set_encoder_frozen
 from ternaus.registry import MODELS
 from ternaus.optim import build_optimizer, build_scheduler, carvana_lr_factor
+from ternaus.resume import check_resume_settings
 from ternaus.run_files import RunFiles, folds_to_train, read_folds
 from ternaus.runtime import Runtime, seed_everything
 from ternaus.stage import ConfigFile, Lock, StageOutputs
+from ternaus.weights import fit_state_dict
 
 __all__ = ["train", "TrainingRun", "train_fold", "carvana_lr_factor", "EpochSampler", "build_loader",
            "same_size_loader", "fold_data", "train_step", "accumulation_group", "validate", "new_fold_state"]
@@ -221,9 +226,7 @@ class LossWatch:
             step = -seen[1] if seen[0] >= 0 else -1
         if step >= 0:
             value = self.value.item() if local == step else "non-finite on another rank"
-            raise TrainingError(f"{where}, step {step}: the training loss became {value}. Training "
-                                "stopped; the last good checkpoint is kept. Lower train.lr, or with float16 "
-                                "try runtime.amp_dtype=bfloat16, then run the same command to resume")
+            raise TrainingError(f"{where}, step {step}: the training loss became {value}. {NON_FINITE_ADVICE}")
 
 
 def train_step(state: FoldState, batch: dict, runtime: Runtime, share: float = 1.0, step: bool = True,
@@ -380,13 +383,14 @@ def _write_log(path: Path, rows: list[dict], world: World) -> None:
 def _check_scores(scores: dict[str, float], desc: str) -> None:
     bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
     if bad:
-        raise TrainingError(f"{desc}: validation gave {bad}. Training stopped; the last good checkpoint is kept. "
-                            "Lower train.lr, or with float16 try runtime.amp_dtype=bfloat16")
+        raise TrainingError(f"{desc}: validation gave {bad}. {NON_FINITE_ADVICE}")
 
 
-def _start_fold(run: TrainingRun, fold: int, runtime: Runtime, world: World, hooks: Sequence[Hook] = ()) -> FoldState:
-    """A fresh state, or the one in ``last.pt`` when resuming (the hooks' states too); under DDP the model is
-    wrapped last."""
+def _start_fold(run: TrainingRun, fold: int, runtime: Runtime, world: World, hooks: Sequence[Hook] = (),
+                split: dict | None = None) -> FoldState:
+    """A fresh state, or the one in ``last.pt`` when resuming (the hooks' states too; every setting changed since
+    applied from there, each named in a line, or refused); under DDP the model is wrapped last. ``split``: the
+    fold's split (``folds.split_fingerprint``), which its checkpoints record and a resume must find again."""
     files = run.files
     out = files.fold_dir(fold)
     say = print if world.is_main else _quiet
@@ -394,12 +398,14 @@ def _start_fold(run: TrainingRun, fold: int, runtime: Runtime, world: World, hoo
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(_epoch_seed(run.train.seed, fold, 0))
     state = new_fold_state(run.train, run.model, runtime, world)
-    state.hooks = list(hooks)
+    state.hooks, state.split = list(hooks), split
     last = files.last(fold)
     if run.train.resume and last.is_file():
-        resume_fold_state(state, last, run.train, runtime)
+        changes = resume_fold_state(state, last, run.train, runtime, run.settings, fold)
         where = f"epoch {state.epoch + 1}, step {state.step}" if state.step else f"the end of epoch {state.epoch}"
         say(f"fold {fold}: resuming from {last} at {where}")
+        for change in changes:
+            say(f"fold {fold}: {change} (changed since {last.name}): {change.effect(where)}")
         if state.log:
             _write_log(files.log(fold), state.log, world)
     elif world.is_main:
@@ -482,7 +488,7 @@ def train_fold(run: TrainingRun, fold: int, items: pd.DataFrame, runtime: Runtim
     every training image with its ``fold``; ``runtime``, ``world``: this process's device and its DDP world."""
     data = fold_data(run, items, fold, runtime, world)
     hooks = build_hooks(run.hook_context(fold, runtime, world, data.val_loader.dataset))
-    state = _start_fold(run, fold, runtime, world, hooks)
+    state = _start_fold(run, fold, runtime, world, hooks, split_fingerprint(items, fold))
     try:
         for hook in state.hooks:
             hook.on_fit_start(state)
@@ -588,13 +594,45 @@ def _say_removed(outputs: StageOutputs, folds: list[int], files: RunFiles) -> No
             print(f"fold {k}: removed {len(stale)} partly written file(s) left by an interrupted run")
 
 
+def _check_groups(folds: pd.DataFrame, layout: str, path: Path, world: World) -> None:
+    """Refuse a folds.csv that puts one of its own groups in two folds; warn where the data's layout knows a group
+    (Carvana's car) that the folds split."""
+    problem = split_group_column(folds)
+    if problem:
+        raise DataError(f"{path}: {problem}, so validation would score images of groups the model trained on; "
+                        "run prepare_folds.py again (it keeps each group in one fold)")
+    leak = split_known_groups(folds, layout)
+    if leak and world.is_main:
+        print(f"warning: {path}: {leak}. Use folds.group_by=car (or a folds.from_file keyed by car) for an honest "
+              "CV", file=sys.stderr)
+
+
+def _check_resumes(run: TrainingRun, folds: list[int], items: pd.DataFrame) -> None:
+    """What a resume of each of ``folds`` would refuse (its network, split or settings), found before the run's
+    configuration is saved or any fold trains: a refused run leaves its files as they were."""
+    if not run.train.resume:
+        return
+    for fold in folds:
+        last = run.files.last(fold)
+        if not last.is_file():
+            continue
+        ckpt = read_checkpoint(last, mmap=True)
+        with torch.random.fork_rng(devices=[]):  # an initialisation that draws nothing the training sees
+            fit_state_dict(new_model(run.model), ckpt, last)
+        check_split(ckpt.get("split"), split_fingerprint(items, fold), last, fold)
+        check_resume_settings(ckpt.get("config"), run.settings, last)
+
+
 def _train_folds(run: TrainingRun, runtime_settings: RuntimeConfig, folds: list[int], world: World,
                  outputs: StageOutputs) -> dict[int, float]:
     runtime = Runtime.of(runtime_settings, world.local_rank, MODELS[run.model.name].cpu_channels_last)
     folds_csv = run.files.folds_csv
-    items = train_items(run.source, read_folds(folds_csv, run.n_folds), folds_csv)
+    split = read_folds(folds_csv, run.n_folds)
+    _check_groups(split, run.source.layout, folds_csv, world)
+    items = train_items(run.source, split, folds_csv)
     # First and last bytes and the header only: seconds for Carvana.
     check_image_files([Path(p) for p in items["image"]], run.source.settings.max_image_pixels)
+    _check_resumes(run, folds, items)
     if world.is_main:
         outputs.save_config()
         ranks = f", {world.size} processes" if world.distributed else ""

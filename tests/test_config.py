@@ -152,6 +152,19 @@ def test_renamed_keys_still_work_for_a_release_with_a_note(capsys):
     assert "train.gamma: ignored, the chosen schedule does not read it" in capsys.readouterr().err
 
 
+def test_the_carvana_schedule_takes_its_old_flat_key_and_notes_the_keys_it_never_reads(tmp_path, capsys):
+    """Issue 24: `train.schedule=carvana train.cycle_len=3` was refused over train.cycle_milestones, a key carvana
+    never reads (an old config file still holding it)."""
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  cycle_milestones: [10, 15]\n  cycle_start: 23\n")
+    cfg = load_config(path, ["train.schedule=carvana", "train.cycle_len=3"])
+    assert (cfg.train.schedule.name, cfg.train.schedule.cycle_len, cfg.train.schedule.cycle_step) == ("carvana", 3, 2)
+    notes = capsys.readouterr().err
+    assert "train.cycle_len is renamed train.schedule.cycle_len" in notes
+    assert "train.cycle_milestones: ignored, the chosen schedule does not read it; remove it" in notes
+    assert "train.cycle_start: ignored, the chosen schedule does not read it; remove it" in notes
+
+
 def test_a_renamed_key_set_twice_differently_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  threshold: 0.4\npostprocess:\n  threshold: 0.6\n")
