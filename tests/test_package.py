@@ -30,7 +30,7 @@ from ternaus.errors import DataError
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare_folds", "train", "predict", "make_submission", "ensemble", "report", "export"]
 # What Kaggle's image offers; the bundle's prediction path may import nothing else beyond the standard library.
-KAGGLE_IMAGE = {"torch", "torchvision", "numpy", "pandas", "cv2", "PIL", "yaml", "tqdm", "sklearn"}
+KAGGLE_IMAGE = {"torch", "torchvision", "numpy", "pandas", "cv2", "PIL", "yaml", "tqdm", "sklearn", "scipy"}
 # Needed only by a run on a timm encoder (model.name unet or linknet): imported inside the functions that build or
 # load one, never at a module's top, so any other run's bundle predicts without it.
 ONLY_FOR_TIMM_NETWORKS = {"timm"}
