@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from bench.common import median_seconds, table
+from bench.models import training_step
 from ternaus.registry import MODELS
 
 NETWORKS = (("unet11", {}), ("unet", {"encoder": "tf_efficientnet_lite0"}),
@@ -28,15 +29,7 @@ def training_images_per_second(name: str, options: dict, size: int, batch: int, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-
-    def step() -> None:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images), masks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return batch / median_seconds(step, repeats)
+    return batch / median_seconds(training_step(model, images, masks), repeats)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ table goes to the "models" section of docs/benchmarks.md, and its numbers to the
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -70,10 +71,8 @@ def _step_batch(name: str, size: int, **options) -> tuple[torch.nn.Module, torch
     return model, images, masks
 
 
-def cpu_images_per_second(name: str, size: int, repeats: int, transposed: bool = False,
-                          **options) -> tuple[float, float]:
-    """(training, prediction) images/s of ``STEP_BATCH`` images of ``size`` x ``size`` on the CPU."""
-    model, images, masks = _step_batch(name, size, **({"transposed": True} if transposed else {}), **options)
+def training_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> Callable[[], None]:
+    """One optimiser step on ``images``/``masks``: forward, BCE, backward, Adam (the benches' training step)."""
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step() -> None:
@@ -82,8 +81,15 @@ def cpu_images_per_second(name: str, size: int, repeats: int, transposed: bool =
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def cpu_images_per_second(name: str, size: int, repeats: int, transposed: bool = False,
+                          **options) -> tuple[float, float]:
+    """(training, prediction) images/s of ``STEP_BATCH`` images of ``size`` x ``size`` on the CPU."""
+    model, images, masks = _step_batch(name, size, **({"transposed": True} if transposed else {}), **options)
     model.train()
-    train = STEP_BATCH / median_seconds(step, repeats)
+    train = STEP_BATCH / median_seconds(training_step(model, images, masks), repeats)
     model.eval()
     with torch.no_grad():
         predict = STEP_BATCH / median_seconds(lambda: model(images), repeats)

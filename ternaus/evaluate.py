@@ -174,9 +174,14 @@ def _repeated_keys_problem(table: pd.DataFrame, fmt: SubmissionFormat, what: str
     return None
 
 
+def _unlisted(table: pd.DataFrame, fmt: SubmissionFormat, shapes: dict) -> list:
+    """The keys of ``shapes`` (the images scored) that ``table`` has no row for, in ``shapes``' order."""
+    listed = set(_keys(table, fmt))
+    return [key for key in shapes if key not in listed]
+
+
 def _submitted_keys_problem(table: pd.DataFrame, fmt: SubmissionFormat, shapes: dict) -> str | None:
-    submitted = set(_keys(table, fmt))
-    missing = [key for key in shapes if key not in submitted]
+    missing = _unlisted(table, fmt, shapes)
     if missing:
         return (f"the submission has no row for {len(missing)} of {len(shapes)} key(s), e.g. "
                 f"{[','.join(k) for k in missing[:3]]}: Kaggle refuses such a file (--subset scores the keys it "
@@ -189,8 +194,7 @@ def _truth_keys_problem(table: pd.DataFrame, fmt: SubmissionFormat, shapes: dict
     has no known mask, and scoring it as empty would count a right prediction as wrong."""
     if fmt.rows == "image_class":  # Severstal's lists only the (image, class) pairs with a defect
         return None
-    listed = set(_keys(table, fmt))
-    missing = [key for key in shapes if key not in listed]
+    missing = _unlisted(table, fmt, shapes)
     if missing:
         return (f"the truth {truth} has no row for {len(missing)} of {len(shapes)} image(s), e.g. "
                 f"{[','.join(k) for k in missing[:3]]}: their masks are unknown. Give --images the images the truth "

@@ -11,7 +11,6 @@ epoch of fold 0, predict) with a submission added, as tests/test_hostile.py does
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -39,6 +38,8 @@ from ternaus.merge import weighted_mean
 from ternaus.predictions import keep_or_redo
 from ternaus.rle import rle_encode
 from ternaus.data.files import read_mask
+from test_bad_input import clone_run
+from test_hostile import refusal
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "synthetic.yaml")
@@ -47,23 +48,6 @@ TINY = [*conftest.TINY, "submission.processes=1"]
 
 def args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", CONFIG, f"data.root={root}", f"output_dir={out}", *TINY, *extra]
-
-
-def refusal(capsys, code: int, *parts: str) -> str:
-    """Exit 2, one ``error: ...`` message naming every part, and no traceback."""
-    err = capsys.readouterr().err
-    assert code == 2, f"expected exit status 2, got {code}:\n{err[-3000:]}"
-    assert "Traceback" not in err and err.count("error: ") == 1, err[-3000:]
-    message = err[err.index("error: "):]
-    for part in parts:
-        assert part in message, f"{part!r} not in:\n{message}"
-    return message
-
-
-def clone_run(src: Path, dst: Path) -> Path:
-    """Checkpoints hard-linked (atomic writes replace them, never edit them in place), the rest copied."""
-    link = lambda a, b: os.link(a, b) if a.endswith(".pt") else shutil.copy2(a, b)  # noqa: E731
-    return Path(shutil.copytree(src, dst, copy_function=link))
 
 
 def pngs(folder: Path) -> dict[str, tuple[bytes, int]]:

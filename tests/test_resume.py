@@ -4,7 +4,6 @@ advice works as printed, and prediction at another input size than training is r
 One epoch of fold 0 of the tiny scratch U-Net at 32 x 32 is trained once (``trained_run``); each test works on a
 clone of it in its own tmp_path."""
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY_NET
+from test_bad_input import clone_run
 
 import ternaus.training as training
 from ternaus.checkpoint import read_checkpoint
@@ -41,24 +41,9 @@ def trained_run(tiny_dataset, tmp_path_factory) -> Path:
     return out
 
 
-def clone(src: Path, dst: Path) -> Path:
-    """Small files copied, checkpoints hard-linked (atomic writes replace them, never edit them in place)."""
-    for path in sorted(src.rglob("*")):
-        target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.suffix == ".pt":
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-    return dst
-
-
 @pytest.fixture
 def run(trained_run, tmp_path) -> Path:
-    return clone(trained_run, tmp_path / "run")
+    return clone_run(trained_run, tmp_path / "run")
 
 
 def log(out: Path) -> pd.DataFrame:
